@@ -1,0 +1,148 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/webgw/webgw/internal/agent"
+	"github.com/webgw/webgw/internal/gateway"
+	"github.com/webgw/webgw/internal/tunnel"
+)
+
+func exposeCmd() *cobra.Command {
+	var (
+		gw, ca, token, name, fingerprint, dataDir, logLevel string
+		drain                                               time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "expose [flags] TARGET",
+		Short: "Expose one local target through a gateway and print its public URL",
+		Long: `Expose one local target and keep running. TARGET is http://HOST:PORT,
+https://HOST:PORT (TLS passthrough: the backend keeps its own certificate) or
+h2c://HOST:PORT (cleartext HTTP/2, e.g. gRPC). The public URL is printed as one
+line on stdout once traffic can flow; logs go to stderr.
+
+Without --ca or --fingerprint the agent trusts <data-dir>/ca.pem when it exists
+(a local zero-config gateway), else the system roots.`,
+		Example: "  webgw expose --gateway 127.0.0.1:8443 --ca webgw-data/ca.pem http://127.0.0.1:3000",
+		Args:    argsUsage(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			for flag, env := range map[string]string{"gateway": "WEBGW_GATEWAY", "ca": "WEBGW_CA", "token": "WEBGW_TOKEN", "data-dir": "WEBGW_DATA_DIR", "fingerprint": "WEBGW_FINGERPRINT"} {
+				if err := envDefault(c, flag, env); err != nil {
+					return err
+				}
+			}
+			if ca == "" && fingerprint == "" {
+				if p := filepath.Join(dataDir, "ca.pem"); fileExists(p) {
+					ca = p
+				}
+			}
+			cfg := &agent.Config{
+				Token:        token,
+				Gateways:     []agent.GatewayConfig{{Addr: gw, CA: ca, Fingerprint: fingerprint}},
+				Services:     []agent.ServiceConfig{{Name: name, Target: args[0]}},
+				DrainTimeout: drain,
+			}
+			var once sync.Once
+			return runAgent(c, cfg, logLevel, func(_ string, grants []tunnel.ServiceGrant) {
+				if len(grants) == 0 {
+					return
+				}
+				once.Do(func() { fmt.Fprintln(os.Stdout, grants[0].URL) })
+			})
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&gw, "gateway", "127.0.0.1:8443", "gateway HTTPS address HOST:PORT [$WEBGW_GATEWAY]")
+	f.StringVar(&ca, "ca", "", "CA certificate file to verify the gateway [$WEBGW_CA]")
+	f.StringVar(&fingerprint, "fingerprint", "", "pin the gateway key instead of a CA: sha256:<hex> as the gateway prints [$WEBGW_FINGERPRINT]")
+	f.StringVar(&token, "token", "", "tenant token (none: an anonymous quick tunnel, if the gateway allows it) [$WEBGW_TOKEN]")
+	f.StringVar(&name, "name", "", "service name: NAME.<gateway domain> (none: a random name)")
+	f.StringVar(&dataDir, "data-dir", "webgw-data", "local gateway data dir, where ca.pem is looked for [$WEBGW_DATA_DIR]")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.DurationVar(&drain, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, wait this long for in-flight streams")
+	return c
+}
+
+func agentCmd() *cobra.Command {
+	var configFile, logLevel string
+	c := &cobra.Command{
+		Use:   "agent --config FILE",
+		Short: "Serve several services through several gateways, from a YAML file",
+		Long: `Serve the services listed in a YAML file through every gateway listed there:
+
+  token: wgw_...                 # tenant token (default for every gateway)
+  ca: webgw-data/ca.pem          # CA file (default for every gateway)
+  gateways:
+    - addr: 127.0.0.1:8443
+      # ca, fingerprint, token, server_name may be set per gateway
+  services:
+    - name: shop
+      target: http://127.0.0.1:3000
+    - name: grpc
+      target: h2c://127.0.0.1:50051
+  drain_timeout: 30s
+
+Each service's public URL is printed on stdout as "NAME URL" once it is served.`,
+		Args: argsUsage(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := envDefault(c, "config", "WEBGW_AGENT_CONFIG"); err != nil {
+				return err
+			}
+			if configFile == "" {
+				return usagef("agent: --config FILE is required")
+			}
+			cfg, err := agent.LoadConfig(configFile)
+			if err != nil {
+				return &usageError{err: err}
+			}
+			var mu sync.Mutex
+			printed := map[string]bool{}
+			return runAgent(c, cfg, logLevel, func(_ string, grants []tunnel.ServiceGrant) {
+				mu.Lock()
+				defer mu.Unlock()
+				for _, g := range grants {
+					if !printed[g.Name] {
+						printed[g.Name] = true
+						fmt.Fprintf(os.Stdout, "%s %s\n", g.Name, g.URL)
+					}
+				}
+			})
+		},
+	}
+	c.Flags().StringVar(&configFile, "config", "", "agent YAML file [$WEBGW_AGENT_CONFIG]")
+	c.Flags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return c
+}
+
+func runAgent(c *cobra.Command, cfg *agent.Config, logLevel string, onReady func(string, []tunnel.ServiceGrant)) error {
+	log := newLogger(logLevel)
+	a, err := agent.New(cfg, agent.Options{Log: log, Version: gateway.Version, OnReady: onReady})
+	if err != nil {
+		if agent.IsConfigError(err) {
+			return &usageError{err: err}
+		}
+		return err
+	}
+	err = a.Run(c.Context())
+	var pe *agent.PermanentError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("gateway refused: %s", pe.Msg)
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("agent stopped")
+	return nil
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}

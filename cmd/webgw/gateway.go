@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/webgw/webgw/internal/gateway"
+)
+
+func gatewayCmd() *cobra.Command {
+	var (
+		configFile string
+		flags      gateway.Config
+		open       bool
+		accessLog  bool
+	)
+	c := &cobra.Command{
+		Use:   "gateway",
+		Short: "Run a gateway (zero flags: a working local gateway for *.localhost)",
+		Long: `Run a gateway. With no flags it serves the domain "localhost" on loopback:
+HTTPS and agent tunnels on 127.0.0.1:8443, HTTP on 127.0.0.1:8080, the admin API on
+127.0.0.1:8081, state and a local CA in ./webgw-data. A port of 0 picks a free port.
+Every flag has a config-file key (--config FILE, YAML): the flag name with
+underscores instead of dashes. Flags win over the file.`,
+		Args: argsUsage(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			for flag, env := range map[string]string{"data-dir": "WEBGW_DATA_DIR", "api-addr": "WEBGW_API_ADDR", "config": "WEBGW_CONFIG"} {
+				if err := envDefault(c, flag, env); err != nil {
+					return err
+				}
+			}
+			cfg := &gateway.Config{}
+			if configFile != "" {
+				fc, err := gateway.LoadConfig(configFile)
+				if err != nil {
+					return &usageError{err: err}
+				}
+				cfg = fc
+			}
+			fs := c.Flags()
+			set := func(name string, dst *string, v string) {
+				if fs.Changed(name) || (name == "data-dir" || name == "api-addr") && v != "" && *dst == "" {
+					*dst = v
+				}
+			}
+			set("data-dir", &cfg.DataDir, flags.DataDir)
+			set("domain", &cfg.Domain, flags.Domain)
+			set("http-addr", &cfg.HTTPAddr, flags.HTTPAddr)
+			set("https-addr", &cfg.HTTPSAddr, flags.HTTPSAddr)
+			set("dns-addr", &cfg.DNSAddr, flags.DNSAddr)
+			set("api-addr", &cfg.APIAddr, flags.APIAddr)
+			set("store", &cfg.Store, flags.Store)
+			set("log-level", &cfg.LogLevel, flags.LogLevel)
+			if fs.Changed("public-ip") {
+				cfg.PublicIPs = flags.PublicIPs
+			}
+			if fs.Changed("open") {
+				cfg.Open = &open
+			}
+			if fs.Changed("access-log") {
+				cfg.AccessLog = &accessLog
+			}
+			if fs.Changed("max-streams-per-agent") {
+				cfg.Limits.MaxStreamsPerAgent = flags.Limits.MaxStreamsPerAgent
+			}
+			if fs.Changed("max-agents-per-tenant") {
+				cfg.Limits.MaxAgentsPerTenant = flags.Limits.MaxAgentsPerTenant
+			}
+			if fs.Changed("max-header-bytes") {
+				cfg.Limits.MaxHeaderBytes = flags.Limits.MaxHeaderBytes
+			}
+			if fs.Changed("read-header-timeout") {
+				cfg.Limits.ReadHeaderTimeout = flags.Limits.ReadHeaderTimeout
+			}
+			cfg.Complete()
+			if err := cfg.Validate(); err != nil {
+				return &usageError{err: err}
+			}
+			log := newLogger(cfg.LogLevel)
+			ctx := c.Context()
+			g, err := gateway.Start(ctx, cfg, log)
+			if err != nil {
+				if gateway.IsConfigError(err) {
+					return &usageError{err: err}
+				}
+				return err
+			}
+			g.Banner(os.Stdout)
+			select {
+			case <-ctx.Done():
+				log.Info("stopping: draining in-flight requests")
+			case err := <-g.Err():
+				log.Error("gateway failed", "err", err)
+				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				g.Stop(sctx)
+				return err
+			}
+			sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			if err := g.Stop(sctx); err != nil {
+				return fmt.Errorf("stop: %w", err)
+			}
+			log.Info("stopped")
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&configFile, "config", "", "YAML config file (keys: the flag names with underscores)")
+	f.StringVar(&flags.DataDir, "data-dir", "webgw-data", "state, local CA and admin token directory [$WEBGW_DATA_DIR]")
+	f.StringVar(&flags.Domain, "domain", "localhost", "gateway domain: services are NAME.<domain>")
+	f.StringVar(&flags.HTTPAddr, "http-addr", "127.0.0.1:8080", "plain HTTP listener (redirects to HTTPS)")
+	f.StringVar(&flags.HTTPSAddr, "https-addr", "127.0.0.1:8443", "HTTPS and agent tunnel listener")
+	f.StringVar(&flags.DNSAddr, "dns-addr", "127.0.0.1:8053", "DNS listener (reserved; not served in this version)")
+	f.StringVar(&flags.APIAddr, "api-addr", "127.0.0.1:8081", "admin API, /metrics and /healthz listener [$WEBGW_API_ADDR]")
+	f.StringSliceVar(&flags.PublicIPs, "public-ip", nil, "public IP address of this gateway (repeatable)")
+	f.StringVar(&flags.Store, "store", "", "state store: a bolt file path (default <data-dir>/state.db)")
+	f.BoolVar(&open, "open", true, "let agents without a token get random quick-tunnel names")
+	f.BoolVar(&accessLog, "access-log", true, "log one line per request or stream")
+	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.Int64Var(&flags.Limits.MaxStreamsPerAgent, "max-streams-per-agent", 1024, "concurrent streams per agent session")
+	f.IntVar(&flags.Limits.MaxAgentsPerTenant, "max-agents-per-tenant", 100, "concurrent agent sessions per tenant")
+	f.IntVar(&flags.Limits.MaxHeaderBytes, "max-header-bytes", 64<<10, "largest accepted request header")
+	f.DurationVar(&flags.Limits.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "time allowed to send request headers")
+	return c
+}
+
+func gatewayVersion() string { return "webgw " + gateway.Version }

@@ -1,0 +1,327 @@
+// Package agent is the runtime beside a private backend: it dials out to one
+// or more gateways over TLS, registers its services, and serves each stream
+// the gateway opens by dialling the local target. It reconnects forever with
+// capped exponential backoff and drains in-flight streams on stop.
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/webgw/webgw/internal/certs"
+	"github.com/webgw/webgw/internal/proxy"
+	"github.com/webgw/webgw/internal/tunnel"
+)
+
+// Agent serves a Config. Create it with New.
+type Agent struct {
+	cfg     *Config
+	log     *slog.Logger
+	version string
+	id      string
+	// OnReady is called each time a gateway accepted services, with the grants.
+	onReady func(gateway string, grants []tunnel.ServiceGrant)
+
+	mu       sync.Mutex
+	services []*service          // guarded by mu (names filled in when assigned)
+	byName   map[string]*service // guarded by mu
+}
+
+// Options are New's optional arguments.
+type Options struct {
+	Log     *slog.Logger
+	Version string
+	// OnReady is called each time a gateway accepted services.
+	OnReady func(gateway string, grants []tunnel.ServiceGrant)
+}
+
+// New validates cfg and returns an agent. Bad configuration returns a *ConfigError.
+func New(cfg *Config, opt Options) (*Agent, error) {
+	svcs, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	log := opt.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var id [16]byte
+	rand.Read(id[:])
+	a := &Agent{cfg: cfg, log: log, version: opt.Version, id: hex.EncodeToString(id[:]),
+		onReady: opt.OnReady, services: svcs, byName: map[string]*service{}}
+	for _, s := range svcs {
+		if s.name != "" {
+			a.byName[s.name] = s
+		}
+	}
+	return a, nil
+}
+
+// PermanentError is a refusal that retrying cannot fix (a bad token, a name
+// owned by another tenant). Run returns it.
+type PermanentError struct{ Msg string }
+
+func (e *PermanentError) Error() string { return e.Msg }
+
+// Run connects to every gateway and serves until ctx ends, then drains and
+// returns nil. It returns a *PermanentError when a gateway refuses the agent
+// for good.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	for _, g := range a.cfg.Gateways {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.runGateway(ctx, g); err != nil {
+				cancel(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		var pe *PermanentError
+		if errors.As(err, &pe) {
+			return pe
+		}
+	}
+	return nil
+}
+
+func (a *Agent) tlsConfig(g GatewayConfig) (*tls.Config, error) {
+	tc := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{tunnel.ALPN},
+		ServerName: g.ServerName,
+	}
+	if tc.ServerName == "" {
+		tc.ServerName = hostOf(g.Addr)
+	}
+	switch {
+	case g.Fingerprint != "":
+		tc.InsecureSkipVerify = true // replaced by the pin check below
+		tc.VerifyPeerCertificate = certs.VerifyPin(g.Fingerprint)
+	case g.CA != "":
+		pem, err := os.ReadFile(g.CA)
+		if err != nil {
+			return nil, &ConfigError{Msg: fmt.Sprintf("read CA file %s: %v", g.CA, err)}
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, &ConfigError{Msg: fmt.Sprintf("CA file %s holds no PEM certificate", g.CA)}
+		}
+		tc.RootCAs = pool
+	}
+	return tc, nil
+}
+
+const (
+	backoffMin = 250 * time.Millisecond
+	backoffMax = 5 * time.Second
+)
+
+func jitter(d time.Duration) time.Duration {
+	// Full jitter in [d/2, d).
+	n, _ := rand.Int(rand.Reader, big.NewInt(int64(d/2)+1))
+	return d/2 + time.Duration(n.Int64())
+}
+
+func (a *Agent) runGateway(ctx context.Context, g GatewayConfig) error {
+	log := a.log.With("gateway", g.Addr)
+	tc, err := a.tlsConfig(g)
+	if err != nil {
+		return err
+	}
+	backoff := backoffMin
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := a.session(ctx, log, g, tc)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var pe *PermanentError
+		if errors.As(err, &pe) {
+			log.Error("gateway refused the agent", "err", pe.Msg)
+			return pe
+		}
+		if time.Since(start) > 10*time.Second {
+			backoff = backoffMin
+		}
+		wait := jitter(backoff)
+		log.Warn("tunnel down, reconnecting", "err", err, "in", wait.Round(time.Millisecond).String())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, backoffMax)
+	}
+	return nil
+}
+
+// session runs one tunnel session to g until it fails or ctx ends.
+func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, tc *tls.Config) error {
+	d := &net.Dialer{Timeout: a.cfg.DialTimeout, KeepAlive: 15 * time.Second}
+	raw, err := d.DialContext(ctx, "tcp", g.Addr)
+	if err != nil {
+		return fmt.Errorf("dial gateway: %w", err)
+	}
+	conn := tls.Client(raw, tc)
+	hctx, hcancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
+	err = conn.HandshakeContext(hctx)
+	hcancel()
+	if err != nil {
+		raw.Close()
+		var ce *tls.CertificateVerificationError
+		if errors.As(err, &ce) {
+			return fmt.Errorf("gateway certificate not trusted (check --ca or --fingerprint): %w", err)
+		}
+		return fmt.Errorf("tls handshake: %w", err)
+	}
+	if conn.ConnectionState().NegotiatedProtocol != tunnel.ALPN {
+		raw.Close()
+		return fmt.Errorf("gateway does not speak %s (is %s a webgw gateway's HTTPS port?)", tunnel.ALPN, g.Addr)
+	}
+	sess, err := tunnel.Client(conn, nil)
+	if err != nil {
+		raw.Close()
+		return err
+	}
+	defer sess.Close()
+	ctrl, err := sess.Open()
+	if err != nil {
+		return err
+	}
+
+	a.mu.Lock()
+	hello := &tunnel.Hello{Version: tunnel.ProtocolVersion, Token: g.Token, AgentID: a.id, AgentVersion: a.version}
+	asked := append([]*service(nil), a.services...)
+	for _, s := range asked {
+		hello.Services = append(hello.Services, tunnel.ServiceSpec{Name: s.name, Protocol: string(s.protocol)})
+	}
+	a.mu.Unlock()
+	if err := tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgHello, Hello: hello}); err != nil {
+		return fmt.Errorf("send hello: %w", err)
+	}
+	ctrl.SetReadDeadline(time.Now().Add(a.cfg.DialTimeout))
+	msg, err := tunnel.ReadMessage(ctrl)
+	if err != nil {
+		return fmt.Errorf("read welcome: %w", err)
+	}
+	ctrl.SetReadDeadline(time.Time{})
+	if msg.Type != tunnel.MsgWelcome {
+		return fmt.Errorf("gateway sent %q instead of welcome", msg.Type)
+	}
+	w := msg.Welcome
+	if w.Error != "" {
+		if w.Permanent {
+			return &PermanentError{Msg: w.Error}
+		}
+		return errors.New(w.Error)
+	}
+	var granted []tunnel.ServiceGrant
+	a.mu.Lock()
+	for i, gr := range w.Services {
+		if i >= len(asked) {
+			break
+		}
+		s := asked[i]
+		if gr.Error != "" {
+			log.Error("service refused", "service", s.name, "target", s.target, "err", gr.Error)
+			continue
+		}
+		if s.name == "" && gr.Name != "" {
+			// Keep the assigned quick-tunnel name across reconnects.
+			s.name = gr.Name
+		}
+		if s.name != "" {
+			a.byName[s.name] = s
+		}
+		granted = append(granted, gr)
+	}
+	a.mu.Unlock()
+	log.Info("tunnel up", "gateway_id", w.GatewayID, "services", len(granted))
+	if a.onReady != nil {
+		a.onReady(g.Addr, granted)
+	}
+
+	// Serve streams until the session ends; on ctx end, drain first.
+	var streams sync.WaitGroup
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			st, err := sess.Accept()
+			if err != nil {
+				return
+			}
+			streams.Add(1)
+			go func() {
+				defer streams.Done()
+				a.serveStream(log, st)
+			}()
+		}
+	}()
+	select {
+	case <-done:
+		return errors.New("session closed by gateway")
+	case <-ctx.Done():
+	}
+	tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgDrain})
+	log.Info("draining", "streams", sess.NumStreams()-1)
+	idle := make(chan struct{})
+	go func() { streams.Wait(); close(idle) }()
+	select {
+	case <-idle:
+	case <-done:
+	case <-time.After(a.cfg.DrainTimeout):
+		log.Warn("drain timeout, closing streams", "streams", sess.NumStreams()-1)
+	}
+	return nil
+}
+
+func (a *Agent) serveStream(log *slog.Logger, st net.Conn) {
+	st.SetReadDeadline(time.Now().Add(a.cfg.DialTimeout))
+	h, err := tunnel.ReadHeader(st)
+	if err != nil {
+		log.Warn("bad stream from gateway", "err", err)
+		st.Close()
+		return
+	}
+	st.SetReadDeadline(time.Time{})
+	a.mu.Lock()
+	s := a.byName[h.Service]
+	a.mu.Unlock()
+	if s == nil {
+		log.Warn("stream for unknown service", "service", h.Service)
+		st.Close()
+		return
+	}
+	back, err := net.DialTimeout("tcp", s.addr, a.cfg.DialTimeout)
+	if err != nil {
+		log.Warn("local target unreachable", "service", s.name, "target", s.target, "err", err)
+		if h.Kind == tunnel.KindHTTP {
+			body := "webgw agent: the local target " + s.target + " is unreachable: " + err.Error() + "\n"
+			fmt.Fprintf(st, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+			// Wait for the gateway to finish sending the request, so it sees the response, not a reset.
+			st.SetReadDeadline(time.Now().Add(2 * time.Second))
+			io.Copy(io.Discard, st)
+		}
+		st.Close()
+		return
+	}
+	proxy.Splice(st, back, 0)
+}

@@ -1,0 +1,202 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/webgw/webgw/internal/certs"
+	"github.com/webgw/webgw/internal/model"
+)
+
+// Config is the agent's canonical configuration, as read from its YAML file
+// (`webgw agent --config FILE`) or built by `webgw expose`. Version 1.
+type Config struct {
+	// Version of the file format; 0 or 1.
+	Version int `yaml:"version"`
+	// Token is the default tenant token for every gateway; empty asks for quick tunnels.
+	Token string `yaml:"token"`
+	// CA is the default CA file for every gateway; empty uses system roots.
+	CA string `yaml:"ca"`
+	// Gateways to connect to; at least one.
+	Gateways []GatewayConfig `yaml:"gateways"`
+	// Services to serve; at least one.
+	Services []ServiceConfig `yaml:"services"`
+	// DrainTimeout bounds waiting for in-flight streams on stop; 0 means 30 s.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// DialTimeout bounds dialling a gateway or a local target; 0 means 10 s.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+}
+
+// GatewayConfig is one gateway to connect to.
+type GatewayConfig struct {
+	// Addr is HOST:PORT of the gateway's HTTPS port.
+	Addr string `yaml:"addr"`
+	// CA is a PEM file of CAs to trust for this gateway; overrides Config.CA.
+	CA string `yaml:"ca"`
+	// Fingerprint pins the gateway's key ("sha256:<hex>"), instead of a CA.
+	Fingerprint string `yaml:"fingerprint"`
+	// Token overrides Config.Token for this gateway.
+	Token string `yaml:"token"`
+	// ServerName is the TLS name to verify; empty means the host of Addr.
+	ServerName string `yaml:"server_name"`
+}
+
+// ServiceConfig is one service the agent serves.
+type ServiceConfig struct {
+	// Name asks for NAME.<domain>; empty asks for a random quick-tunnel name.
+	Name string `yaml:"name"`
+	// Target is http://, https:// (TLS passthrough) or h2c:// HOST:PORT.
+	Target string `yaml:"target"`
+}
+
+// ConfigError is bad configuration; the CLI exits 2 for it.
+type ConfigError struct{ Msg string }
+
+func (e *ConfigError) Error() string { return e.Msg }
+
+func cfgErr(format string, args ...any) error { return &ConfigError{Msg: fmt.Sprintf(format, args...)} }
+
+// LoadConfig reads a YAML config file strictly: unknown keys are errors.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, cfgErr("read config %s: %v", path, err)
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, cfgErr("config %s: %v (accepted keys: version, token, ca, gateways[addr, ca, fingerprint, token, server_name], services[name, target], drain_timeout, dial_timeout)", path, err)
+	}
+	return &c, nil
+}
+
+// service is a validated ServiceConfig.
+type service struct {
+	name     string // may be empty until the gateway assigns one
+	protocol model.Protocol
+	addr     string // HOST:PORT to dial
+	target   string
+}
+
+// ParseTarget validates a target URL and returns its protocol and address.
+func ParseTarget(target string) (model.Protocol, string, error) {
+	u, err := url.Parse(target)
+	if err != nil || u.Host == "" {
+		return "", "", fmt.Errorf("target %q: want http://HOST:PORT, https://HOST:PORT or h2c://HOST:PORT", target)
+	}
+	var proto model.Protocol
+	switch u.Scheme {
+	case "http":
+		proto = model.ProtoHTTP
+	case "h2c":
+		proto = model.ProtoH2C
+	case "https":
+		proto = model.ProtoTLS
+	case "tcp", "udp":
+		return "", "", fmt.Errorf("target %q: %s forwarding is not available in this version; use http://, https:// or h2c://", target, u.Scheme)
+	default:
+		return "", "", fmt.Errorf("target %q: scheme %q not accepted; use http://, https:// or h2c://", target, u.Scheme)
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+		return "", "", fmt.Errorf("target %q: only SCHEME://HOST:PORT is accepted (no path, query or user)", target)
+	}
+	host, port := u.Hostname(), u.Port()
+	if port == "" {
+		switch u.Scheme {
+		case "https":
+			port = "443"
+		default:
+			port = "80"
+		}
+	}
+	return proto, net.JoinHostPort(host, port), nil
+}
+
+// validate checks c, applies defaults, and returns the parsed services.
+func (c *Config) validate() ([]*service, error) {
+	if c.Version != 0 && c.Version != 1 {
+		return nil, cfgErr("version: %d not accepted; use 1", c.Version)
+	}
+	if len(c.Gateways) == 0 {
+		return nil, cfgErr("gateways: at least one gateway is needed (addr: HOST:PORT)")
+	}
+	for i := range c.Gateways {
+		g := &c.Gateways[i]
+		if _, _, err := net.SplitHostPort(g.Addr); err != nil {
+			return nil, cfgErr("gateways[%d].addr: %q is not HOST:PORT", i, g.Addr)
+		}
+		if g.Fingerprint != "" {
+			if err := certs.ValidatePin(g.Fingerprint); err != nil {
+				return nil, cfgErr("gateways[%d].fingerprint: %v", i, err)
+			}
+		}
+		if g.CA == "" {
+			g.CA = c.CA
+		}
+		if g.Token == "" {
+			g.Token = c.Token
+		}
+		if g.CA != "" {
+			if _, err := os.Stat(g.CA); err != nil {
+				return nil, cfgErr("gateways[%d].ca: %v", i, err)
+			}
+		}
+	}
+	if len(c.Services) == 0 {
+		return nil, cfgErr("services: at least one service is needed (target: http://HOST:PORT)")
+	}
+	seen := map[string]bool{}
+	var out []*service
+	for i, sc := range c.Services {
+		proto, addr, err := ParseTarget(sc.Target)
+		if err != nil {
+			return nil, cfgErr("services[%d].target: %v", i, err)
+		}
+		if sc.Name != "" {
+			if err := model.ValidateName(sc.Name); err != nil {
+				return nil, cfgErr("services[%d].name: %v", i, err)
+			}
+			if seen[sc.Name] {
+				return nil, cfgErr("services[%d].name: %q listed twice", i, sc.Name)
+			}
+			seen[sc.Name] = true
+		}
+		out = append(out, &service{name: sc.Name, protocol: proto, addr: addr, target: sc.Target})
+	}
+	if c.DrainTimeout < 0 {
+		return nil, cfgErr("drain_timeout: must not be negative")
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.DialTimeout < 0 {
+		return nil, cfgErr("dial_timeout: must not be negative")
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 10 * time.Second
+	}
+	return out, nil
+}
+
+// IsConfigError reports whether err is bad configuration.
+func IsConfigError(err error) bool {
+	var ce *ConfigError
+	return errors.As(err, &ce)
+}
+
+func hostOf(addr string) string {
+	h, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return strings.Trim(h, "[]")
+}

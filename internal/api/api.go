@@ -1,0 +1,318 @@
+// Package api is the gateway's admin and tenant HTTP API under /v1/ (JSON,
+// bearer tokens), plus /healthz and /metrics. It is documented in
+// api/openapi.yaml at the repository root.
+package api
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/webgw/webgw/internal/model"
+	"github.com/webgw/webgw/internal/route"
+	"github.com/webgw/webgw/internal/store"
+)
+
+// Server is the API handler. Set its fields, then use Handler.
+type Server struct {
+	Store store.Store
+	Table *route.Table
+	// AdminToken authenticates the operator.
+	AdminToken string
+	// Metrics serves /metrics; nil answers 404.
+	Metrics http.Handler
+	// Info describes the gateway for /v1/status.
+	Info GatewayInfo
+	Log  *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// GatewayInfo is the static part of /v1/status.
+type GatewayInfo struct {
+	ID        string    `json:"id"`
+	Version   string    `json:"version"`
+	Domain    string    `json:"domain"`
+	HTTPAddr  string    `json:"http_addr"`
+	HTTPSAddr string    `json:"https_addr"`
+	APIAddr   string    `json:"api_addr"`
+	Open      bool      `json:"open"`
+	Started   time.Time `json:"started"`
+}
+
+// maxBody bounds request bodies.
+const maxBody = 64 << 10
+
+type caller struct {
+	admin  bool
+	tenant string
+}
+
+// Handler returns the HTTP handler for the whole API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "ok\n")
+	})
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", s.Metrics)
+	}
+	mux.HandleFunc("GET /v1/status", s.auth(true, s.status))
+	mux.HandleFunc("GET /v1/tenants", s.auth(true, s.listTenants))
+	mux.HandleFunc("POST /v1/tenants", s.auth(true, s.addTenant))
+	mux.HandleFunc("DELETE /v1/tenants/{name}", s.auth(true, s.removeTenant))
+	mux.HandleFunc("GET /v1/services", s.auth(false, s.listServices))
+	mux.HandleFunc("GET /v1/whoami", s.auth(false, s.whoami))
+	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+func (s *Server) auth(adminOnly bool, h func(http.ResponseWriter, *http.Request, caller)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || tok == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="webgw"`)
+			writeError(w, http.StatusUnauthorized, "missing bearer token: send 'Authorization: Bearer <admin or tenant token>'")
+			return
+		}
+		if subtle.ConstantTimeCompare([]byte(tok), []byte(s.AdminToken)) == 1 {
+			h(w, r, caller{admin: true})
+			return
+		}
+		t, err := store.TenantByToken(r.Context(), s.Store, tok)
+		if err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				writeError(w, http.StatusUnauthorized, "token refused")
+			} else {
+				writeError(w, http.StatusInternalServerError, "check token: "+err.Error())
+			}
+			return
+		}
+		if adminOnly {
+			writeError(w, http.StatusForbidden, "this operation needs the admin token")
+			return
+		}
+		h(w, r, caller{tenant: t.Name})
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error string `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, Error{Error: msg})
+}
+
+// decode reads a JSON body strictly: unknown fields and trailing data are
+// refused with a message naming them.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody+1))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errors.New("empty body: send a JSON object")
+		}
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &se):
+			return fmt.Errorf("body is not valid JSON at byte %d: %v", se.Offset, err)
+		case errors.As(err, &te):
+			return fmt.Errorf("field %q must be a %s", te.Field, te.Type)
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			return fmt.Errorf("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+		}
+		return fmt.Errorf("body: %v", err)
+	}
+	if dec.More() {
+		return errors.New("body has data after the JSON object")
+	}
+	return nil
+}
+
+// TenantRequest is the body of POST /v1/tenants.
+type TenantRequest struct {
+	Name string `json:"name"`
+}
+
+// TenantCreated answers POST /v1/tenants. Token is shown only here.
+type TenantCreated struct {
+	Name  string `json:"name"`
+	Token string `json:"token"`
+}
+
+// TenantInfo is one tenant in GET /v1/tenants.
+type TenantInfo struct {
+	Name     string    `json:"name"`
+	Created  time.Time `json:"created"`
+	Services int       `json:"services"`
+}
+
+func (s *Server) addTenant(w http.ResponseWriter, r *http.Request, _ caller) {
+	var req TenantRequest
+	if err := decode(r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := model.ValidateTenantName(req.Name); err != nil {
+		writeError(w, http.StatusBadRequest, "field \"name\": "+err.Error())
+		return
+	}
+	token := model.NewToken()
+	t := model.Tenant{Name: req.Name, TokenHash: model.HashToken(token), Created: s.now().UTC()}
+	if err := store.CreateTenant(r.Context(), s.Store, t); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			writeError(w, http.StatusConflict, fmt.Sprintf("tenant %q already exists", req.Name))
+			return
+		}
+		writeError(w, http.StatusInternalServerError, "create tenant: "+err.Error())
+		return
+	}
+	s.Log.Info("tenant added", "tenant", req.Name)
+	writeJSON(w, http.StatusCreated, TenantCreated{Name: req.Name, Token: token})
+}
+
+func (s *Server) listTenants(w http.ResponseWriter, r *http.Request, _ caller) {
+	ts, err := store.ListTenants(r.Context(), s.Store)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "list tenants: "+err.Error())
+		return
+	}
+	svcs, err := store.ListServices(r.Context(), s.Store)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "list services: "+err.Error())
+		return
+	}
+	count := map[string]int{}
+	for _, sv := range svcs {
+		count[sv.Tenant]++
+	}
+	out := make([]TenantInfo, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, TenantInfo{Name: t.Name, Created: t.Created, Services: count[t.Name]})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) removeTenant(w http.ResponseWriter, r *http.Request, _ caller) {
+	name := r.PathValue("name")
+	if err := model.ValidateTenantName(name); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := store.DeleteTenant(r.Context(), s.Store, name); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			writeError(w, http.StatusNotFound, fmt.Sprintf("tenant %q does not exist", name))
+			return
+		}
+		writeError(w, http.StatusInternalServerError, "remove tenant: "+err.Error())
+		return
+	}
+	// Cut the tenant's agents at once: their token no longer exists.
+	for _, a := range s.Table.AgentsOf() {
+		if a.Tenant == name {
+			a.Session.Close()
+		}
+	}
+	s.Log.Info("tenant removed", "tenant", name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// ServiceInfo is one service in GET /v1/services and /v1/status.
+type ServiceInfo struct {
+	Name     string `json:"name"`
+	Tenant   string `json:"tenant"`
+	Protocol string `json:"protocol"`
+	Agents   int    `json:"agents"`
+	Streams  int64  `json:"streams"`
+	Requests int64  `json:"requests"`
+	BytesIn  int64  `json:"bytes_in"`
+	BytesOut int64  `json:"bytes_out"`
+}
+
+// AgentInfo is one agent session in /v1/status.
+type AgentInfo struct {
+	ID        string    `json:"id"`
+	Tenant    string    `json:"tenant"`
+	Remote    string    `json:"remote"`
+	Version   string    `json:"version"`
+	Services  []string  `json:"services"`
+	Connected time.Time `json:"connected"`
+	Draining  bool      `json:"draining"`
+	Streams   int64     `json:"streams"`
+	BytesIn   int64     `json:"bytes_in"`
+	BytesOut  int64     `json:"bytes_out"`
+}
+
+// Status answers GET /v1/status.
+type Status struct {
+	Gateway  GatewayInfo   `json:"gateway"`
+	Services []ServiceInfo `json:"services"`
+	Agents   []AgentInfo   `json:"agents"`
+}
+
+func (s *Server) services(c caller) []ServiceInfo {
+	out := []ServiceInfo{}
+	for _, sv := range s.Table.List() {
+		if !c.admin && sv.Tenant != c.tenant {
+			continue
+		}
+		si := ServiceInfo{Name: sv.Name, Tenant: sv.Tenant, Protocol: string(sv.Protocol), Requests: sv.Requests()}
+		for _, a := range sv.Agents() {
+			si.Agents++
+			si.Streams += a.Streams()
+		}
+		if m := sv.Metrics; m != nil {
+			si.BytesIn = int64(counterValue(m.BytesIn))
+			si.BytesOut = int64(counterValue(m.BytesOut))
+		}
+		out = append(out, si)
+	}
+	return out
+}
+
+func (s *Server) listServices(w http.ResponseWriter, r *http.Request, c caller) {
+	writeJSON(w, http.StatusOK, s.services(c))
+}
+
+func (s *Server) whoami(w http.ResponseWriter, r *http.Request, c caller) {
+	writeJSON(w, http.StatusOK, map[string]any{"admin": c.admin, "tenant": c.tenant})
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request, c caller) {
+	st := Status{Gateway: s.Info, Services: s.services(c), Agents: []AgentInfo{}}
+	for _, a := range s.Table.AgentsOf() {
+		in, out := a.Bytes()
+		st.Agents = append(st.Agents, AgentInfo{
+			ID: a.ID, Tenant: a.Tenant, Remote: a.Remote, Version: a.Version, Services: a.Services,
+			Connected: a.Connected, Draining: a.Draining(), Streams: a.Streams(), BytesIn: in, BytesOut: out,
+		})
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}

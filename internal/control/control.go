@@ -1,0 +1,406 @@
+// Package control is the gateway side of the agent tunnel: it accepts an
+// agent's session, authenticates it, decides which names it may serve
+// (ownership, quick-tunnel names), attaches it to the routing table, and
+// detaches it when the session ends or drains.
+package control
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/webgw/webgw/internal/model"
+	"github.com/webgw/webgw/internal/route"
+	"github.com/webgw/webgw/internal/store"
+	"github.com/webgw/webgw/internal/tunnel"
+)
+
+// Server accepts agent sessions. Fields are set before the first ServeConn
+// and not changed after.
+type Server struct {
+	Store store.Store
+	Table *route.Table
+	// Log receives connection events; nil discards.
+	Log *slog.Logger
+	// URL returns the public URL of a service name and protocol.
+	URL func(name string, proto model.Protocol) string
+	// Open lets agents without a token get quick-tunnel names.
+	Open bool
+	// GatewayID names this gateway in welcomes.
+	GatewayID string
+	// MaxAgentsPerTenant bounds concurrent agent sessions per tenant (and for
+	// all anonymous agents together); 0 means 100.
+	MaxAgentsPerTenant int
+	// MaxStreamsPerAgent bounds concurrent streams to one agent; 0 means 1024.
+	MaxStreamsPerAgent int64
+	// MaxServicesPerAgent bounds the services one agent may register; 0 means 64.
+	MaxServicesPerAgent int
+	// Tunnel tunes the multiplexer.
+	Tunnel *tunnel.Config
+	// OnDrain is called for each service of an agent that starts draining,
+	// and again every 200 ms while it drains (the proxy closes idle pooled streams).
+	OnDrain func(*route.Service)
+	// HandshakeTimeout bounds the wait for the agent's hello; 0 means 10 s.
+	HandshakeTimeout time.Duration
+
+	mu       sync.Mutex       // serialises claims and the counts below
+	sessions map[string]int   // sessions per tenant ("" = anonymous); guarded by mu
+	byID     map[string]*conn // live sessions by agent id; guarded by mu
+}
+
+type conn struct {
+	agent *route.Agent
+	sess  *tunnel.Session
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
+}
+
+// ServeConn runs one agent session over c, an established TLS connection that
+// negotiated tunnel.ALPN. It returns when the session ends.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
+	log := s.log().With("remote", c.RemoteAddr().String())
+	sess, err := tunnel.Server(c, s.Tunnel)
+	if err != nil {
+		log.Warn("agent session", "err", err)
+		c.Close()
+		return
+	}
+	defer sess.Close()
+
+	hto := s.HandshakeTimeout
+	if hto == 0 {
+		hto = 10 * time.Second
+	}
+	timer := time.AfterFunc(hto, func() { sess.Close() })
+	ctrl, err := sess.Accept()
+	if err != nil {
+		timer.Stop()
+		log.Info("agent gave no control stream", "err", err)
+		return
+	}
+	msg, err := tunnel.ReadMessage(ctrl)
+	if !timer.Stop() {
+		log.Info("agent handshake timed out")
+		return
+	}
+	if err != nil {
+		log.Info("agent hello unreadable", "err", err)
+		return
+	}
+	if msg.Type != tunnel.MsgHello {
+		log.Info("agent sent no hello", "type", msg.Type)
+		return
+	}
+	h := msg.Hello
+	log = log.With("agent", h.AgentID)
+
+	welcome, agent, release := s.admit(ctx, h, sess, c.RemoteAddr().String())
+	if err := tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgWelcome, Welcome: welcome}); err != nil {
+		log.Info("agent welcome failed", "err", err)
+	}
+	if agent == nil {
+		log.Info("agent refused", "err", welcome.Error)
+		return
+	}
+	defer release()
+	log.Info("agent connected", "tenant", agent.Tenant, "services", agent.Services, "version", h.AgentVersion)
+
+	// The control stream now only carries drain; its end ends the session.
+	go func() {
+		for {
+			m, err := tunnel.ReadMessage(ctrl)
+			if err != nil {
+				sess.Close()
+				return
+			}
+			if m.Type == tunnel.MsgDrain {
+				log.Info("agent draining")
+				agent.Drain()
+				go s.drainLoop(agent, sess)
+			}
+		}
+	}()
+	select {
+	case <-sess.CloseChan():
+	case <-ctx.Done():
+	}
+	log.Info("agent disconnected", "tenant", agent.Tenant)
+}
+
+func (s *Server) drainLoop(a *route.Agent, sess *tunnel.Session) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		for _, name := range a.Services {
+			if svc := s.Table.Lookup(name); svc != nil && s.OnDrain != nil {
+				s.OnDrain(svc)
+			}
+		}
+		select {
+		case <-sess.CloseChan():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// admit authenticates h and claims its services. It returns the welcome to
+// send, and when the agent is admitted, the attached agent and a release func.
+func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Session, remote string) (*tunnel.Welcome, *route.Agent, func()) {
+	w := &tunnel.Welcome{GatewayID: s.GatewayID}
+	if h.Version != tunnel.ProtocolVersion {
+		w.Error = fmt.Sprintf("control protocol version %d not supported; this gateway speaks %d", h.Version, tunnel.ProtocolVersion)
+		w.Permanent = true
+		return w, nil, nil
+	}
+	if h.AgentID == "" || len(h.AgentID) > 64 {
+		w.Error = "agent_id must be 1-64 characters"
+		w.Permanent = true
+		return w, nil, nil
+	}
+	maxSvc := s.MaxServicesPerAgent
+	if maxSvc == 0 {
+		maxSvc = 64
+	}
+	if len(h.Services) == 0 || len(h.Services) > maxSvc {
+		w.Error = fmt.Sprintf("an agent registers 1-%d services, got %d", maxSvc, len(h.Services))
+		w.Permanent = true
+		return w, nil, nil
+	}
+	tenant := ""
+	if h.Token != "" {
+		t, err := store.TenantByToken(ctx, s.Store, h.Token)
+		if err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				w.Error = "token refused: no tenant has this token"
+				w.Permanent = true
+			} else {
+				w.Error = "token check failed, try again: " + err.Error()
+			}
+			return w, nil, nil
+		}
+		tenant = t.Name
+	} else if !s.Open {
+		w.Error = "this gateway requires a tenant token (--token); ask its operator for one"
+		w.Permanent = true
+		return w, nil, nil
+	}
+
+	maxStreams := s.MaxStreamsPerAgent
+	if maxStreams == 0 {
+		maxStreams = 1024
+	}
+	a := &route.Agent{
+		ID: h.AgentID, Tenant: tenant, Remote: remote, Version: h.AgentVersion,
+		Connected: time.Now(), Session: sess, MaxStreams: maxStreams,
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sessions == nil {
+		s.sessions = make(map[string]int)
+		s.byID = make(map[string]*conn)
+	}
+	// The same agent process reconnecting replaces its stale session.
+	if old := s.byID[h.AgentID]; old != nil && old.agent.Tenant == tenant {
+		old.sess.Close()
+		s.Table.Detach(old.agent)
+		s.dropLocked(old)
+	}
+	maxAgents := s.MaxAgentsPerTenant
+	if maxAgents == 0 {
+		maxAgents = 100
+	}
+	if s.sessions[tenant] >= maxAgents {
+		who := "tenant " + tenant
+		if tenant == "" {
+			who = "anonymous agents"
+		}
+		w.Error = fmt.Sprintf("%s already hold %d agent sessions, the limit", who, maxAgents)
+		return w, nil, nil
+	}
+
+	var claimed []string
+	for _, spec := range h.Services {
+		g := s.claimLocked(ctx, spec, tenant, h.AgentID)
+		w.Services = append(w.Services, g)
+		if g.Error == "" {
+			claimed = append(claimed, g.Name)
+		}
+	}
+	if len(claimed) == 0 {
+		w.Error = "no service could be registered"
+		w.Permanent = true
+		for _, g := range w.Services {
+			if !g.Permanent {
+				w.Permanent = false
+			}
+		}
+		return w, nil, nil
+	}
+	a.Services = claimed
+	for _, name := range claimed {
+		if err := s.Table.Attach(name, a); err != nil {
+			s.log().Error("attach agent", "err", err)
+		}
+	}
+	c := &conn{agent: a, sess: sess}
+	s.byID[h.AgentID] = c
+	s.sessions[tenant]++
+	release := func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.Table.Detach(a)
+		if s.byID[h.AgentID] == c {
+			s.dropLocked(c)
+		}
+	}
+	return w, a, release
+}
+
+func (s *Server) dropLocked(c *conn) {
+	if s.byID[c.agent.ID] == c {
+		delete(s.byID, c.agent.ID)
+		s.sessions[c.agent.Tenant]--
+		if s.sessions[c.agent.Tenant] <= 0 {
+			delete(s.sessions, c.agent.Tenant)
+		}
+	}
+}
+
+func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenant, agentID string) tunnel.ServiceGrant {
+	proto := model.Protocol(spec.Protocol)
+	g := tunnel.ServiceGrant{Name: spec.Name, Protocol: spec.Protocol}
+	fail := func(permanent bool, format string, args ...any) tunnel.ServiceGrant {
+		g.Error = fmt.Sprintf(format, args...)
+		g.Permanent = permanent
+		return g
+	}
+	if !proto.Valid() {
+		return fail(true, "protocol %q not accepted; use http, h2c or tls", spec.Protocol)
+	}
+	name := spec.Name
+	if name == "" {
+		n, err := s.randomNameLocked(ctx)
+		if err != nil {
+			return fail(false, "pick a name: %v", err)
+		}
+		name = n
+		g.Name = n
+	} else if err := model.ValidateName(name); err != nil {
+		return fail(true, "%v", err)
+	}
+
+	existing := s.Table.Lookup(name)
+	if existing == nil && tenant != "" {
+		// The table follows the store, but check the store itself so two
+		// gateways (or a lagging watch) never give one name two owners.
+		var sv model.Service
+		if _, err := store.GetJSON(ctx, s.Store, store.ServiceKey(name), &sv); err == nil {
+			existing = s.Table.Upsert(sv.Name, sv.Tenant, sv.Protocol, true)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return fail(false, "read service %q: %v", name, err)
+		}
+	}
+	if existing != nil {
+		switch {
+		case existing.Tenant != tenant && existing.Stored:
+			return fail(true, "name %q belongs to another tenant; choose another name", name)
+		case existing.Tenant == "" && tenant == "" && existing.Live() && !heldOnlyBy(existing, agentID):
+			return fail(false, "name %q is in use by another quick tunnel; choose another name or use a token", name)
+		case existing.Tenant == "" && tenant != "" && existing.Live():
+			return fail(false, "name %q is in use by a quick tunnel right now; try again when it disconnects", name)
+		case existing.Protocol != proto && existing.Live():
+			return fail(true, "name %q is served as %s by other agents; this agent asked for %s", name, existing.Protocol, proto)
+		}
+	}
+	if tenant != "" && (existing == nil || !existing.Stored || existing.Protocol != proto) {
+		sv := model.Service{Name: name, Tenant: tenant, Protocol: proto, Created: time.Now().UTC()}
+		expect := int64(0)
+		if existing != nil && existing.Stored {
+			var old model.Service
+			rev, err := store.GetJSON(ctx, s.Store, store.ServiceKey(name), &old)
+			if err != nil {
+				return fail(false, "read service %q: %v", name, err)
+			}
+			if old.Tenant != tenant {
+				return fail(true, "name %q belongs to another tenant; choose another name", name)
+			}
+			sv.Created = old.Created
+			expect = rev
+		}
+		if _, err := store.PutJSON(ctx, s.Store, store.ServiceKey(name), &sv, expect); err != nil {
+			if errors.Is(err, store.ErrConflict) {
+				return fail(false, "name %q was just taken or changed; try again", name)
+			}
+			return fail(false, "store service %q: %v", name, err)
+		}
+		s.Table.Upsert(name, tenant, proto, true)
+	} else if tenant == "" {
+		s.Table.Upsert(name, "", proto, false)
+	}
+	if s.URL != nil {
+		g.URL = s.URL(name, proto)
+	}
+	return g
+}
+
+func heldOnlyBy(svc *route.Service, agentID string) bool {
+	for _, a := range svc.Agents() {
+		if a.ID != agentID && !a.Draining() {
+			return false
+		}
+	}
+	return true
+}
+
+var (
+	adjectives = []string{"quick", "brave", "calm", "bright", "eager", "gentle", "happy", "jolly", "keen", "lively",
+		"merry", "noble", "proud", "quiet", "rapid", "shiny", "swift", "tidy", "vivid", "witty", "bold", "cosy",
+		"fancy", "grand", "humble", "lucky", "mellow", "plucky", "sunny", "zesty"}
+	animals = []string{"otter", "badger", "falcon", "heron", "koala", "lynx", "marten", "newt", "osprey", "panda",
+		"quail", "raven", "seal", "tapir", "urchin", "vole", "walrus", "yak", "zebra", "beaver", "crane", "dingo",
+		"egret", "ferret", "gecko", "ibis", "jackal", "lemur", "moose", "puffin"}
+)
+
+func randInt(n int) int {
+	v, err := rand.Int(rand.Reader, big.NewInt(int64(n)))
+	if err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	return int(v.Int64())
+}
+
+// randomNameLocked picks a free quick-tunnel name such as "quick-otter-42".
+func (s *Server) randomNameLocked(ctx context.Context) (string, error) {
+	for i := 0; i < 64; i++ {
+		var name string
+		if i < 32 {
+			name = fmt.Sprintf("%s-%s-%d", adjectives[randInt(len(adjectives))], animals[randInt(len(animals))], 10+randInt(90))
+		} else {
+			name = fmt.Sprintf("%s-%s-%d", adjectives[randInt(len(adjectives))], animals[randInt(len(animals))], 1000+randInt(9000))
+		}
+		if s.Table.Lookup(name) != nil || model.IsReserved(name) {
+			continue
+		}
+		_, err := s.Store.Get(ctx, store.ServiceKey(name))
+		if errors.Is(err, store.ErrNotFound) {
+			return name, nil
+		}
+		if err != nil {
+			return "", err
+		}
+	}
+	return "", errors.New("no free name found")
+}

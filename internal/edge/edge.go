@@ -1,0 +1,361 @@
+// Package edge runs the gateway's public listeners: the HTTPS port, which
+// reads each ClientHello and routes it by ALPN and SNI (agent tunnels, TLS
+// passthrough, or TLS termination into the HTTP proxy), and the plain HTTP
+// port, which redirects known names to HTTPS.
+package edge
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/webgw/webgw/internal/proxy"
+	"github.com/webgw/webgw/internal/route"
+	"github.com/webgw/webgw/internal/tunnel"
+)
+
+// CertSource gives certificates for names the edge terminates.
+type CertSource interface {
+	ForName(name string) (*tls.Certificate, error)
+}
+
+// Names maps host names to services under the gateway domain.
+type Names struct {
+	// Domain is the gateway domain, lower case, without a trailing dot.
+	Domain string
+	Table  *route.Table
+}
+
+// Resolve returns the service label for host and whether host is the domain
+// itself or a single label directly under it. svc is nil for unknown labels.
+func (n *Names) Resolve(host string) (label string, ours bool, svc *route.Service) {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == n.Domain {
+		return "", true, nil
+	}
+	if !strings.HasSuffix(host, n.Domain) || len(host) <= len(n.Domain)+1 || host[len(host)-len(n.Domain)-1] != '.' {
+		return "", false, nil
+	}
+	label = host[:len(host)-len(n.Domain)-1]
+	if label == "" || strings.IndexByte(label, '.') >= 0 || len(label) > 63 {
+		return "", false, nil
+	}
+	return label, true, n.Table.Lookup(label)
+}
+
+// Lookup returns the service for a host, or nil.
+func (n *Names) Lookup(host string) *route.Service {
+	_, _, svc := n.Resolve(host)
+	return svc
+}
+
+// HTTPS serves the public HTTPS port. Set its fields, then call Serve.
+type HTTPS struct {
+	Names *Names
+	Certs CertSource
+	// TunnelCert is the gateway's own certificate, shown to agents.
+	TunnelCert *tls.Certificate
+	// Tunnel serves an agent connection after its TLS handshake.
+	Tunnel func(ctx context.Context, c net.Conn)
+	// Proxy handles terminated HTTP requests.
+	Proxy http.Handler
+	// Log receives errors and passthrough access lines; nil discards.
+	Log *slog.Logger
+	// AccessLog logs one line per passthrough stream.
+	AccessLog bool
+	// HelloTimeout bounds reading the ClientHello and the TLS handshake; 0 means 10 s.
+	HelloTimeout time.Duration
+	// ReadHeaderTimeout bounds reading request headers (slowloris); 0 means 10 s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes idle client keep-alive connections; 0 means 120 s.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds request headers; 0 means 64 KiB.
+	MaxHeaderBytes int
+	// PassthroughIdle closes passthrough streams idle this long; 0 means 1 h.
+	PassthroughIdle time.Duration
+
+	srv   *http.Server
+	httpL *chanListener
+	wg    sync.WaitGroup
+}
+
+func (e *HTTPS) log() *slog.Logger {
+	if e.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return e.Log
+}
+
+// Serve accepts connections on ln until ctx ends or ln fails. On return it
+// has stopped accepting; Shutdown drains the HTTP side.
+func (e *HTTPS) Serve(ctx context.Context, ln net.Listener) error {
+	e.httpL = newChanListener(ln.Addr())
+	rht := e.ReadHeaderTimeout
+	if rht == 0 {
+		rht = 10 * time.Second
+	}
+	idle := e.IdleTimeout
+	if idle == 0 {
+		idle = 120 * time.Second
+	}
+	mhb := e.MaxHeaderBytes
+	if mhb == 0 {
+		mhb = 64 << 10
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetHTTP2(true)
+	e.srv = &http.Server{
+		Handler:           e.Proxy,
+		ReadHeaderTimeout: rht,
+		IdleTimeout:       idle,
+		MaxHeaderBytes:    mhb,
+		Protocols:         &protos,
+		TLSConfig:         &tls.Config{NextProtos: []string{"h2", "http/1.1"}},
+		ErrorLog:          slog.NewLogLogger(e.log().Handler(), slog.LevelDebug),
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 250},
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.srv.Serve(e.httpL)
+	}()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept https: %w", err)
+		}
+		go e.handle(ctx, c)
+	}
+}
+
+// Shutdown stops the HTTP server gracefully, waiting for in-flight requests until ctx ends.
+func (e *HTTPS) Shutdown(ctx context.Context) error {
+	if e.srv == nil {
+		return nil
+	}
+	err := e.srv.Shutdown(ctx)
+	e.wg.Wait()
+	return err
+}
+
+func (e *HTTPS) handle(ctx context.Context, c net.Conn) {
+	to := e.HelloTimeout
+	if to == 0 {
+		to = 10 * time.Second
+	}
+	c.SetReadDeadline(time.Now().Add(to))
+	hello, peeked, err := peekClientHello(c)
+	if err != nil {
+		e.log().Debug("read client hello", "remote", c.RemoteAddr().String(), "err", err)
+		c.Close()
+		return
+	}
+	pc := &prefixConn{Conn: c, prefix: peeked}
+
+	if slices.Contains(hello.protos, tunnel.ALPN) {
+		tc := tls.Server(pc, &tls.Config{
+			Certificates: []tls.Certificate{*e.TunnelCert},
+			NextProtos:   []string{tunnel.ALPN},
+			MinVersion:   tls.VersionTLS13,
+		})
+		if err := tc.HandshakeContext(ctx); err != nil {
+			e.log().Debug("agent tls handshake", "remote", c.RemoteAddr().String(), "err", err)
+			c.Close()
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		e.Tunnel(ctx, tc)
+		return
+	}
+
+	label, ours, svc := e.Names.Resolve(hello.serverName)
+	if svc != nil && !svc.Protocol.Terminates() {
+		c.SetReadDeadline(time.Time{})
+		e.passthrough(pc, svc, hello.serverName)
+		return
+	}
+	if !ours && hello.serverName != "" {
+		// Not a name of ours: refuse in TLS terms, like a server without that name.
+		c.Write(alertUnrecognizedName)
+		c.Close()
+		return
+	}
+	name := hello.serverName
+	if name == "" || label == "" {
+		name = e.Names.Domain
+	}
+	cert, err := e.Certs.ForName(strings.ToLower(strings.TrimSuffix(name, ".")))
+	if err != nil {
+		e.log().Warn("certificate", "name", name, "err", err)
+		c.Write(alertInternalError)
+		c.Close()
+		return
+	}
+	tc := tls.Server(pc, &tls.Config{
+		Certificates: []tls.Certificate{*cert},
+		NextProtos:   []string{"h2", "http/1.1"},
+		MinVersion:   tls.VersionTLS12,
+	})
+	if err := tc.HandshakeContext(ctx); err != nil {
+		e.log().Debug("tls handshake", "remote", c.RemoteAddr().String(), "sni", name, "err", err)
+		c.Close()
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	if !e.httpL.deliver(tc) {
+		tc.Close()
+	}
+}
+
+func (e *HTTPS) passthrough(pc *prefixConn, svc *route.Service, sni string) {
+	start := time.Now()
+	stream, _, err := svc.Dial(&tunnel.Header{Kind: tunnel.KindTLS, Service: svc.Name, Client: pc.RemoteAddr().String(), Host: sni})
+	if err != nil {
+		e.log().Debug("passthrough dial", "service", svc.Name, "err", err)
+		pc.Write(alertInternalError)
+		pc.Close()
+		if svc.Metrics != nil {
+			svc.Metrics.Count(503)
+		}
+		return
+	}
+	idle := e.PassthroughIdle
+	if idle == 0 {
+		idle = time.Hour
+	}
+	in, out := proxy.Splice(pc, stream, idle)
+	svc.CountRequest()
+	if svc.Metrics != nil {
+		svc.Metrics.Count(0)
+	}
+	if e.AccessLog {
+		e.log().Info("stream", "service", svc.Name, "remote", pc.RemoteAddr().String(), "sni", sni,
+			"bytes_in", in, "bytes_out", out, "duration", time.Since(start).Round(time.Millisecond).String())
+	}
+}
+
+var (
+	// TLS 1.2-framed fatal alerts: unrecognized_name (112) and internal_error (80).
+	alertUnrecognizedName = []byte{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112}
+	alertInternalError    = []byte{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80}
+)
+
+type clientHello struct {
+	serverName string
+	protos     []string
+}
+
+var errHelloRead = errors.New("client hello read")
+
+// peekClientHello reads the TLS ClientHello from r with crypto/tls's own
+// parser (a handshake that stops at GetConfigForClient) and returns its SNI
+// and ALPN list and every byte read, to be replayed.
+func peekClientHello(r io.Reader) (*clientHello, []byte, error) {
+	var buf bytes.Buffer
+	var hello *clientHello
+	err := tls.Server(readOnlyConn{r: io.TeeReader(r, &buf)}, &tls.Config{
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			hello = &clientHello{serverName: h.ServerName, protos: slices.Clone(h.SupportedProtos)}
+			return nil, errHelloRead
+		},
+	}).Handshake()
+	if hello == nil {
+		if err == nil {
+			err = errors.New("no client hello")
+		}
+		return nil, nil, err
+	}
+	return hello, buf.Bytes(), nil
+}
+
+// readOnlyConn lets crypto/tls read a ClientHello and swallows its answer.
+type readOnlyConn struct{ r io.Reader }
+
+func (c readOnlyConn) Read(p []byte) (int, error)         { return c.r.Read(p) }
+func (c readOnlyConn) Write(p []byte) (int, error)        { return 0, io.ErrClosedPipe }
+func (c readOnlyConn) Close() error                       { return nil }
+func (c readOnlyConn) LocalAddr() net.Addr                { return nil }
+func (c readOnlyConn) RemoteAddr() net.Addr               { return nil }
+func (c readOnlyConn) SetDeadline(t time.Time) error      { return nil }
+func (c readOnlyConn) SetReadDeadline(t time.Time) error  { return nil }
+func (c readOnlyConn) SetWriteDeadline(t time.Time) error { return nil }
+
+// prefixConn replays bytes already read from Conn before reading more.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite half-closes the underlying TCP connection.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// chanListener hands terminated TLS connections to an http.Server.
+type chanListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) deliver(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }

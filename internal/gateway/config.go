@@ -1,0 +1,195 @@
+package gateway
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/webgw/webgw/internal/model"
+)
+
+// Config is the gateway's canonical configuration, version 1. Every field
+// has a config-file key and a flag of the same name (underscores become
+// dashes); flags win. The zero value of each field means its default.
+type Config struct {
+	// Version of the file format; 0 or 1.
+	Version int `yaml:"version"`
+	// DataDir holds state, the local CA and the admin token; "" means ./webgw-data.
+	DataDir string `yaml:"data_dir"`
+	// Domain is the gateway domain; services are NAME.<domain>; "" means localhost.
+	Domain string `yaml:"domain"`
+	// HTTPAddr is the plain HTTP listener; "" means 127.0.0.1:8080.
+	HTTPAddr string `yaml:"http_addr"`
+	// HTTPSAddr is the HTTPS and agent tunnel listener; "" means 127.0.0.1:8443.
+	HTTPSAddr string `yaml:"https_addr"`
+	// DNSAddr is reserved for the DNS server; "" means 127.0.0.1:8053.
+	DNSAddr string `yaml:"dns_addr"`
+	// APIAddr is the admin API, metrics and health listener; "" means 127.0.0.1:8081.
+	APIAddr string `yaml:"api_addr"`
+	// PublicIPs are the gateway's public addresses (put in its certificate
+	// for agents, and later in DNS answers).
+	PublicIPs []string `yaml:"public_ip"`
+	// Store is a bolt file path (or bolt://PATH); "" means <data_dir>/state.db.
+	Store string `yaml:"store"`
+	// Open lets agents without a token get quick-tunnel names; nil means true.
+	Open *bool `yaml:"open"`
+	// AccessLog writes one log line per request or stream; nil means true.
+	AccessLog *bool `yaml:"access_log"`
+	// LogLevel is debug, info, warn or error; "" means info.
+	LogLevel string `yaml:"log_level"`
+	// Limits on what strangers and agents can send.
+	Limits Limits `yaml:"limits"`
+}
+
+// Limits bound what strangers and agents can send. Zero values mean defaults.
+type Limits struct {
+	// MaxHeaderBytes bounds request headers; 0 means 64 KiB.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// ReadHeaderTimeout bounds reading request headers (slowloris); 0 means 10 s.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	// IdleTimeout closes idle client connections; 0 means 120 s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxStreamsPerAgent bounds concurrent streams to one agent; 0 means 1024.
+	MaxStreamsPerAgent int64 `yaml:"max_streams_per_agent"`
+	// MaxAgentsPerTenant bounds concurrent agent sessions per tenant; 0 means 100.
+	MaxAgentsPerTenant int `yaml:"max_agents_per_tenant"`
+	// QuickTunnelIdle forgets a quick-tunnel name this long after its last agent left; 0 means 10 min.
+	QuickTunnelIdle time.Duration `yaml:"quick_tunnel_idle"`
+}
+
+// ConfigError is bad configuration; the CLI exits 2 for it.
+type ConfigError struct{ Msg string }
+
+func (e *ConfigError) Error() string { return e.Msg }
+
+func cfgErr(format string, args ...any) error { return &ConfigError{Msg: fmt.Sprintf(format, args...)} }
+
+// IsConfigError reports whether err is bad configuration.
+func IsConfigError(err error) bool {
+	var ce *ConfigError
+	return errors.As(err, &ce)
+}
+
+// LoadConfig reads a YAML config file strictly: unknown keys are errors.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, cfgErr("read config %s: %v", path, err)
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, cfgErr("config %s: %v", path, err)
+	}
+	return &c, nil
+}
+
+// Complete fills in defaults.
+func (c *Config) Complete() {
+	def := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	def(&c.DataDir, "webgw-data")
+	def(&c.Domain, "localhost")
+	def(&c.HTTPAddr, "127.0.0.1:8080")
+	def(&c.HTTPSAddr, "127.0.0.1:8443")
+	def(&c.DNSAddr, "127.0.0.1:8053")
+	def(&c.APIAddr, "127.0.0.1:8081")
+	def(&c.LogLevel, "info")
+	c.Domain = strings.ToLower(strings.TrimSuffix(c.Domain, "."))
+	if c.Open == nil {
+		t := true
+		c.Open = &t
+	}
+	if c.AccessLog == nil {
+		t := true
+		c.AccessLog = &t
+	}
+}
+
+// Validate checks a completed config; errors name the key and what is accepted.
+func (c *Config) Validate() error {
+	if c.Version != 0 && c.Version != 1 {
+		return cfgErr("version: %d not accepted; use 1", c.Version)
+	}
+	if err := validateDomain(c.Domain); err != nil {
+		return cfgErr("domain: %v", err)
+	}
+	for _, a := range []struct{ key, v string }{
+		{"http_addr", c.HTTPAddr}, {"https_addr", c.HTTPSAddr}, {"dns_addr", c.DNSAddr}, {"api_addr", c.APIAddr},
+	} {
+		if err := validateAddr(a.v); err != nil {
+			return cfgErr("%s: %v", a.key, err)
+		}
+	}
+	for _, ip := range c.PublicIPs {
+		if _, err := netip.ParseAddr(ip); err != nil {
+			return cfgErr("public_ip: %q is not an IPv4 or IPv6 address", ip)
+		}
+	}
+	if strings.HasPrefix(c.Store, "etcd://") {
+		return cfgErr("store: %q: the etcd cluster store is not available in this version; use a bolt file path", c.Store)
+	}
+	if strings.Contains(c.Store, "://") && !strings.HasPrefix(c.Store, "bolt://") {
+		return cfgErr("store: %q not accepted; use a file path, bolt://PATH or etcd://HOST:PORT", c.Store)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return cfgErr("log_level: %q not accepted; use debug, info, warn or error", c.LogLevel)
+	}
+	l := c.Limits
+	if l.MaxHeaderBytes < 0 || l.MaxHeaderBytes > 1<<20 {
+		return cfgErr("limits.max_header_bytes: %d not accepted; use 1024-1048576 (0 for 65536)", l.MaxHeaderBytes)
+	}
+	if l.MaxHeaderBytes > 0 && l.MaxHeaderBytes < 1024 {
+		return cfgErr("limits.max_header_bytes: %d not accepted; use 1024-1048576 (0 for 65536)", l.MaxHeaderBytes)
+	}
+	if l.ReadHeaderTimeout < 0 || l.IdleTimeout < 0 || l.QuickTunnelIdle < 0 {
+		return cfgErr("limits: durations must not be negative")
+	}
+	if l.MaxStreamsPerAgent < 0 || l.MaxAgentsPerTenant < 0 {
+		return cfgErr("limits: counts must not be negative")
+	}
+	return nil
+}
+
+func validateAddr(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("%q is not HOST:PORT (e.g. 127.0.0.1:8443, [::]:443, :0 for a free port)", a)
+	}
+	if host != "" {
+		if _, err := netip.ParseAddr(host); err != nil && host != "localhost" {
+			return fmt.Errorf("%q: host must be an IP address or localhost", a)
+		}
+	}
+	var p int
+	if _, err := fmt.Sscanf(port, "%d", &p); err != nil || p < 0 || p > 65535 || fmt.Sprint(p) != port {
+		return fmt.Errorf("%q: port must be 0-65535 (0 picks a free port)", a)
+	}
+	return nil
+}
+
+func validateDomain(d string) error {
+	if d == "" || len(d) > 200 {
+		return fmt.Errorf("%q not accepted; use a DNS name such as example.org (at most 200 characters)", d)
+	}
+	for _, l := range strings.Split(d, ".") {
+		if err := model.ValidateTenantName(l); err != nil {
+			return fmt.Errorf("%q: label %q: use a-z, 0-9 and '-' (1-63 characters per label)", d, l)
+		}
+	}
+	return nil
+}

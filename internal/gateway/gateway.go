@@ -1,0 +1,417 @@
+// Package gateway is the composition root of `webgw gateway`: it opens the
+// store and the CA, builds the routing table, the proxy, the edge listeners,
+// the agent control plane and the admin API, and runs them until stopped.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/webgw/webgw/internal/api"
+	"github.com/webgw/webgw/internal/certs"
+	"github.com/webgw/webgw/internal/control"
+	"github.com/webgw/webgw/internal/edge"
+	"github.com/webgw/webgw/internal/model"
+	"github.com/webgw/webgw/internal/proxy"
+	"github.com/webgw/webgw/internal/route"
+	"github.com/webgw/webgw/internal/store"
+)
+
+// Gateway is a running gateway. Create it with Start.
+type Gateway struct {
+	cfg   *Config
+	log   *slog.Logger
+	store store.Store
+	ca    *certs.LocalCA
+	table *route.Table
+
+	// Addresses actually bound (port 0 resolved).
+	HTTPAddr, HTTPSAddr, APIAddr string
+	// CAFile is the CA certificate clients and agents trust.
+	CAFile string
+	// AdminTokenFile holds the admin API token.
+	AdminTokenFile string
+	// Fingerprint is the gateway key's pin for agents (--fingerprint).
+	Fingerprint string
+	// ID names this gateway.
+	ID string
+
+	https   *edge.HTTPS
+	httpSrv *http.Server
+	apiSrv  *http.Server
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	errc    chan error
+}
+
+// Version is the software version reported to agents and in status.
+var Version = "0.1.0-dev"
+
+// Start validates cfg, opens everything and starts serving. Bad configuration
+// returns a *ConfigError. The caller stops it with Stop.
+func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error) {
+	cfg.Complete()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, cfgErr("data_dir: create %s: %v", cfg.DataDir, err)
+	}
+	storePath := strings.TrimPrefix(cfg.Store, "bolt://")
+	if storePath == "" {
+		storePath = filepath.Join(cfg.DataDir, "state.db")
+	}
+	st, err := store.OpenBolt(storePath)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	g := &Gateway{cfg: cfg, log: log, store: st, errc: make(chan error, 4)}
+	ok := false
+	defer func() {
+		if !ok {
+			g.closeAll()
+		}
+	}()
+
+	g.ID, err = loadOrCreateSecret(filepath.Join(cfg.DataDir, "gateway.id"), 6)
+	if err != nil {
+		return nil, err
+	}
+	g.AdminTokenFile = filepath.Join(cfg.DataDir, "admin.token")
+	adminToken, err := loadOrCreateSecret(g.AdminTokenFile, 32)
+	if err != nil {
+		return nil, err
+	}
+	g.ca, err = certs.LoadOrCreateCA(ctx, st, cfg.DataDir, log)
+	if err != nil {
+		return nil, fmt.Errorf("local CA: %w", err)
+	}
+	g.CAFile = g.ca.CAFile()
+
+	// Listeners first, so port 0 is resolved before certificates and the banner.
+	httpsLn, err := listen("https_addr", cfg.HTTPSAddr)
+	if err != nil {
+		return nil, err
+	}
+	httpLn, err := listen("http_addr", cfg.HTTPAddr)
+	if err != nil {
+		httpsLn.Close()
+		return nil, err
+	}
+	apiLn, err := listen("api_addr", cfg.APIAddr)
+	if err != nil {
+		httpsLn.Close()
+		httpLn.Close()
+		return nil, err
+	}
+	g.HTTPSAddr, g.HTTPAddr, g.APIAddr = httpsLn.Addr().String(), httpLn.Addr().String(), apiLn.Addr().String()
+
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	if h, _, _ := net.SplitHostPort(g.HTTPSAddr); h != "" {
+		if ip := net.ParseIP(h); ip != nil && !ip.IsUnspecified() {
+			ips = append(ips, ip)
+		}
+	}
+	for _, p := range cfg.PublicIPs {
+		ips = append(ips, net.ParseIP(p))
+	}
+	tunnelCert, err := g.ca.ServerIdentity(ctx, []string{cfg.Domain, "localhost"}, ips)
+	if err != nil {
+		httpsLn.Close()
+		httpLn.Close()
+		apiLn.Close()
+		return nil, fmt.Errorf("gateway certificate: %w", err)
+	}
+	g.Fingerprint = certs.Fingerprint(tunnelCert.Leaf)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := route.NewMetrics(reg)
+	g.table = route.NewTable(metrics)
+	if err := g.loadServices(ctx); err != nil {
+		httpsLn.Close()
+		httpLn.Close()
+		apiLn.Close()
+		return nil, err
+	}
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	g.cancel = cancel
+	names := &edge.Names{Domain: cfg.Domain, Table: g.table}
+	httpsPort := portOf(g.HTTPSAddr)
+	px := &proxy.HTTP{Lookup: names.Lookup, Log: log, AccessLog: *cfg.AccessLog}
+	ctl := &control.Server{
+		Store: st, Table: g.table, Log: log, Open: *cfg.Open, GatewayID: g.ID,
+		MaxAgentsPerTenant: cfg.Limits.MaxAgentsPerTenant, MaxStreamsPerAgent: cfg.Limits.MaxStreamsPerAgent,
+		OnDrain: px.CloseIdle,
+		URL: func(name string, _ model.Protocol) string {
+			return "https://" + hostPort(name+"."+cfg.Domain, httpsPort)
+		},
+	}
+	g.https = &edge.HTTPS{
+		Names: names, Certs: g.ca, TunnelCert: tunnelCert, Tunnel: ctl.ServeConn, Proxy: px,
+		Log: log, AccessLog: *cfg.AccessLog,
+		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout, IdleTimeout: cfg.Limits.IdleTimeout,
+		MaxHeaderBytes: cfg.Limits.MaxHeaderBytes,
+	}
+	g.httpSrv = &http.Server{
+		Handler:           &edge.Redirect{Names: names, HTTPSPort: httpsPort},
+		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	a := &api.Server{
+		Store: st, Table: g.table, AdminToken: adminToken, Log: log,
+		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Info: api.GatewayInfo{ID: g.ID, Version: Version, Domain: cfg.Domain, HTTPAddr: g.HTTPAddr,
+			HTTPSAddr: g.HTTPSAddr, APIAddr: g.APIAddr, Open: *cfg.Open, Started: time.Now().UTC()},
+	}
+	g.apiSrv = &http.Server{
+		Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+
+	g.goRun(func() error { return g.https.Serve(runCtx, httpsLn) })
+	g.goRun(func() error { return serveHTTP(g.httpSrv, httpLn) })
+	g.goRun(func() error { return serveHTTP(g.apiSrv, apiLn) })
+	g.goRun(func() error { g.watchServices(runCtx); return nil })
+	g.goRun(func() error { g.expireLoop(runCtx); return nil })
+	ok = true
+	return g, nil
+}
+
+func serveHTTP(s *http.Server, ln net.Listener) error {
+	if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func (g *Gateway) goRun(f func() error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := f(); err != nil {
+			select {
+			case g.errc <- err:
+			default:
+			}
+		}
+	}()
+}
+
+// Err delivers the first fatal serving error.
+func (g *Gateway) Err() <-chan error { return g.errc }
+
+// Stop stops accepting, lets in-flight requests finish until ctx ends, and
+// closes everything.
+func (g *Gateway) Stop(ctx context.Context) error {
+	g.cancel()
+	var wg sync.WaitGroup
+	for _, f := range []func(context.Context) error{g.https.Shutdown, g.httpSrv.Shutdown, g.apiSrv.Shutdown} {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(ctx) }()
+	}
+	wg.Wait()
+	for _, a := range g.table.AgentsOf() {
+		a.Session.Close()
+	}
+	g.wg.Wait()
+	return g.closeAll()
+}
+
+func (g *Gateway) closeAll() error {
+	if g.store != nil {
+		return g.store.Close()
+	}
+	return nil
+}
+
+// loadServices fills the table from the store.
+func (g *Gateway) loadServices(ctx context.Context) error {
+	svcs, err := store.ListServices(ctx, g.store)
+	if err != nil {
+		return fmt.Errorf("load services: %w", err)
+	}
+	seen := make(map[string]bool, len(svcs))
+	for _, s := range svcs {
+		g.table.Upsert(s.Name, s.Tenant, s.Protocol, true)
+		seen[s.Name] = true
+	}
+	for _, s := range g.table.List() {
+		if s.Stored && !seen[s.Name] {
+			g.table.Remove(s.Name)
+		}
+	}
+	return nil
+}
+
+// watchServices keeps the table in step with the store: another gateway, or
+// the API, may change services.
+func (g *Gateway) watchServices(ctx context.Context) {
+	for ctx.Err() == nil {
+		ch, err := g.store.Watch(ctx, store.ServicesPrefix)
+		if err != nil {
+			g.log.Error("watch services", "err", err)
+			return
+		}
+		// Re-list after the watch is set up so no change falls between.
+		if err := g.loadServices(ctx); err != nil {
+			g.log.Error("reload services", "err", err)
+		}
+		for ev := range ch {
+			name := strings.TrimPrefix(ev.Entry.Key, store.ServicesPrefix)
+			switch ev.Type {
+			case store.EventDelete:
+				g.table.Remove(name)
+			case store.EventPut:
+				var s model.Service
+				if _, err := store.GetJSON(ctx, g.store, ev.Entry.Key, &s); err == nil {
+					g.table.Upsert(s.Name, s.Tenant, s.Protocol, true)
+				}
+			}
+		}
+	}
+}
+
+func (g *Gateway) expireLoop(ctx context.Context) {
+	idle := g.cfg.Limits.QuickTunnelIdle
+	if idle == 0 {
+		idle = 10 * time.Minute
+	}
+	t := time.NewTicker(min(idle/4, time.Minute))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, n := range g.table.ExpireAnonymous(now, idle) {
+				g.log.Info("quick tunnel name released", "service", n)
+			}
+		}
+	}
+}
+
+// PublicURL is the https URL of a service name.
+func (g *Gateway) PublicURL(name string) string {
+	return "https://" + hostPort(name+"."+g.cfg.Domain, portOf(g.HTTPSAddr))
+}
+
+// Banner writes the start-up summary for people.
+func (g *Gateway) Banner(w io.Writer) {
+	c := g.cfg
+	fmt.Fprintf(w, "webgw gateway %s ready (version %s)\n", g.ID, Version)
+	fmt.Fprintf(w, "  domain        %s\n", c.Domain)
+	fmt.Fprintf(w, "  https+tunnel  %s\n", g.HTTPSAddr)
+	fmt.Fprintf(w, "  http          %s (redirects to https)\n", g.HTTPAddr)
+	fmt.Fprintf(w, "  admin api     http://%s (token in %s)\n", g.APIAddr, g.AdminTokenFile)
+	fmt.Fprintf(w, "  dns           %s (reserved; not served in this version)\n", c.DNSAddr)
+	fmt.Fprintf(w, "  ca            %s\n", g.CAFile)
+	fmt.Fprintf(w, "  fingerprint   %s\n", g.Fingerprint)
+	if *c.Open {
+		fmt.Fprintf(w, "  open mode     on: agents without a token get a random quick-tunnel name\n")
+	} else {
+		fmt.Fprintf(w, "  open mode     off: agents need a tenant token (webgw tenant add NAME)\n")
+	}
+	fmt.Fprintf(w, "\nExpose a local app:\n  webgw expose --gateway %s --ca %s http://127.0.0.1:3000\n", dialable(g.HTTPSAddr), g.CAFile)
+}
+
+// dialable turns a listen address into one an agent on this host can dial.
+func dialable(addr string) string {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(h); h == "" || (ip != nil && ip.IsUnspecified()) {
+		h = "127.0.0.1"
+	}
+	return net.JoinHostPort(h, p)
+}
+
+func portOf(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
+
+func hostPort(host, port string) string {
+	if port == "" || port == "443" {
+		return host
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func listen(key, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, cfgErr("%s: listen on %s: %v", key, addr, err)
+	}
+	return ln, nil
+}
+
+// loadOrCreateSecret reads a hex secret file, or creates it (0600, written
+// atomically) with n random bytes.
+func loadOrCreateSecret(path string, n int) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		s := strings.TrimSpace(string(b))
+		if s != "" {
+			return s, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	buf := make([]byte, n)
+	rand.Read(buf)
+	s := hex.EncodeToString(buf)
+	if err := writeFileAtomic(path, []byte(s+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return s, nil
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,4 @@
+package store
+
+// WatchBuffer exports watchBuffer to the external tests.
+const WatchBuffer = watchBuffer

@@ -1,0 +1,126 @@
+package tunnel
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// MaxMessageLen bounds one control message.
+const MaxMessageLen = 64 << 10
+
+// Message types on the control stream.
+const (
+	MsgHello   = "hello"   // agent -> gateway, first message
+	MsgWelcome = "welcome" // gateway -> agent, answer to hello
+	MsgDrain   = "drain"   // agent -> gateway: send no new streams, I am stopping
+)
+
+// Message is one control message: a type and the body for that type.
+type Message struct {
+	Type    string   `json:"type"`
+	Hello   *Hello   `json:"hello,omitempty"`
+	Welcome *Welcome `json:"welcome,omitempty"`
+}
+
+// Hello is the agent's first message: who it is and what it serves.
+type Hello struct {
+	// Version is the control protocol version the agent speaks (ProtocolVersion).
+	Version int `json:"version"`
+	// Token authenticates a tenant; empty asks for an anonymous quick tunnel.
+	Token string `json:"token,omitempty"`
+	// AgentID identifies the agent process (random per start) in logs and status.
+	AgentID string `json:"agent_id"`
+	// AgentVersion is the agent's software version, for logs.
+	AgentVersion string        `json:"agent_version,omitempty"`
+	Services     []ServiceSpec `json:"services"`
+}
+
+// ServiceSpec asks for one service.
+type ServiceSpec struct {
+	// Name is the wanted service name; empty asks for a random free one.
+	Name string `json:"name,omitempty"`
+	// Protocol is "http", "h2c" or "tls".
+	Protocol string `json:"protocol"`
+}
+
+// Welcome answers Hello.
+type Welcome struct {
+	// Error, when set, refuses the whole session (e.g. a bad token).
+	Error string `json:"error,omitempty"`
+	// Permanent says retrying with the same Hello cannot succeed.
+	Permanent bool `json:"permanent,omitempty"`
+	// GatewayID names the gateway, for logs.
+	GatewayID string `json:"gateway_id,omitempty"`
+	// Services answers each ServiceSpec, in order.
+	Services []ServiceGrant `json:"services,omitempty"`
+}
+
+// ServiceGrant is the gateway's answer for one ServiceSpec.
+type ServiceGrant struct {
+	Name     string `json:"name,omitempty"`
+	Protocol string `json:"protocol,omitempty"`
+	// URL is the public address of the service.
+	URL string `json:"url,omitempty"`
+	// Error is set when this service was refused.
+	Error     string `json:"error,omitempty"`
+	Permanent bool   `json:"permanent,omitempty"`
+}
+
+// ErrMessage wraps every control message decoding error.
+var ErrMessage = errors.New("bad control message")
+
+// WriteMessage writes m as a 4-byte big-endian length and a JSON body.
+func WriteMessage(w io.Writer, m *Message) error {
+	body, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode control message: %w", err)
+	}
+	if len(body) > MaxMessageLen {
+		return fmt.Errorf("encode control message: %d bytes, at most %d", len(body), MaxMessageLen)
+	}
+	buf := make([]byte, 4+len(body))
+	binary.BigEndian.PutUint32(buf, uint32(len(body)))
+	copy(buf[4:], body)
+	_, err = w.Write(buf)
+	return err
+}
+
+// ReadMessage reads one message written by WriteMessage.
+func ReadMessage(r io.Reader) (*Message, error) {
+	var l [4]byte
+	if _, err := io.ReadFull(r, l[:]); err != nil {
+		return nil, err // io.EOF stays recognisable
+	}
+	n := binary.BigEndian.Uint32(l[:])
+	if n == 0 || n > MaxMessageLen {
+		return nil, fmt.Errorf("%w: length %d, want 1-%d", ErrMessage, n, MaxMessageLen)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMessage, err)
+	}
+	m := new(Message)
+	if err := json.Unmarshal(body, m); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMessage, err)
+	}
+	switch m.Type {
+	case MsgHello:
+		if m.Hello == nil {
+			return nil, fmt.Errorf("%w: hello without body", ErrMessage)
+		}
+		if len(m.Hello.Services) > 256 {
+			return nil, fmt.Errorf("%w: %d services in hello, at most 256", ErrMessage, len(m.Hello.Services))
+		}
+	case MsgWelcome:
+		if m.Welcome == nil {
+			return nil, fmt.Errorf("%w: welcome without body", ErrMessage)
+		}
+	case MsgDrain:
+	default:
+		return nil, fmt.Errorf("%w: unknown type %q", ErrMessage, m.Type)
+	}
+	return m, nil
+}
