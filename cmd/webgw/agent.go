@@ -38,6 +38,9 @@ Without --ca or --fingerprint the agent trusts <data-dir>/ca.pem when it exists
 					return err
 				}
 			}
+			if _, _, err := agent.ParseTarget(args[0]); err != nil {
+				return usagef("TARGET: %v", err)
+			}
 			if ca == "" && fingerprint == "" {
 				if p := filepath.Join(dataDir, "ca.pem"); fileExists(p) {
 					ca = p

@@ -31,6 +31,7 @@ type Agent struct {
 	log     *slog.Logger
 	version string
 	id      string
+	tls     []*tls.Config // per gateway, in cfg.Gateways order; immutable
 	// OnReady is called each time a gateway accepted services, with the grants.
 	onReady func(gateway string, grants []tunnel.ServiceGrant)
 
@@ -61,6 +62,13 @@ func New(cfg *Config, opt Options) (*Agent, error) {
 	rand.Read(id[:])
 	a := &Agent{cfg: cfg, log: log, version: opt.Version, id: hex.EncodeToString(id[:]),
 		onReady: opt.OnReady, services: svcs, byName: map[string]*service{}}
+	for i, g := range cfg.Gateways {
+		tc, err := tlsConfig(i, g)
+		if err != nil {
+			return nil, err
+		}
+		a.tls = append(a.tls, tc)
+	}
 	for _, s := range svcs {
 		if s.name != "" {
 			a.byName[s.name] = s
@@ -77,31 +85,41 @@ func (e *PermanentError) Error() string { return e.Msg }
 
 // Run connects to every gateway and serves until ctx ends, then drains and
 // returns nil. It returns a *PermanentError when a gateway refuses the agent
-// for good.
+// for good; the other gateways' sessions are then drained and closed too.
+// Run may be called once.
 func (a *Agent) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
-	for _, g := range a.cfg.Gateways {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	for i, g := range a.cfg.Gateways {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := a.runGateway(ctx, g); err != nil {
-				cancel(err)
+			if err := a.runGateway(ctx, i, g); err != nil {
+				once.Do(func() { first = err })
+				cancel()
 			}
 		}()
 	}
 	wg.Wait()
-	if err := context.Cause(ctx); err != nil {
-		var pe *PermanentError
-		if errors.As(err, &pe) {
-			return pe
-		}
-	}
-	return nil
+	return first
 }
 
-func (a *Agent) tlsConfig(g GatewayConfig) (*tls.Config, error) {
+// agentID is the id sent to gateway i. Each gateway entry gets its own, so two
+// entries that reach the same gateway (say by IPv4 and IPv6) are two agents
+// there, not one agent whose every reconnect replaces the other.
+func (a *Agent) agentID(i int) string {
+	if len(a.cfg.Gateways) == 1 {
+		return a.id
+	}
+	return fmt.Sprintf("%s-%d", a.id, i)
+}
+
+func tlsConfig(i int, g GatewayConfig) (*tls.Config, error) {
 	tc := &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{tunnel.ALPN},
@@ -117,11 +135,11 @@ func (a *Agent) tlsConfig(g GatewayConfig) (*tls.Config, error) {
 	case g.CA != "":
 		pem, err := os.ReadFile(g.CA)
 		if err != nil {
-			return nil, &ConfigError{Msg: fmt.Sprintf("read CA file %s: %v", g.CA, err)}
+			return nil, cfgErr("gateways[%d].ca: read CA file %s: %v", i, g.CA, err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, &ConfigError{Msg: fmt.Sprintf("CA file %s holds no PEM certificate", g.CA)}
+			return nil, cfgErr("gateways[%d].ca: CA file %s holds no PEM certificate", i, g.CA)
 		}
 		tc.RootCAs = pool
 	}
@@ -139,16 +157,14 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + time.Duration(n.Int64())
 }
 
-func (a *Agent) runGateway(ctx context.Context, g GatewayConfig) error {
+func (a *Agent) runGateway(ctx context.Context, i int, g GatewayConfig) error {
 	log := a.log.With("gateway", g.Addr)
-	tc, err := a.tlsConfig(g)
-	if err != nil {
-		return err
-	}
+	tc := a.tls[i]
+	id := a.agentID(i)
 	backoff := backoffMin
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := a.session(ctx, log, g, tc)
+		err := a.session(ctx, log, g, tc, id)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -162,10 +178,12 @@ func (a *Agent) runGateway(ctx context.Context, g GatewayConfig) error {
 		}
 		wait := jitter(backoff)
 		log.Warn("tunnel down, reconnecting", "err", err, "in", wait.Round(time.Millisecond).String())
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return nil
-		case <-time.After(wait):
+		case <-t.C:
 		}
 		backoff = min(backoff*2, backoffMax)
 	}
@@ -173,7 +191,7 @@ func (a *Agent) runGateway(ctx context.Context, g GatewayConfig) error {
 }
 
 // session runs one tunnel session to g until it fails or ctx ends.
-func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, tc *tls.Config) error {
+func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, tc *tls.Config, id string) error {
 	d := &net.Dialer{Timeout: a.cfg.DialTimeout, KeepAlive: 15 * time.Second}
 	raw, err := d.DialContext(ctx, "tcp", g.Addr)
 	if err != nil {
@@ -207,18 +225,22 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, 
 	}
 
 	a.mu.Lock()
-	hello := &tunnel.Hello{Version: tunnel.ProtocolVersion, Token: g.Token, AgentID: a.id, AgentVersion: a.version}
+	hello := &tunnel.Hello{Version: tunnel.ProtocolVersion, Token: g.Token, AgentID: id, AgentVersion: a.version}
 	asked := append([]*service(nil), a.services...)
 	for _, s := range asked {
 		hello.Services = append(hello.Services, tunnel.ServiceSpec{Name: s.name, Protocol: string(s.protocol)})
 	}
 	a.mu.Unlock()
-	if err := tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgHello, Hello: hello}); err != nil {
-		return fmt.Errorf("send hello: %w", err)
-	}
+	// A refusal can end the session so fast that yamux reports the hello's
+	// write as failed although it went out: read the welcome anyway, so a
+	// permanent refusal is not mistaken for a transient failure.
+	werr := tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgHello, Hello: hello})
 	ctrl.SetReadDeadline(time.Now().Add(a.cfg.DialTimeout))
 	msg, err := tunnel.ReadMessage(ctrl)
 	if err != nil {
+		if werr != nil {
+			return fmt.Errorf("send hello: %w", werr)
+		}
 		return fmt.Errorf("read welcome: %w", err)
 	}
 	ctrl.SetReadDeadline(time.Time{})
@@ -247,8 +269,10 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, 
 			// Keep the assigned quick-tunnel name across reconnects.
 			s.name = gr.Name
 		}
-		if s.name != "" {
-			a.byName[s.name] = s
+		if gr.Name != "" {
+			// Another gateway may have granted another random name to the
+			// same service (both asked before either answered): serve both.
+			a.byName[gr.Name] = s
 		}
 		granted = append(granted, gr)
 	}
@@ -259,7 +283,13 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, 
 	}
 
 	// Serve streams until the session ends; on ctx end, drain first.
-	var streams sync.WaitGroup
+	// streams tracks the stream goroutines (Add only in the accept loop, Wait
+	// only after it ended); active tells the drain when none is left.
+	var (
+		streams sync.WaitGroup
+		active  inflight
+	)
+	sctx, stopStreams := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -269,11 +299,20 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, 
 				return
 			}
 			streams.Add(1)
+			active.add()
 			go func() {
 				defer streams.Done()
-				a.serveStream(log, st)
+				defer active.done()
+				a.serveStream(sctx, log, st)
 			}()
 		}
+	}()
+	// However the session ends, Run returns only after its streams' goroutines.
+	defer func() {
+		sess.Close()
+		<-done
+		stopStreams()
+		streams.Wait()
 	}()
 	select {
 	case <-done:
@@ -281,19 +320,64 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, 
 	case <-ctx.Done():
 	}
 	tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgDrain})
-	log.Info("draining", "streams", sess.NumStreams()-1)
-	idle := make(chan struct{})
-	go func() { streams.Wait(); close(idle) }()
+	log.Info("draining", "streams", active.count())
+	t := time.NewTimer(a.cfg.DrainTimeout)
+	defer t.Stop()
 	select {
-	case <-idle:
+	case <-active.idle():
 	case <-done:
-	case <-time.After(a.cfg.DrainTimeout):
-		log.Warn("drain timeout, closing streams", "streams", sess.NumStreams()-1)
+	case <-t.C:
+		log.Warn("drain timeout, closing streams", "streams", active.count())
 	}
 	return nil
 }
 
-func (a *Agent) serveStream(log *slog.Logger, st net.Conn) {
+// inflight counts the streams being served and tells when none is left.
+// Unlike a sync.WaitGroup it may go from 0 to 1 while someone waits.
+type inflight struct {
+	mu     sync.Mutex
+	n      int           // guarded by mu
+	idleCh chan struct{} // closed when n drops to 0; nil when nobody waits; guarded by mu
+}
+
+func (f *inflight) add() {
+	f.mu.Lock()
+	f.n++
+	f.mu.Unlock()
+}
+
+func (f *inflight) done() {
+	f.mu.Lock()
+	f.n--
+	if f.n == 0 && f.idleCh != nil {
+		close(f.idleCh)
+		f.idleCh = nil
+	}
+	f.mu.Unlock()
+}
+
+func (f *inflight) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n
+}
+
+// idle returns a channel closed when no stream is being served.
+func (f *inflight) idle() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == 0 {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	if f.idleCh == nil {
+		f.idleCh = make(chan struct{})
+	}
+	return f.idleCh
+}
+
+func (a *Agent) serveStream(ctx context.Context, log *slog.Logger, st net.Conn) {
 	st.SetReadDeadline(time.Now().Add(a.cfg.DialTimeout))
 	h, err := tunnel.ReadHeader(st)
 	if err != nil {
@@ -310,9 +394,10 @@ func (a *Agent) serveStream(log *slog.Logger, st net.Conn) {
 		st.Close()
 		return
 	}
-	back, err := net.DialTimeout("tcp", s.addr, a.cfg.DialTimeout)
+	d := net.Dialer{Timeout: a.cfg.DialTimeout}
+	back, err := d.DialContext(ctx, "tcp", s.addr)
 	if err != nil {
-		log.Warn("local target unreachable", "service", s.name, "target", s.target, "err", err)
+		log.Warn("local target unreachable", "service", h.Service, "target", s.target, "err", err)
 		if h.Kind == tunnel.KindHTTP {
 			body := "webgw agent: the local target " + s.target + " is unreachable: " + err.Error() + "\n"
 			fmt.Fprintf(st, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)

@@ -29,7 +29,8 @@ type Server struct {
 	Metrics http.Handler
 	// Info describes the gateway for /v1/status.
 	Info GatewayInfo
-	Log  *slog.Logger
+	// Log receives audit lines (tenant added, removed); nil discards.
+	Log *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -70,10 +71,19 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/tenants/{name}", s.auth(true, s.removeTenant))
 	mux.HandleFunc("GET /v1/services", s.auth(false, s.listServices))
 	mux.HandleFunc("GET /v1/whoami", s.auth(false, s.whoami))
-	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+	notFound := func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
-	})
+	}
+	mux.HandleFunc("/v1/", notFound)
+	mux.HandleFunc("/", notFound)
 	return mux
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
 }
 
 func (s *Server) auth(adminOnly bool, h func(http.ResponseWriter, *http.Request, caller)) http.HandlerFunc {
@@ -124,8 +134,8 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 
 // decode reads a JSON body strictly: unknown fields and trailing data are
 // refused with a message naming them.
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody+1))
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		if errors.Is(err, io.EOF) {
@@ -133,17 +143,25 @@ func decode(r *http.Request, v any) error {
 		}
 		var se *json.SyntaxError
 		var te *json.UnmarshalTypeError
+		var me *http.MaxBytesError
 		switch {
+		case errors.As(err, &me):
+			return fmt.Errorf("body larger than %d bytes", maxBody)
 		case errors.As(err, &se):
 			return fmt.Errorf("body is not valid JSON at byte %d: %v", se.Offset, err)
+		case errors.As(err, &te) && te.Field == "":
+			return fmt.Errorf("body must be a JSON object, not %s", te.Value)
 		case errors.As(err, &te):
-			return fmt.Errorf("field %q must be a %s", te.Field, te.Type)
+			return fmt.Errorf("field %q must be a %s, not %s", te.Field, te.Type, te.Value)
 		case strings.HasPrefix(err.Error(), "json: unknown field "):
 			return fmt.Errorf("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return errors.New("body ends inside the JSON object")
 		}
 		return fmt.Errorf("body: %v", err)
 	}
-	if dec.More() {
+	// Only white space may follow. (Decoder.More would accept a stray '}' or ']'.)
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return errors.New("body has data after the JSON object")
 	}
 	return nil
@@ -169,7 +187,7 @@ type TenantInfo struct {
 
 func (s *Server) addTenant(w http.ResponseWriter, r *http.Request, _ caller) {
 	var req TenantRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(w, r, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
@@ -187,7 +205,7 @@ func (s *Server) addTenant(w http.ResponseWriter, r *http.Request, _ caller) {
 		writeError(w, http.StatusInternalServerError, "create tenant: "+err.Error())
 		return
 	}
-	s.Log.Info("tenant added", "tenant", req.Name)
+	s.log().Info("tenant added", "tenant", req.Name)
 	writeJSON(w, http.StatusCreated, TenantCreated{Name: req.Name, Token: token})
 }
 
@@ -219,6 +237,9 @@ func (s *Server) removeTenant(w http.ResponseWriter, r *http.Request, _ caller) 
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	// Note the tenant's agents before deleting: deleting its services makes
+	// the gateway drop them from the table (and so from AgentsOf) at once.
+	agents := s.tenantAgents(name)
 	if err := store.DeleteTenant(r.Context(), s.Store, name); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			writeError(w, http.StatusNotFound, fmt.Sprintf("tenant %q does not exist", name))
@@ -227,14 +248,23 @@ func (s *Server) removeTenant(w http.ResponseWriter, r *http.Request, _ caller) 
 		writeError(w, http.StatusInternalServerError, "remove tenant: "+err.Error())
 		return
 	}
-	// Cut the tenant's agents at once: their token no longer exists.
+	// Cut the tenant's agents at once: their token no longer exists. Look
+	// again for any that attached while the tenant was being deleted.
+	for _, a := range append(agents, s.tenantAgents(name)...) {
+		a.Session.Close()
+	}
+	s.log().Info("tenant removed", "tenant", name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) tenantAgents(tenant string) []*route.Agent {
+	var out []*route.Agent
 	for _, a := range s.Table.AgentsOf() {
-		if a.Tenant == name {
-			a.Session.Close()
+		if a.Tenant == tenant {
+			out = append(out, a)
 		}
 	}
-	s.Log.Info("tenant removed", "tenant", name)
-	w.WriteHeader(http.StatusNoContent)
+	return out
 }
 
 // ServiceInfo is one service in GET /v1/services and /v1/status.

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,10 +50,15 @@ type Server struct {
 	// HandshakeTimeout bounds the wait for the agent's hello; 0 means 10 s.
 	HandshakeTimeout time.Duration
 
-	mu       sync.Mutex       // serialises claims and the counts below
-	sessions map[string]int   // sessions per tenant ("" = anonymous); guarded by mu
-	byID     map[string]*conn // live sessions by agent id; guarded by mu
+	mu       sync.Mutex         // serialises claims and the counts below
+	sessions map[string]int     // sessions per tenant ("" = anonymous); guarded by mu
+	byID     map[agentKey]*conn // live sessions by tenant and agent id; guarded by mu
 }
+
+// agentKey names one agent process as seen by one tenant. An agent id is
+// only unique within its tenant: the same id under another tenant (or
+// anonymously) is another agent and must never replace or uncount this one.
+type agentKey struct{ tenant, id string }
 
 type conn struct {
 	agent *route.Agent
@@ -124,7 +130,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 				sess.Close()
 				return
 			}
-			if m.Type == tunnel.MsgDrain {
+			if m.Type == tunnel.MsgDrain && !agent.Draining() {
 				log.Info("agent draining")
 				agent.Drain()
 				go s.drainLoop(agent, sess)
@@ -210,10 +216,11 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 	defer s.mu.Unlock()
 	if s.sessions == nil {
 		s.sessions = make(map[string]int)
-		s.byID = make(map[string]*conn)
+		s.byID = make(map[agentKey]*conn)
 	}
+	key := agentKey{tenant: tenant, id: h.AgentID}
 	// The same agent process reconnecting replaces its stale session.
-	if old := s.byID[h.AgentID]; old != nil && old.agent.Tenant == tenant {
+	if old := s.byID[key]; old != nil {
 		old.sess.Close()
 		s.Table.Detach(old.agent)
 		s.dropLocked(old)
@@ -223,11 +230,11 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 		maxAgents = 100
 	}
 	if s.sessions[tenant] >= maxAgents {
-		who := "tenant " + tenant
+		who := "tenant " + tenant + " already holds"
 		if tenant == "" {
-			who = "anonymous agents"
+			who = "anonymous agents already hold"
 		}
-		w.Error = fmt.Sprintf("%s already hold %d agent sessions, the limit", who, maxAgents)
+		w.Error = fmt.Sprintf("%s %d agent sessions, the limit", who, maxAgents)
 		return w, nil, nil
 	}
 
@@ -240,13 +247,16 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 		}
 	}
 	if len(claimed) == 0 {
-		w.Error = "no service could be registered"
+		// Say why: the agent shows this one message to its user.
+		reasons := make([]string, 0, len(w.Services))
 		w.Permanent = true
 		for _, g := range w.Services {
+			reasons = append(reasons, g.Error)
 			if !g.Permanent {
 				w.Permanent = false
 			}
 		}
+		w.Error = strings.Join(reasons, "; ")
 		return w, nil, nil
 	}
 	a.Services = claimed
@@ -256,22 +266,23 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 		}
 	}
 	c := &conn{agent: a, sess: sess}
-	s.byID[h.AgentID] = c
+	s.byID[key] = c
 	s.sessions[tenant]++
 	release := func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.Table.Detach(a)
-		if s.byID[h.AgentID] == c {
-			s.dropLocked(c)
-		}
+		s.dropLocked(c)
 	}
 	return w, a, release
 }
 
+// dropLocked forgets c and uncounts it, unless it was already dropped (a
+// reconnect of the same agent replaced it).
 func (s *Server) dropLocked(c *conn) {
-	if s.byID[c.agent.ID] == c {
-		delete(s.byID, c.agent.ID)
+	key := agentKey{tenant: c.agent.Tenant, id: c.agent.ID}
+	if s.byID[key] == c {
+		delete(s.byID, key)
 		s.sessions[c.agent.Tenant]--
 		if s.sessions[c.agent.Tenant] <= 0 {
 			delete(s.sessions, c.agent.Tenant)
@@ -303,9 +314,10 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 	}
 
 	existing := s.Table.Lookup(name)
-	if existing == nil && tenant != "" {
+	if existing == nil {
 		// The table follows the store, but check the store itself so two
-		// gateways (or a lagging watch) never give one name two owners.
+		// gateways (or a lagging watch) never give one name two owners, nor
+		// an owned name to a quick tunnel.
 		var sv model.Service
 		if _, err := store.GetJSON(ctx, s.Store, store.ServiceKey(name), &sv); err == nil {
 			existing = s.Table.Upsert(sv.Name, sv.Tenant, sv.Protocol, true)

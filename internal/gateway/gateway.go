@@ -58,6 +58,11 @@ type Gateway struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	errc    chan error
+	// httpsDone is closed when https.Serve has returned. Serve sets up the
+	// edge's HTTP server in its own goroutine, so Stop waits for this before
+	// calling https.Shutdown: otherwise a Stop soon after Start races with
+	// that set-up and can miss the server, leaving it running.
+	httpsDone chan struct{}
 }
 
 // Version is the software version reported to agents and in status.
@@ -189,7 +194,11 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 
-	g.goRun(func() error { return g.https.Serve(runCtx, httpsLn) })
+	g.httpsDone = make(chan struct{})
+	g.goRun(func() error {
+		defer close(g.httpsDone)
+		return g.https.Serve(runCtx, httpsLn)
+	})
 	g.goRun(func() error { return serveHTTP(g.httpSrv, httpLn) })
 	g.goRun(func() error { return serveHTTP(g.apiSrv, apiLn) })
 	g.goRun(func() error { g.watchServices(runCtx); return nil })
@@ -225,6 +234,8 @@ func (g *Gateway) Err() <-chan error { return g.errc }
 // closes everything.
 func (g *Gateway) Stop(ctx context.Context) error {
 	g.cancel()
+	// Cancelling closes the HTTPS listener, so Serve returns promptly.
+	<-g.httpsDone
 	var wg sync.WaitGroup
 	for _, f := range []func(context.Context) error{g.https.Shutdown, g.httpSrv.Shutdown, g.apiSrv.Shutdown} {
 		wg.Add(1)

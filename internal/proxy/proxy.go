@@ -5,6 +5,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -127,6 +128,10 @@ func (p *HTTP) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		p.Log.Debug("proxy error", "host", r.Host, "err", err)
 	}
 	if status == 499 {
+		// Nothing is written; let the access log and metrics say why.
+		if rec, ok := w.(*recorder); ok && rec.status == 0 {
+			rec.status = status
+		}
 		return
 	}
 	ErrorPage(w, status, msg)
@@ -143,10 +148,16 @@ func ErrorPage(w http.ResponseWriter, status int, msg string) {
 		status, http.StatusText(status), status, http.StatusText(status), html.EscapeString(msg))
 }
 
-// HostName returns the host of a Host header, lower case, port removed.
+// HostName returns the host of a Host header, lower case, port, trailing dot
+// and IPv6 brackets removed.
 func HostName(hostport string) string {
 	h := hostport
-	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.HasSuffix(h, "]") {
+	if strings.HasPrefix(h, "[") {
+		// "[v6]" or "[v6]:port"
+		if i := strings.IndexByte(h, ']'); i > 0 {
+			h = h[1:i]
+		}
+	} else if i := strings.LastIndexByte(h, ':'); i >= 0 {
 		h = h[:i]
 	}
 	h = strings.TrimSuffix(h, ".")
@@ -225,6 +236,17 @@ func (r *recorder) Flush() {
 	if f, ok := r.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+// Hijack hands over the connection for a protocol switch (WebSocket). The
+// reverse proxy writes the backend's 101 straight to the connection, so it
+// is recorded here.
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	if err == nil && r.status == 0 {
+		r.status = http.StatusSwitchingProtocols
+	}
+	return c, brw, err
 }
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

@@ -135,21 +135,25 @@ func (s *Service) Dial(h *tunnel.Header) (net.Conn, *Agent, error) {
 		if a.Draining() {
 			continue
 		}
-		if a.MaxStreams > 0 && a.streams.Load() >= a.MaxStreams {
+		// Reserve the slot before opening, so concurrent dials cannot
+		// together exceed MaxStreams.
+		if n := a.streams.Add(1); a.MaxStreams > 0 && n > a.MaxStreams {
+			a.streams.Add(-1)
 			busy = true
 			continue
 		}
 		c, err := a.Session.Open()
 		if err != nil {
+			a.streams.Add(-1)
 			lastErr = err
 			continue
 		}
 		if err := tunnel.WriteHeader(c, h); err != nil {
 			c.Close()
+			a.streams.Add(-1)
 			lastErr = err
 			continue
 		}
-		a.streams.Add(1)
 		if s.Metrics != nil {
 			s.Metrics.Streams.Inc()
 		}
@@ -276,9 +280,11 @@ func (t *Table) Upsert(name, tenant string, proto model.Protocol, stored bool) *
 // Remove deletes the service called name.
 func (t *Table) Remove(name string) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	s := t.services[name]
 	delete(t.services, name)
-	t.mu.Unlock()
+	// Drop the series under mu: a concurrent Upsert of the same name must
+	// not have its new children deleted.
 	if s != nil && t.metrics != nil {
 		t.metrics.dropService(name)
 	}
@@ -346,14 +352,12 @@ func (t *Table) ExpireAnonymous(now time.Time, idle time.Duration) []string {
 		if at != 0 && now.Sub(time.Unix(0, at)) > idle {
 			delete(t.services, name)
 			gone = append(gone, name)
+			if t.metrics != nil {
+				t.metrics.dropService(name) // under mu, as in Remove
+			}
 		}
 	}
 	t.mu.Unlock()
-	if t.metrics != nil {
-		for _, n := range gone {
-			t.metrics.dropService(n)
-		}
-	}
 	return gone
 }
 

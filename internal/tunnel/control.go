@@ -69,17 +69,25 @@ type ServiceGrant struct {
 	Permanent bool   `json:"permanent,omitempty"`
 }
 
-// ErrMessage wraps every control message decoding error.
+// maxHelloServices bounds the services one hello may ask for.
+const maxHelloServices = 256
+
+// ErrMessage wraps every error about a malformed control message, whether
+// read or about to be written.
 var ErrMessage = errors.New("bad control message")
 
-// WriteMessage writes m as a 4-byte big-endian length and a JSON body.
+// WriteMessage writes m as a 4-byte big-endian length and a JSON body, in
+// one Write call. It refuses a message that ReadMessage would reject.
 func WriteMessage(w io.Writer, m *Message) error {
+	if err := m.check(); err != nil {
+		return fmt.Errorf("encode control message: %w", err)
+	}
 	body, err := json.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("encode control message: %w", err)
 	}
 	if len(body) > MaxMessageLen {
-		return fmt.Errorf("encode control message: %d bytes, at most %d", len(body), MaxMessageLen)
+		return fmt.Errorf("encode control message: %w: %d bytes, at most %d", ErrMessage, len(body), MaxMessageLen)
 	}
 	buf := make([]byte, 4+len(body))
 	binary.BigEndian.PutUint32(buf, uint32(len(body)))
@@ -88,10 +96,15 @@ func WriteMessage(w io.Writer, m *Message) error {
 	return err
 }
 
-// ReadMessage reads one message written by WriteMessage.
+// ReadMessage reads one message written by WriteMessage. At a clean end of
+// the stream (no byte of a next message) it returns io.EOF itself; a
+// malformed or truncated message gives an error wrapping ErrMessage.
 func ReadMessage(r io.Reader) (*Message, error) {
 	var l [4]byte
 	if _, err := io.ReadFull(r, l[:]); err != nil {
+		if err == io.ErrUnexpectedEOF {
+			return nil, fmt.Errorf("%w: length: %w", ErrMessage, err)
+		}
 		return nil, err // io.EOF stays recognisable
 	}
 	n := binary.BigEndian.Uint32(l[:])
@@ -106,21 +119,32 @@ func ReadMessage(r io.Reader) (*Message, error) {
 	if err := json.Unmarshal(body, m); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMessage, err)
 	}
+	if err := m.check(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// check says whether m is a message of a known type with the body it needs.
+func (m *Message) check() error {
+	if m == nil {
+		return fmt.Errorf("%w: no message", ErrMessage)
+	}
 	switch m.Type {
 	case MsgHello:
 		if m.Hello == nil {
-			return nil, fmt.Errorf("%w: hello without body", ErrMessage)
+			return fmt.Errorf("%w: hello without body", ErrMessage)
 		}
-		if len(m.Hello.Services) > 256 {
-			return nil, fmt.Errorf("%w: %d services in hello, at most 256", ErrMessage, len(m.Hello.Services))
+		if len(m.Hello.Services) > maxHelloServices {
+			return fmt.Errorf("%w: %d services in hello, at most %d", ErrMessage, len(m.Hello.Services), maxHelloServices)
 		}
 	case MsgWelcome:
 		if m.Welcome == nil {
-			return nil, fmt.Errorf("%w: welcome without body", ErrMessage)
+			return fmt.Errorf("%w: welcome without body", ErrMessage)
 		}
 	case MsgDrain:
 	default:
-		return nil, fmt.Errorf("%w: unknown type %q", ErrMessage, m.Type)
+		return fmt.Errorf("%w: unknown type %q", ErrMessage, m.Type)
 	}
-	return m, nil
+	return nil
 }

@@ -65,7 +65,8 @@ type Session struct {
 	bc  *batchConn
 }
 
-// ErrSessionClosed is returned by Open and Accept on a closed session.
+// ErrSessionClosed is returned by Open and Accept once the session has ended,
+// for whatever reason; test with errors.Is, as it may wrap the cause.
 var ErrSessionClosed = errors.New("tunnel session closed")
 
 // Server runs the gateway side of a session over conn (already authenticated TLS).
@@ -94,10 +95,7 @@ func Client(conn net.Conn, cfg *Config) (*Session, error) {
 func (s *Session) Open() (net.Conn, error) {
 	st, err := s.mux.OpenStream()
 	if err != nil {
-		if errors.Is(err, yamux.ErrSessionShutdown) {
-			return nil, ErrSessionClosed
-		}
-		return nil, fmt.Errorf("open tunnel stream: %w", err)
+		return nil, s.streamErr("open", err)
 	}
 	return stream{st}, nil
 }
@@ -106,12 +104,23 @@ func (s *Session) Open() (net.Conn, error) {
 func (s *Session) Accept() (net.Conn, error) {
 	st, err := s.mux.AcceptStream()
 	if err != nil {
-		if errors.Is(err, yamux.ErrSessionShutdown) {
-			return nil, ErrSessionClosed
-		}
-		return nil, fmt.Errorf("accept tunnel stream: %w", err)
+		return nil, s.streamErr("accept", err)
 	}
 	return stream{st}, nil
+}
+
+// streamErr maps an error of Open or Accept. Once the session has ended,
+// whatever the cause (local Close, the peer or the connection going away, a
+// missed keepalive), the error is ErrSessionClosed, wrapping the cause when
+// it is not the local Close.
+func (s *Session) streamErr(op string, err error) error {
+	if s.mux.IsClosed() || errors.Is(err, yamux.ErrSessionShutdown) {
+		if errors.Is(err, yamux.ErrSessionShutdown) {
+			return ErrSessionClosed
+		}
+		return fmt.Errorf("%w: %w", ErrSessionClosed, err)
+	}
+	return fmt.Errorf("%s tunnel stream: %w", op, err)
 }
 
 // NumStreams is the number of open streams.
@@ -152,17 +161,24 @@ func (s stream) CloseWrite() error { return s.Stream.Close() }
 type batchConn struct {
 	conn net.Conn
 
+	// wmu serialises Write calls, so the bytes of one Write stay contiguous
+	// even when it must wait for room (as with a net.Conn).
+	wmu sync.Mutex
+
 	mu      sync.Mutex
-	cond    sync.Cond // signalled on buffer change and close; uses mu
-	buf     []byte    // pending bytes; guarded by mu
-	err     error     // sticky write error; guarded by mu
-	closed  bool      // guarded by mu
-	flushed chan struct{}
+	cond    sync.Cond     // signalled on buffer change and close; uses mu
+	buf     []byte        // pending bytes; guarded by mu
+	err     error         // sticky write error; guarded by mu
+	closed  bool          // guarded by mu
+	flushed chan struct{} // closed when the flusher has exited
 }
 
 const (
 	batchMax     = 256 << 10 // writers wait when this much is pending
 	batchInitCap = 16 << 10
+	// closeFlushWait bounds how long Close lets pending bytes out before it
+	// closes the connection under a blocked write.
+	closeFlushWait = time.Second
 )
 
 func newBatchConn(c net.Conn) *batchConn {
@@ -174,7 +190,12 @@ func newBatchConn(c net.Conn) *batchConn {
 
 func (b *batchConn) Read(p []byte) (int, error) { return b.conn.Read(p) }
 
+// Write queues p for the flusher. It returns once p is queued, not written;
+// it waits only while batchMax bytes are pending. A write error of the
+// flusher is returned by every later Write.
 func (b *batchConn) Write(p []byte) (int, error) {
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
 	written := 0
 	b.mu.Lock()
 	for len(p) > 0 {
@@ -234,6 +255,9 @@ func (b *batchConn) flushLoop() {
 	}
 }
 
+// Close stops accepting writes, lets the pending bytes out for at most
+// closeFlushWait (a peer that stopped reading cannot make it hang), then
+// closes the connection, which also ends a write still in flight.
 func (b *batchConn) Close() error {
 	b.mu.Lock()
 	already := b.closed
@@ -246,7 +270,7 @@ func (b *batchConn) Close() error {
 	// Let pending frames (a go-away, a final close) out, but never wait long.
 	select {
 	case <-b.flushed:
-	case <-time.After(time.Second):
+	case <-time.After(closeFlushWait):
 	}
 	return b.conn.Close()
 }

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain lets this test binary play `bench backend` when the harness
+// re-executes it.
+func TestMain(m *testing.M) {
+	if os.Getenv(backendRoleEnv) == "backend" && len(os.Args) > 1 && os.Args[1] == "backend" {
+		os.Exit(backendMain(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+// TestHarnessSmoke runs the whole harness with tiny settings, so it cannot
+// silently rot: every figure must be positive and no request may fail.
+func TestHarnessSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds webgw and starts processes")
+	}
+	if runtime.GOOS != "linux" {
+		t.Skip("the harness reads /proc")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var progress bytes.Buffer
+	rep, err := Run(ctx, Config{
+		Rounds:    1,
+		Duration:  300 * time.Millisecond,
+		Warmup:    100 * time.Millisecond,
+		Conns:     4,
+		IdleConns: 20,
+		BulkSize:  4 << 20,
+		Progress:  &progress,
+	})
+	if err != nil {
+		t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())
+	}
+	t.Logf("progress:\n%s", progress.String())
+
+	want := []string{
+		"rps_1k", "p50_ms_1k", "p99_ms_1k", "cpu_us_per_req_1k", "backend_cpu_us_per_req_1k", "loadgen_cpu_us_per_req_1k",
+		"rps_small", "p50_ms_small", "p99_ms_small", "cpu_us_per_req_small", "backend_cpu_us_per_req_small", "loadgen_cpu_us_per_req_small",
+		"bulk_mib_s", "bulk_cpu_s_per_gib", "idle_kb_per_conn",
+	}
+	webgwOnly := []string{
+		"gateway_cpu_us_per_req_1k", "agent_cpu_us_per_req_1k", "gateway_cpu_us_per_req_small", "agent_cpu_us_per_req_small",
+		"gateway_idle_kb_per_conn", "agent_idle_kb_per_conn",
+	}
+	for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw, keyVsHTTP, keyVsHTTPS} {
+		f := rep.Median[key]
+		names := want
+		if key == keyWebgw {
+			names = append(append([]string(nil), want...), webgwOnly...)
+		}
+		for _, name := range names {
+			if strings.Contains(key, "_vs_") && name == "bulk_cpu_s_per_gib" {
+				continue // its direct denominator may be zero (below)
+			}
+			v, ok := f[name]
+			switch {
+			case !ok:
+				t.Errorf("%s: no figure %s", key, name)
+			case name == "bulk_cpu_s_per_gib" && key != keyWebgw:
+				// 4 MiB direct costs the backend less than one 10 ms clock
+				// tick of /proc/PID/stat: zero is a true reading there.
+				if v < 0 {
+					t.Errorf("%s: %s = %v, want >= 0", key, name, v)
+				}
+			case v <= 0:
+				t.Errorf("%s: %s = %v, want > 0", key, name, v)
+			}
+		}
+		if strings.Contains(key, "_vs_") {
+			continue
+		}
+		for _, body := range []string{"1k", "small"} {
+			if n := f["errors_"+body]; n != 0 {
+				t.Errorf("%s: %v failed requests (%s body)", key, n, body)
+			}
+		}
+	}
+	if len(rep.Goals) != 3 {
+		t.Errorf("%d goals, want 3", len(rep.Goals))
+	}
+
+	var table bytes.Buffer
+	rep.WriteTable(&table)
+	for _, s := range []string{"req/s, 1 KiB body", "bulk MiB/s", "RSS KB per held conn", "goals (issue 2)"} {
+		if !strings.Contains(table.String(), s) {
+			t.Errorf("table lacks %q:\n%s", s, table.String())
+		}
+	}
+	t.Logf("table:\n%s", table.String())
+}

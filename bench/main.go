@@ -1,0 +1,142 @@
+// Command bench measures webgw against a direct connection to the same
+// backend, on this machine, in one run: HTTP req/s and p50/p99 latency with
+// 64 keep-alive clients, CPU per request of gateway+agent, bulk bytes/s of one
+// large download, and RSS per held idle connection. It builds the webgw
+// binary, starts a backend (this program re-executed as `bench backend`, so
+// its CPU is its own), a gateway and an agent, all on 127.0.0.1, runs direct
+// and webgw measurements interleaved for several rounds, and prints the
+// medians, the ratios and the goals of issue 2. See README.md.
+//
+//	go run ./bench                  # the full run, about 2.5 minutes
+//	go run ./bench -json            # machine-readable
+//	go run ./bench -pprof /tmp/prof # also CPU and heap profiles of gateway and agent
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "backend" {
+		os.Exit(backendMain(os.Args[2:]))
+	}
+	os.Exit(benchMain(os.Args[1:]))
+}
+
+func benchMain(args []string) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: go run ./bench [flags]\n\nMeasures webgw against a direct connection; see bench/README.md.\n\n")
+		fs.PrintDefaults()
+	}
+	var cfg Config
+	bulk := sizeFlag(defaultBulkSize)
+	var asJSON bool
+	fs.IntVar(&cfg.Rounds, "rounds", defaultRounds, "interleaved rounds (direct, webgw, direct, webgw, ...); the median is reported")
+	fs.DurationVar(&cfg.Duration, "duration", defaultDuration, "measured time of each req/s run")
+	fs.DurationVar(&cfg.Warmup, "warmup", defaultWarmup, "unmeasured time before each req/s run")
+	fs.IntVar(&cfg.Conns, "conns", defaultConns, "concurrent keep-alive clients of the req/s runs")
+	fs.IntVar(&cfg.IdleConns, "idle-conns", defaultIdleConns, "idle keep-alive connections held for the RSS measurement")
+	fs.Var(&bulk, "bulk-size", "size of the bulk download (bytes, or with KiB, MiB, GiB)")
+	fs.BoolVar(&cfg.H2, "h2", false, "load with HTTP/2 (h2 over TLS, h2c to the plain backend) instead of HTTP/1.1")
+	fs.StringVar(&cfg.Webgw, "webgw", "", "use this webgw binary instead of building ./cmd/webgw")
+	fs.StringVar(&cfg.PprofDir, "pprof", "", "build webgw with a pprof listener (harness-side overlay) and write gateway/agent CPU and heap profiles of the last round here")
+	fs.BoolVar(&asJSON, "json", false, "print the report as JSON instead of a table")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "bench: unexpected argument %q (flags only; see -h)\n", fs.Arg(0))
+		return 2
+	}
+	cfg.BulkSize = int64(bulk)
+	if err := cfg.validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 2
+	}
+	cfg.Progress = os.Stderr
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := Run(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	if asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		return 0
+	}
+	rep.WriteTable(os.Stdout)
+	return 0
+}
+
+// sizeFlag is a byte count written as 268435456, 256MiB, 4MiB, 1GiB or 64KiB.
+type sizeFlag int64
+
+func (s *sizeFlag) String() string { return formatSize(int64(*s)) }
+
+func (s *sizeFlag) Set(v string) error {
+	n, err := parseSize(v)
+	if err != nil {
+		return err
+	}
+	*s = sizeFlag(n)
+	return nil
+}
+
+func parseSize(v string) (int64, error) {
+	mult := int64(1)
+	num := strings.TrimSpace(v)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if rest, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(rest), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a positive size; use bytes or a number with KiB, MiB or GiB (e.g. 256MiB)", v)
+	}
+	return n * mult, nil
+}
+
+func formatSize(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// logf writes one progress line.
+func (h *harness) logf(format string, args ...any) {
+	if h.cfg.Progress != nil {
+		fmt.Fprintf(h.cfg.Progress, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+	}
+}

@@ -1,0 +1,287 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Figures are one target's measurements, by name:
+//
+//	rps_1k, rps_small                    requests per second
+//	p50_ms_*, p99_ms_*                   latency percentiles
+//	cpu_us_per_req_*                     CPU µs per request of the measured processes
+//	                                     (direct: the backend; webgw: gateway+agent)
+//	gateway_cpu_us_per_req_*, agent_...  webgw only: the two parts of the above
+//	backend_cpu_us_per_req_*             the backend's CPU µs per request
+//	loadgen_cpu_us_per_req_*             the harness's (load generator's) CPU µs per request
+//	errors_*                             failed requests in the measured window
+//	foreign_cpu_pct_*                    % of the machine's CPU used by other processes in the window
+//	bulk_mib_s, bulk_cpu_s_per_gib       one large download: MiB/s, CPU s per GiB
+//	idle_kb_per_conn                     RSS growth per held idle connection, KiB
+//	gateway_idle_kb_per_conn, agent_...  webgw only: the two parts of the above
+type Figures map[string]float64
+
+// Round maps direct_http, direct_https, webgw, webgw_vs_http and
+// webgw_vs_https (the ratios of that round) to their figures.
+type Round map[string]Figures
+
+// addRatios adds webgw/direct for every figure both have.
+func (r Round) addRatios() {
+	w := r[keyWebgw]
+	for base, key := range map[string]string{keyHTTP: keyVsHTTP, keyHTTPS: keyVsHTTPS} {
+		f := Figures{}
+		for k, v := range w {
+			if d, ok := r[base][k]; ok && d != 0 && !strings.HasPrefix(k, "errors") && !strings.HasPrefix(k, "foreign") {
+				f[k] = v / d
+			}
+		}
+		r[key] = f
+	}
+}
+
+// Report is the result of Run.
+type Report struct {
+	Date         time.Time `json:"date"`
+	Host         string    `json:"host"`
+	CPUs         int       `json:"cpus"`
+	CPUModel     string    `json:"cpu_model"`
+	Kernel       string    `json:"kernel"`
+	GoVersion    string    `json:"go_version"`
+	Source       string    `json:"source"`
+	LoadAvgStart string    `json:"loadavg_start"`
+	LoadAvgEnd   string    `json:"loadavg_end"`
+	// BusyPctBefore is how busy the machine was (% of all CPUs) in the second
+	// before the run; ForeignPctMax the most that other processes took during
+	// any req/s run. Both should be near 0 for figures worth keeping.
+	BusyPctBefore float64  `json:"busy_pct_before"`
+	ForeignPctMax float64  `json:"foreign_pct_max"`
+	Settings      Settings `json:"settings"`
+	// Rounds holds each round's figures; Median the per-figure median over
+	// rounds (ratios: the median of the per-round ratios).
+	Rounds []Round `json:"rounds"`
+	Median Round   `json:"median"`
+	Goals  []Goal  `json:"goals"`
+}
+
+// Settings are the run's parameters.
+type Settings struct {
+	Rounds    int     `json:"rounds"`
+	DurationS float64 `json:"duration_s"`
+	WarmupS   float64 `json:"warmup_s"`
+	Conns     int     `json:"conns"`
+	IdleConns int     `json:"idle_conns"`
+	BulkBytes int64   `json:"bulk_bytes"`
+	Protocol  string  `json:"protocol"`
+}
+
+// Goal is one goal of issue 2 and whether the median met it.
+type Goal struct {
+	Name     string  `json:"name"`
+	Measured float64 `json:"measured"`
+	Op       string  `json:"op"` // ">=" or "<="
+	Limit    float64 `json:"limit"`
+	Unit     string  `json:"unit"`
+	Met      bool    `json:"met"`
+	Note     string  `json:"note,omitempty"`
+}
+
+func newReport(cfg Config) *Report {
+	host, _ := os.Hostname()
+	proto := "HTTP/1.1"
+	if cfg.H2 {
+		proto = "HTTP/2 (h2; h2c to the plain backend)"
+	}
+	return &Report{
+		Date: time.Now().UTC().Truncate(time.Second), Host: host, CPUs: runtime.NumCPU(),
+		CPUModel: cpuModel(), Kernel: firstLine("/proc/sys/kernel/osrelease"), GoVersion: runtime.Version(),
+		Source: gitSource(), LoadAvgStart: loadAvg(),
+		Settings: Settings{Rounds: cfg.Rounds, DurationS: cfg.Duration.Seconds(), WarmupS: cfg.Warmup.Seconds(),
+			Conns: cfg.Conns, IdleConns: cfg.IdleConns, BulkBytes: cfg.BulkSize, Protocol: proto},
+	}
+}
+
+// finish computes the medians and the goals.
+func (r *Report) finish() {
+	r.LoadAvgEnd = loadAvg()
+	for _, rd := range r.Rounds {
+		for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {
+			for name, v := range rd[key] {
+				if strings.HasPrefix(name, "foreign_cpu_pct") {
+					r.ForeignPctMax = max(r.ForeignPctMax, v)
+				}
+			}
+		}
+	}
+	r.Median = Round{}
+	for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw, keyVsHTTP, keyVsHTTPS} {
+		f := Figures{}
+		for name := range r.Rounds[0][key] {
+			var vs []float64
+			for _, rd := range r.Rounds {
+				if v, ok := rd[key][name]; ok {
+					vs = append(vs, v)
+				}
+			}
+			f[name] = median(vs)
+		}
+		r.Median[key] = f
+	}
+	m := r.Median
+	ratio := m[keyVsHTTP]["rps_1k"]
+	r.Goals = []Goal{
+		{Name: "req/s through webgw (HTTPS terminated at the edge) / direct plain HTTP, 1 KiB body",
+			Measured: ratio, Op: ">=", Limit: 0.35, Unit: "", Met: ratio >= 0.35,
+			Note: fmt.Sprintf("against direct HTTPS to the backend: %.2f", m[keyVsHTTPS]["rps_1k"])},
+		{Name: "gateway+agent CPU per request, 1 KiB body",
+			Measured: m[keyWebgw]["cpu_us_per_req_1k"], Op: "<=", Limit: 60, Unit: "µs",
+			Met: m[keyWebgw]["cpu_us_per_req_1k"] <= 60},
+		{Name: "RSS per held idle connection, gateway+agent",
+			Measured: m[keyWebgw]["idle_kb_per_conn"], Op: "<=", Limit: 16, Unit: "KB",
+			Met: m[keyWebgw]["idle_kb_per_conn"] <= 16},
+	}
+}
+
+func median(vs []float64) float64 {
+	if len(vs) == 0 {
+		return 0
+	}
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// WriteTable prints the report for people.
+func (r *Report) WriteTable(w io.Writer) {
+	s := r.Settings
+	fmt.Fprintf(w, "webgw bench  %s  %s, %d CPUs (%s), Linux %s, %s\n", r.Date.Format("2006-01-02 15:04 MST"), r.Host, r.CPUs, r.CPUModel, r.Kernel, r.GoVersion)
+	fmt.Fprintf(w, "source %s; load average at start %s, at end %s\n", r.Source, r.LoadAvgStart, r.LoadAvgEnd)
+	fmt.Fprintf(w, "machine busy before the run: %.0f%%; other processes during req/s runs: at most %.1f%% of the CPUs\n", r.BusyPctBefore, r.ForeignPctMax)
+	if r.BusyPctBefore > 10 || r.ForeignPctMax > 5 {
+		fmt.Fprintf(w, "WARNING: the machine was not quiet; other work competed for the cores and the figures are low\n")
+	}
+	fmt.Fprintf(w, "%d rounds (median), %s per req/s run after %s warm-up, %d keep-alive clients, %s, %d idle conns, bulk %s\n\n",
+		s.Rounds, fmtDur(s.DurationS), fmtDur(s.WarmupS), s.Conns, s.Protocol, s.IdleConns, formatSize(s.BulkBytes))
+
+	m := r.Median
+	rows := []struct{ label, key, format string }{
+		{"req/s, 1 KiB body", "rps_1k", "%.0f"},
+		{"  latency p50, ms", "p50_ms_1k", "%.2f"},
+		{"  latency p99, ms", "p99_ms_1k", "%.2f"},
+		{"  CPU µs/req (backend | gateway+agent)", "cpu_us_per_req_1k", "%.1f"},
+		{"req/s, small GET (3-byte body)", "rps_small", "%.0f"},
+		{"  latency p50, ms", "p50_ms_small", "%.2f"},
+		{"  latency p99, ms", "p99_ms_small", "%.2f"},
+		{"  CPU µs/req (backend | gateway+agent)", "cpu_us_per_req_small", "%.1f"},
+		{"bulk MiB/s, one " + formatSize(s.BulkBytes) + " download", "bulk_mib_s", "%.0f"},
+		{"  CPU s/GiB (backend | gateway+agent)", "bulk_cpu_s_per_gib", "%.2f"},
+		{fmt.Sprintf("RSS KB per held conn, %d idle (backend | gw+agent)", s.IdleConns), "idle_kb_per_conn", "%.1f"},
+	}
+	const lw = 52
+	fmt.Fprintf(w, "%-*s %12s %12s %12s %11s %11s\n", lw, "measurement (median)", "direct http", "direct https", "webgw", "webgw/http", "webgw/https")
+	fmt.Fprintf(w, "%s\n", strings.Repeat("-", lw+4*12+12))
+	for _, row := range rows {
+		fmt.Fprintf(w, "%-*s %12s %12s %12s %11s %11s\n", lw, row.label,
+			fmtVal(row.format, m[keyHTTP], row.key), fmtVal(row.format, m[keyHTTPS], row.key), fmtVal(row.format, m[keyWebgw], row.key),
+			fmtVal("%.2f", m[keyVsHTTP], row.key), fmtVal("%.2f", m[keyVsHTTPS], row.key))
+	}
+
+	wg := m[keyWebgw]
+	fmt.Fprintf(w, "\nwebgw CPU per request, µs (1 KiB | small): gateway %.1f | %.1f, agent %.1f | %.1f, backend %.1f | %.1f, load generator %.1f | %.1f\n",
+		wg["gateway_cpu_us_per_req_1k"], wg["gateway_cpu_us_per_req_small"], wg["agent_cpu_us_per_req_1k"], wg["agent_cpu_us_per_req_small"],
+		wg["backend_cpu_us_per_req_1k"], wg["backend_cpu_us_per_req_small"], wg["loadgen_cpu_us_per_req_1k"], wg["loadgen_cpu_us_per_req_small"])
+	fmt.Fprintf(w, "load generator CPU per request, µs (1 KiB): direct http %.1f, direct https %.1f, webgw %.1f\n",
+		m[keyHTTP]["loadgen_cpu_us_per_req_1k"], m[keyHTTPS]["loadgen_cpu_us_per_req_1k"], wg["loadgen_cpu_us_per_req_1k"])
+	fmt.Fprintf(w, "webgw RSS per held conn, KB: gateway %.1f, agent %.1f\n", wg["gateway_idle_kb_per_conn"], wg["agent_idle_kb_per_conn"])
+	for i, rd := range r.Rounds {
+		for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {
+			for _, body := range []string{"1k", "small"} {
+				if n := rd[key]["errors_"+body]; n > 0 {
+					fmt.Fprintf(w, "WARNING: round %d, %s %s: %.0f failed requests\n", i+1, key, body, n)
+				}
+			}
+		}
+	}
+
+	fmt.Fprintf(w, "\ngoals (issue 2)\n")
+	for _, g := range r.Goals {
+		verdict := "MISS"
+		if g.Met {
+			verdict = "met"
+		}
+		op := map[string]string{">=": "≥", "<=": "≤"}[g.Op]
+		val := fmt.Sprintf("%.2f", g.Measured)
+		if g.Unit != "" {
+			val = fmt.Sprintf("%.1f %s", g.Measured, g.Unit)
+		}
+		limit := fmt.Sprintf("%s %g %s", op, g.Limit, g.Unit)
+		line := fmt.Sprintf("  %-4s %-84s %10s  (goal %s)", verdict, g.Name, val, strings.TrimSpace(limit))
+		if g.Note != "" {
+			line += "; " + g.Note
+		}
+		fmt.Fprintln(w, line)
+	}
+}
+
+func fmtVal(format string, f Figures, key string) string {
+	v, ok := f[key]
+	if !ok {
+		return "-"
+	}
+	return fmt.Sprintf(format, v)
+}
+
+func fmtDur(s float64) string { return time.Duration(s * float64(time.Second)).String() }
+
+func loadAvg() string {
+	f := strings.Fields(firstLine("/proc/loadavg"))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func firstLine(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "?"
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	return strings.TrimSpace(line)
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "?"
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
+}
+
+// gitSource names the commit measured and whether the tree had local changes.
+func gitSource() string {
+	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown (no git)"
+	}
+	src := "commit " + strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil {
+		if n := len(strings.FieldsFunc(string(st), func(r rune) bool { return r == '\n' })); n > 0 {
+			src += fmt.Sprintf(" + %d locally modified files", n)
+		}
+	}
+	return src
+}

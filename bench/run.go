@@ -1,0 +1,355 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Defaults of Config, also the flags' defaults.
+const (
+	defaultRounds    = 3
+	defaultDuration  = 5 * time.Second
+	defaultWarmup    = 500 * time.Millisecond
+	defaultConns     = 64
+	defaultIdleConns = 1000
+	defaultBulkSize  = 256 << 20
+)
+
+// Config is one harness run. The zero value of each field means its default.
+type Config struct {
+	// Rounds of interleaved measurements; 0 means 3. Medians are reported.
+	Rounds int
+	// Duration is the measured time of each req/s run; 0 means 5 s.
+	Duration time.Duration
+	// Warmup runs the load unmeasured before each req/s run; 0 means 500 ms.
+	Warmup time.Duration
+	// Conns is the number of concurrent keep-alive clients; 0 means 64.
+	Conns int
+	// IdleConns is the number of idle connections held for the RSS figure; 0 means 1000.
+	IdleConns int
+	// BulkSize is the size of the bulk download in bytes; 0 means 256 MiB.
+	BulkSize int64
+	// H2 loads with HTTP/2 (h2, and h2c to the plain backend); false means HTTP/1.1.
+	H2 bool
+	// Webgw is a prebuilt webgw binary; "" builds ./cmd/webgw of the enclosing module.
+	Webgw string
+	// PprofDir, when set, builds webgw with a harness-side pprof listener and
+	// writes CPU and heap profiles of gateway and agent (last round) there.
+	PprofDir string
+	// Backend is the command that runs `bench backend`; nil re-executes this program.
+	Backend []string
+	// Progress receives one line per step; nil is silent.
+	Progress io.Writer
+}
+
+func (c *Config) complete() {
+	if c.Rounds == 0 {
+		c.Rounds = defaultRounds
+	}
+	if c.Duration == 0 {
+		c.Duration = defaultDuration
+	}
+	if c.Warmup == 0 {
+		c.Warmup = defaultWarmup
+	}
+	if c.Conns == 0 {
+		c.Conns = defaultConns
+	}
+	if c.IdleConns == 0 {
+		c.IdleConns = defaultIdleConns
+	}
+	if c.BulkSize == 0 {
+		c.BulkSize = defaultBulkSize
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Rounds < 0 || c.Rounds > 100:
+		return fmt.Errorf("-rounds %d not accepted; use 1-100", c.Rounds)
+	case c.Duration < 0:
+		return fmt.Errorf("-duration %s not accepted; use a positive duration such as 5s", c.Duration)
+	case c.Warmup < 0:
+		return fmt.Errorf("-warmup %s not accepted; use a positive duration such as 500ms", c.Warmup)
+	case c.Conns < 0 || c.Conns > 10000:
+		return fmt.Errorf("-conns %d not accepted; use 1-10000", c.Conns)
+	case c.IdleConns < 0 || c.IdleConns > 100000:
+		return fmt.Errorf("-idle-conns %d not accepted; use 1-100000", c.IdleConns)
+	case c.BulkSize < 0:
+		return fmt.Errorf("-bulk-size %d not accepted; use a positive size such as 256MiB", c.BulkSize)
+	}
+	return nil
+}
+
+// The three ways a request reaches the backend, and the ratios between them.
+const (
+	keyHTTP    = "direct_http"    // harness -> backend, plain HTTP
+	keyHTTPS   = "direct_https"   // harness -> backend, HTTPS served by the backend itself
+	keyWebgw   = "webgw"          // harness -> gateway (HTTPS terminated) -> tunnel -> agent -> backend
+	keyVsHTTP  = "webgw_vs_http"  // webgw / direct_http, per round
+	keyVsHTTPS = "webgw_vs_https" // webgw / direct_https, per round
+)
+
+// harness owns the processes and files of one Run.
+type harness struct {
+	cfg     Config
+	work    string   // temp dir, removed at the end
+	bin     string   // webgw binary
+	backend []string // argv of `bench backend`
+	pprof   bool     // bin has the pprof hook
+
+	certFile, keyFile string         // the backend's self-signed certificate
+	backendRoots      *x509.CertPool // trusts certFile
+
+	procs procTable
+}
+
+// Run builds webgw, runs cfg.Rounds interleaved rounds and returns the report.
+// Every process it starts is killed before it returns, also when ctx ends.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg.complete()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if runtime.GOOS != "linux" {
+		return nil, errors.New("the harness reads /proc: it runs on Linux only")
+	}
+	if err := raiseNofile(uint64(cfg.IdleConns + cfg.Conns + 512)); err != nil {
+		return nil, err
+	}
+	work, err := os.MkdirTemp("", "webgw-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	h := &harness{cfg: cfg, work: work, backend: cfg.Backend}
+	defer h.procs.killAll()
+
+	rep := newReport(cfg)
+	rep.BusyPctBefore = busyPct(ctx, time.Second)
+	h.logf("load average %s, machine busy %.0f%% in the last second (the load generator, the backend, the gateway and the agent share %d CPUs)",
+		rep.LoadAvgStart, rep.BusyPctBefore, runtime.NumCPU())
+	if rep.BusyPctBefore > 10 {
+		h.logf("WARNING: the machine is busy before the run; figures will be low and noisy")
+	}
+
+	if h.backend == nil {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("find own executable to start the backend: %w", err)
+		}
+		h.backend = []string{self, "backend"}
+	}
+	h.bin = cfg.Webgw
+	if h.bin == "" {
+		h.pprof = cfg.PprofDir != ""
+		if h.bin, err = buildWebgw(ctx, work, h.pprof); err != nil {
+			return nil, err
+		}
+	} else if cfg.PprofDir != "" {
+		return nil, errors.New("-pprof needs the harness to build webgw; drop -webgw")
+	}
+	if cfg.PprofDir != "" {
+		if err := os.MkdirAll(cfg.PprofDir, 0o755); err != nil {
+			return nil, fmt.Errorf("-pprof: %w", err)
+		}
+	}
+	if h.certFile, h.keyFile, h.backendRoots, err = writeSelfSigned(work); err != nil {
+		return nil, err
+	}
+
+	for r := range cfg.Rounds {
+		round, err := h.round(ctx, r)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("interrupted in round %d: %w", r+1, ctx.Err())
+			}
+			return nil, fmt.Errorf("round %d: %w", r+1, err)
+		}
+		rep.Rounds = append(rep.Rounds, round)
+	}
+	rep.finish()
+	return rep, nil
+}
+
+// round runs one round: idle connections (each on fresh processes, so no
+// earlier test's freed memory hides their cost), then req/s for the 1 KiB and
+// the small body, then the bulk download, each as direct_http, direct_https,
+// webgw in turn.
+func (h *harness) round(ctx context.Context, r int) (Round, error) {
+	last := r == h.cfg.Rounds-1
+	rd := Round{keyHTTP: {}, keyHTTPS: {}, keyWebgw: {}}
+	tag := fmt.Sprintf("round %d/%d", r+1, h.cfg.Rounds)
+	dir := filepath.Join(h.work, fmt.Sprintf("round%d", r+1))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+
+	// Idle connections held by a fresh backend: plain, then TLS.
+	for _, key := range []string{keyHTTP, keyHTTPS} {
+		b, err := h.startBackend(ctx, filepath.Join(dir, "idle-"+key))
+		if err != nil {
+			return nil, err
+		}
+		t := b.target(key, h.backendRoots)
+		res, err := h.idle(ctx, t, []*proc{b.proc})
+		b.proc.stop()
+		if err != nil {
+			return nil, fmt.Errorf("idle %s: %w", key, err)
+		}
+		rd[key]["idle_kb_per_conn"] = res.total
+		h.logf("%s  idle %-13s %7.1f KB per held connection (backend)", tag, key, res.total)
+	}
+
+	// The stack for everything else; its gateway and agent are fresh for the idle test.
+	s, err := h.startStack(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer s.stop()
+	targets := map[string]*target{
+		keyHTTP:  s.backend.target(keyHTTP, h.backendRoots),
+		keyHTTPS: s.backend.target(keyHTTPS, h.backendRoots),
+		keyWebgw: s.webgwTarget(),
+	}
+	measured := map[string][]*proc{
+		keyHTTP:  {s.backend.proc},
+		keyHTTPS: {s.backend.proc},
+		keyWebgw: {s.gateway, s.agent},
+	}
+
+	res, err := h.idle(ctx, targets[keyWebgw], measured[keyWebgw])
+	if err != nil {
+		return nil, fmt.Errorf("idle webgw: %w", err)
+	}
+	rd[keyWebgw]["idle_kb_per_conn"] = res.total
+	rd[keyWebgw]["gateway_idle_kb_per_conn"] = res.per[0]
+	rd[keyWebgw]["agent_idle_kb_per_conn"] = res.per[1]
+	h.logf("%s  idle %-13s %7.1f KB per held connection (gateway %.1f + agent %.1f)", tag, keyWebgw, res.total, res.per[0], res.per[1])
+	if last && h.pprof {
+		h.saveProfiles(ctx, s, "heap", "heap?gc=1")
+	}
+
+	for _, body := range []struct{ key, path string }{{"1k", "/1k"}, {"small", "/small"}} {
+		for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {
+			var onMeasure func() func()
+			if last && h.pprof && key == keyWebgw && body.key == "1k" {
+				onMeasure = func() func() { return h.startCPUProfiles(ctx, s) }
+			}
+			lr, err := h.load(ctx, targets[key], body.path, measured[key], s.backend.proc, onMeasure)
+			if err != nil {
+				return nil, fmt.Errorf("load %s %s: %w", key, body.key, err)
+			}
+			f := rd[key]
+			sfx := "_" + body.key
+			f["rps"+sfx] = lr.rps
+			f["p50_ms"+sfx] = lr.p50.Seconds() * 1e3
+			f["p99_ms"+sfx] = lr.p99.Seconds() * 1e3
+			f["cpu_us_per_req"+sfx] = lr.cpuUS
+			f["backend_cpu_us_per_req"+sfx] = lr.backendUS
+			f["loadgen_cpu_us_per_req"+sfx] = lr.loadgenUS
+			f["errors"+sfx] = float64(lr.errors)
+			f["foreign_cpu_pct"+sfx] = lr.foreignPct
+			if key == keyWebgw {
+				f["gateway_cpu_us_per_req"+sfx] = lr.perUS[0]
+				f["agent_cpu_us_per_req"+sfx] = lr.perUS[1]
+			}
+			h.logf("%s  %-5s %-13s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  %6.1f µs CPU/req  other load %4.1f%%%s",
+				tag, body.key, key, lr.rps, f["p50_ms"+sfx], f["p99_ms"+sfx], lr.cpuUS, lr.foreignPct, errNote(lr.errors))
+		}
+	}
+
+	for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {
+		br, err := h.bulk(ctx, targets[key], measured[key])
+		if err != nil {
+			return nil, fmt.Errorf("bulk %s: %w", key, err)
+		}
+		rd[key]["bulk_mib_s"] = br.mibps
+		rd[key]["bulk_cpu_s_per_gib"] = br.cpuSPerGiB
+		h.logf("%s  bulk  %-13s %8.0f MiB/s  %5.2f CPU s/GiB", tag, key, br.mibps, br.cpuSPerGiB)
+	}
+	rd.addRatios()
+	return rd, nil
+}
+
+func errNote(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("  (%d errors)", n)
+}
+
+// buildWebgw builds ./cmd/webgw of the module enclosing the working
+// directory into dir. withPprof adds the harness's pprof hook through a
+// build overlay; the source tree is not touched.
+func buildWebgw(ctx context.Context, dir string, withPprof bool) (string, error) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	out, err := exec.CommandContext(ctx, goTool, "env", "GOMOD").Output()
+	gomod := strings.TrimSpace(string(out))
+	if err != nil || gomod == "" || gomod == os.DevNull {
+		return "", errors.New("not inside the webgw module: run from the repository (go run ./bench) or pass -webgw BINARY")
+	}
+	root := filepath.Dir(gomod)
+	bin := filepath.Join(dir, "webgw")
+	args := []string{"build", "-o", bin}
+	if withPprof {
+		overlay, err := writePprofOverlay(dir, root)
+		if err != nil {
+			return "", err
+		}
+		args = append(args, "-overlay", overlay)
+	}
+	args = append(args, "./cmd/webgw")
+	cmd := exec.CommandContext(ctx, goTool, args...)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/webgw: %w\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// raiseNofile lifts the soft open-files limit to the hard one and checks that
+// need descriptors fit.
+func raiseNofile(need uint64) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("getrlimit: %w", err)
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			return fmt.Errorf("raise RLIMIT_NOFILE to %d: %w", lim.Max, err)
+		}
+	}
+	if lim.Cur < need {
+		return fmt.Errorf("open-files limit %d is below the %d this run needs: lower -idle-conns or raise the hard limit (ulimit -Hn)", lim.Cur, need)
+	}
+	return nil
+}
+
+// busyPct samples how busy the whole machine is over d, in % of all CPUs.
+func busyPct(ctx context.Context, d time.Duration) float64 {
+	b0, t0, err := machineTicks()
+	if err != nil {
+		return -1
+	}
+	sleep(ctx, d)
+	b1, t1, err := machineTicks()
+	if err != nil || t1 <= t0 {
+		return -1
+	}
+	return float64(b1-b0) * 100 / float64(t1-t0)
+}

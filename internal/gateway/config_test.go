@@ -1,0 +1,247 @@
+package gateway_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/webgw/webgw/internal/gateway"
+)
+
+func TestCompleteDefaults(t *testing.T) {
+	var c gateway.Config
+	c.Complete()
+	// DESIGN.md's contract for `webgw gateway` with no flags.
+	want := map[string][2]string{
+		"data_dir":   {c.DataDir, "webgw-data"},
+		"domain":     {c.Domain, "localhost"},
+		"http_addr":  {c.HTTPAddr, "127.0.0.1:8080"},
+		"https_addr": {c.HTTPSAddr, "127.0.0.1:8443"},
+		"dns_addr":   {c.DNSAddr, "127.0.0.1:8053"},
+		"api_addr":   {c.APIAddr, "127.0.0.1:8081"},
+		"log_level":  {c.LogLevel, "info"},
+		"store":      {c.Store, ""}, // <data_dir>/state.db, resolved by Start
+	}
+	for key, gw := range want {
+		if gw[0] != gw[1] {
+			t.Errorf("Complete: %s = %q, want %q", key, gw[0], gw[1])
+		}
+	}
+	if c.Open == nil || !*c.Open {
+		t.Error("Complete: open is not true by default (zero-config gateways accept quick tunnels)")
+	}
+	if c.AccessLog == nil || !*c.AccessLog {
+		t.Error("Complete: access_log is not true by default")
+	}
+	if c.Limits != (gateway.Limits{}) {
+		t.Errorf("Complete: limits %+v, want zero values (defaults applied where used)", c.Limits)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("the default config does not validate: %v", err)
+	}
+
+	// Set values are kept; the domain is canonicalised.
+	f := false
+	c = gateway.Config{DataDir: "/d", Domain: "Example.ORG.", HTTPAddr: ":80", HTTPSAddr: ":443", DNSAddr: ":53",
+		APIAddr: "10.0.0.1:9", LogLevel: "debug", Open: &f, AccessLog: &f}
+	c.Complete()
+	if c.DataDir != "/d" || c.Domain != "example.org" || c.HTTPAddr != ":80" || c.HTTPSAddr != ":443" ||
+		c.DNSAddr != ":53" || c.APIAddr != "10.0.0.1:9" || c.LogLevel != "debug" || *c.Open || *c.AccessLog {
+		t.Errorf("Complete changed set values: %+v", c)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		mutate  func(*gateway.Config)
+		wantErr string // "" means valid; else a substring of the error
+	}{
+		{"defaults", func(*gateway.Config) {}, ""},
+		{"version 1", func(c *gateway.Config) { c.Version = 1 }, ""},
+		{"version 2", func(c *gateway.Config) { c.Version = 2 }, "version: 2 not accepted"},
+		{"multi-label domain", func(c *gateway.Config) { c.Domain = "gw.example.org" }, ""},
+		{"domain with underscore", func(c *gateway.Config) { c.Domain = "my_gw.example" }, "domain:"},
+		{"domain with empty label", func(c *gateway.Config) { c.Domain = "gw..example" }, "domain:"},
+		{"domain leading dot", func(c *gateway.Config) { c.Domain = ".example" }, "domain:"},
+		{"domain with port", func(c *gateway.Config) { c.Domain = "example.org:443" }, "domain:"},
+		{"domain too long", func(c *gateway.Config) { c.Domain = strings.Repeat("a.", 101) + "org" }, "domain:"},
+		{"domain label too long", func(c *gateway.Config) { c.Domain = strings.Repeat("a", 64) + ".org" }, "domain:"},
+		{"ipv6 any", func(c *gateway.Config) { c.HTTPSAddr = "[::]:443" }, ""},
+		{"port zero", func(c *gateway.Config) { c.HTTPAddr = "127.0.0.1:0" }, ""},
+		{"empty host", func(c *gateway.Config) { c.APIAddr = ":8081" }, ""},
+		{"localhost host", func(c *gateway.Config) { c.APIAddr = "localhost:8081" }, ""},
+		{"no port", func(c *gateway.Config) { c.HTTPAddr = "127.0.0.1" }, "http_addr:"},
+		{"port too big", func(c *gateway.Config) { c.HTTPSAddr = "127.0.0.1:65536" }, "https_addr:"},
+		{"negative port", func(c *gateway.Config) { c.DNSAddr = "127.0.0.1:-1" }, "dns_addr:"},
+		{"port name", func(c *gateway.Config) { c.APIAddr = "127.0.0.1:http" }, "api_addr:"},
+		{"port with plus", func(c *gateway.Config) { c.APIAddr = "127.0.0.1:+80" }, "api_addr:"},
+		{"host name", func(c *gateway.Config) { c.HTTPAddr = "example.org:80" }, "http_addr:"},
+		{"public ips", func(c *gateway.Config) { c.PublicIPs = []string{"192.0.2.1", "2001:db8::1"} }, ""},
+		{"bad public ip", func(c *gateway.Config) { c.PublicIPs = []string{"192.0.2.300"} }, "public_ip:"},
+		{"bolt path", func(c *gateway.Config) { c.Store = "/var/lib/webgw/state.db" }, ""},
+		{"bolt url", func(c *gateway.Config) { c.Store = "bolt:///var/lib/webgw/state.db" }, ""},
+		{"etcd", func(c *gateway.Config) { c.Store = "etcd://127.0.0.1:2379" }, "not available in this version"},
+		{"other scheme", func(c *gateway.Config) { c.Store = "redis://x" }, "store:"},
+		{"log level", func(c *gateway.Config) { c.LogLevel = "verbose" }, "log_level:"},
+		{"log level upper", func(c *gateway.Config) { c.LogLevel = "INFO" }, "log_level:"},
+		{"max header bytes", func(c *gateway.Config) { c.Limits.MaxHeaderBytes = 4096 }, ""},
+		{"negative max header bytes", func(c *gateway.Config) { c.Limits.MaxHeaderBytes = -1 }, "limits.max_header_bytes"},
+		{"tiny max header bytes", func(c *gateway.Config) { c.Limits.MaxHeaderBytes = 10 }, "limits.max_header_bytes"},
+		{"huge max header bytes", func(c *gateway.Config) { c.Limits.MaxHeaderBytes = 1<<20 + 1 }, "limits.max_header_bytes"},
+		{"negative read header timeout", func(c *gateway.Config) { c.Limits.ReadHeaderTimeout = -time.Second }, "limits"},
+		{"negative idle timeout", func(c *gateway.Config) { c.Limits.IdleTimeout = -time.Second }, "limits"},
+		{"negative quick tunnel idle", func(c *gateway.Config) { c.Limits.QuickTunnelIdle = -time.Second }, "limits"},
+		{"negative streams", func(c *gateway.Config) { c.Limits.MaxStreamsPerAgent = -1 }, "limits"},
+		{"negative agents", func(c *gateway.Config) { c.Limits.MaxAgentsPerTenant = -1 }, "limits"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var c gateway.Config
+			c.Complete()
+			tt.mutate(&c)
+			err := c.Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v, want nil", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Validate: nil, want an error containing %q", tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("Validate: %q, want it to contain %q", err, tt.wantErr)
+			}
+			if !gateway.IsConfigError(err) {
+				t.Errorf("Validate: %T is not a config error (exit code 2)", err)
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "gateway.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		yaml    string
+		wantErr string
+		check   func(*testing.T, *gateway.Config)
+	}{
+		{name: "empty file", yaml: "", check: func(t *testing.T, c *gateway.Config) {
+			if c.Domain != "" || c.Open != nil {
+				t.Errorf("empty file gave %+v, want the zero config", c)
+			}
+		}},
+		{name: "comments only", yaml: "# nothing here\n"},
+		{name: "full", yaml: `version: 1
+data_dir: /srv/webgw
+domain: gw.example.org
+http_addr: 0.0.0.0:80
+https_addr: 0.0.0.0:443
+dns_addr: 0.0.0.0:53
+api_addr: 127.0.0.1:8081
+public_ip: [192.0.2.1, "2001:db8::1"]
+store: /srv/webgw/state.db
+open: false
+access_log: false
+log_level: warn
+limits:
+  max_header_bytes: 8192
+  read_header_timeout: 5s
+  idle_timeout: 2m
+  max_streams_per_agent: 10
+  max_agents_per_tenant: 3
+  quick_tunnel_idle: 1h
+`, check: func(t *testing.T, c *gateway.Config) {
+			if c.Version != 1 || c.DataDir != "/srv/webgw" || c.Domain != "gw.example.org" || c.HTTPAddr != "0.0.0.0:80" ||
+				c.HTTPSAddr != "0.0.0.0:443" || c.DNSAddr != "0.0.0.0:53" || c.APIAddr != "127.0.0.1:8081" ||
+				len(c.PublicIPs) != 2 || c.Store != "/srv/webgw/state.db" || c.Open == nil || *c.Open ||
+				c.AccessLog == nil || *c.AccessLog || c.LogLevel != "warn" {
+				t.Errorf("decoded %+v", c)
+			}
+			want := gateway.Limits{MaxHeaderBytes: 8192, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute,
+				MaxStreamsPerAgent: 10, MaxAgentsPerTenant: 3, QuickTunnelIdle: time.Hour}
+			if c.Limits != want {
+				t.Errorf("limits %+v, want %+v", c.Limits, want)
+			}
+			c.Complete()
+			if err := c.Validate(); err != nil {
+				t.Errorf("Validate: %v", err)
+			}
+		}},
+		{name: "unknown key", yaml: "domain: x\nlisten: 1.2.3.4\n", wantErr: `field listen not found`},
+		{name: "unknown nested key", yaml: "limits:\n  max_streams: 3\n", wantErr: "max_streams"},
+		{name: "flag spelling", yaml: "data-dir: /x\n", wantErr: "data-dir"},
+		{name: "wrong type", yaml: "open: maybe\n", wantErr: "open"},
+		{name: "int duration", yaml: "limits:\n  idle_timeout: 30\n", wantErr: "idle_timeout"},
+		{name: "not a map", yaml: "- a\n- b\n", wantErr: "config"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := gateway.LoadConfig(writeFile(t, tt.yaml))
+			if tt.wantErr != "" {
+				if err == nil {
+					t.Fatalf("LoadConfig: nil error, want one containing %q", tt.wantErr)
+				}
+				if !strings.Contains(err.Error(), tt.wantErr) || !gateway.IsConfigError(err) {
+					t.Errorf("LoadConfig: %v (%T), want a config error containing %q", err, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("LoadConfig: %v", err)
+			}
+			if tt.check != nil {
+				tt.check(t, c)
+			}
+		})
+	}
+	if _, err := gateway.LoadConfig(filepath.Join(t.TempDir(), "missing.yaml")); err == nil || !gateway.IsConfigError(err) {
+		t.Errorf("LoadConfig of a missing file: %v, want a config error", err)
+	}
+}
+
+func FuzzLoadConfig(f *testing.F) {
+	for _, s := range []string{
+		"",
+		"domain: example.org\n",
+		"version: 1\nlimits:\n  idle_timeout: 5s\n",
+		"public_ip: [1.2.3.4]\nopen: false\n",
+		"store: etcd://x\n",
+		"unknown: 1\n",
+		"limits: [1, 2]\n",
+		"&a [*a]\n",
+		"domain: !!binary aGVsbG8=\n",
+		"---\ndomain: a\n---\ndomain: b\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := gateway.LoadConfig(p)
+		if err != nil {
+			if !gateway.IsConfigError(err) {
+				t.Fatalf("LoadConfig error %T is not a config error: %v", err, err)
+			}
+			return
+		}
+		c.Complete()
+		if err := c.Validate(); err != nil && !gateway.IsConfigError(err) {
+			t.Fatalf("Validate error %T is not a config error: %v", err, err)
+		}
+	})
+}

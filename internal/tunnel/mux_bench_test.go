@@ -1,0 +1,282 @@
+package tunnel
+
+// Benchmarks to choose the multiplexer by measurement, all over TLS 1.3 on
+// loopback TCP, the gateway opening streams and the agent accepting them as
+// in production:
+//
+//	go test -run XXX -bench Mux -benchtime 2s -count 3 ./internal/tunnel/
+//
+// The candidates: our Session (yamux, 8 MiB window, batchConn under it) and
+// yamux with its defaults; mux_smux_bench_test.go adds smux v2 with large
+// buffers, with and without batchConn under it, when built with the
+// smuxbench tag (smux is not in go.mod; see that file).
+
+import (
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/hashicorp/yamux"
+)
+
+// muxPair is one multiplexed connection seen from both ends.
+type muxPair struct {
+	open       func() (io.ReadWriteCloser, error) // gateway side
+	accept     func() (io.ReadWriteCloser, error) // agent side
+	numStreams func() (gateway, agent int)
+	close      func()
+}
+
+type benchMux struct {
+	name string
+	make func(agent, gateway net.Conn) (*muxPair, error)
+}
+
+var benchMuxes = []benchMux{
+	{"session", func(ac, gc net.Conn) (*muxPair, error) {
+		a, err := Client(ac, nil)
+		if err != nil {
+			return nil, err
+		}
+		g, err := Server(gc, nil)
+		if err != nil {
+			a.Close()
+			return nil, err
+		}
+		return &muxPair{
+			open:       func() (io.ReadWriteCloser, error) { return g.Open() },
+			accept:     func() (io.ReadWriteCloser, error) { return a.Accept() },
+			numStreams: func() (int, int) { return g.NumStreams(), a.NumStreams() },
+			close:      func() { g.Close(); a.Close() },
+		}, nil
+	}},
+	{"yamux-default", func(ac, gc net.Conn) (*muxPair, error) {
+		cfg := yamux.DefaultConfig()
+		cfg.LogOutput = io.Discard
+		a, err := yamux.Client(ac, cfg)
+		if err != nil {
+			return nil, err
+		}
+		g, err := yamux.Server(gc, cfg)
+		if err != nil {
+			a.Close()
+			return nil, err
+		}
+		return &muxPair{
+			open:       func() (io.ReadWriteCloser, error) { return g.OpenStream() },
+			accept:     func() (io.ReadWriteCloser, error) { return a.AcceptStream() },
+			numStreams: func() (int, int) { return g.NumStreams(), a.NumStreams() },
+			close:      func() { g.Close(); a.Close() },
+		}, nil
+	}},
+}
+
+func newMuxPair(b *testing.B, m benchMux) *muxPair {
+	b.Helper()
+	ac, gc := tlsPair(b)
+	p, err := m.make(ac, gc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(p.close)
+	return p
+}
+
+// BenchmarkMuxRoundTrip: 64 streams, each doing 1 KiB request -> 1 KiB
+// response round trips concurrently; one op is one round trip.
+func BenchmarkMuxRoundTrip(b *testing.B) {
+	const streams, size = 64, 1 << 10
+	for _, m := range benchMuxes {
+		b.Run(m.name, func(b *testing.B) {
+			p := newMuxPair(b, m)
+			go func() {
+				for {
+					st, err := p.accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer st.Close()
+						buf := make([]byte, size)
+						for {
+							if _, err := io.ReadFull(st, buf); err != nil {
+								return
+							}
+							if _, err := st.Write(buf); err != nil {
+								return
+							}
+						}
+					}()
+				}
+			}()
+			conns := make([]io.ReadWriteCloser, streams)
+			for i := range conns {
+				st, err := p.open()
+				if err != nil {
+					b.Fatal(err)
+				}
+				conns[i] = st
+			}
+			var left atomic.Int64
+			left.Store(int64(b.N))
+			b.ReportAllocs()
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for _, st := range conns {
+				wg.Go(func() {
+					req, resp := make([]byte, size), make([]byte, size)
+					for left.Add(-1) >= 0 {
+						if _, err := st.Write(req); err != nil {
+							b.Error(err)
+							return
+						}
+						if _, err := io.ReadFull(st, resp); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			for _, st := range conns {
+				st.Close()
+			}
+		})
+	}
+}
+
+// BenchmarkMuxBulk: one stream carrying 64 MiB per op from the agent to the
+// gateway (the direction of a download).
+func BenchmarkMuxBulk(b *testing.B) {
+	const size, chunk = 64 << 20, 32 << 10
+	for _, m := range benchMuxes {
+		b.Run(m.name, func(b *testing.B) {
+			p := newMuxPair(b, m)
+			go func() {
+				st, err := p.accept()
+				if err != nil {
+					return
+				}
+				defer st.Close()
+				buf := make([]byte, chunk)
+				for {
+					if _, err := st.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+			st, err := p.open()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer st.Close()
+			if _, err := st.Write([]byte{0}); err != nil { // smux announces a stream with its first frame
+				b.Fatal(err)
+			}
+			buf := make([]byte, chunk)
+			b.SetBytes(size)
+			b.ResetTimer()
+			for range b.N {
+				for got := 0; got < size; {
+					n, err := st.Read(buf[:min(len(buf), size-got)])
+					if err != nil {
+						b.Fatal(err)
+					}
+					got += n
+				}
+			}
+			b.StopTimer()
+		})
+	}
+}
+
+// BenchmarkMuxIdleStreams: open 1000 streams that each do one 16-byte round
+// trip and then stay open, idle; report the heap they hold (both ends, after
+// GC) per stream. ns/op is the time to open the 1000 and do their round trips.
+func BenchmarkMuxIdleStreams(b *testing.B) {
+	const streams, size = 1000, 16
+	for _, m := range benchMuxes {
+		b.Run(m.name, func(b *testing.B) {
+			p := newMuxPair(b, m)
+			var mu sync.Mutex
+			var accepted []io.ReadWriteCloser // guarded by mu
+			go func() {
+				buf := make([]byte, size)
+				for {
+					st, err := p.accept()
+					if err != nil {
+						return
+					}
+					if _, err := io.ReadFull(st, buf); err != nil {
+						return
+					}
+					if _, err := st.Write(buf); err != nil {
+						return
+					}
+					mu.Lock()
+					accepted = append(accepted, st)
+					mu.Unlock()
+				}
+			}()
+			var ms runtime.MemStats
+			var heap uint64
+			opened := make([]io.ReadWriteCloser, 0, streams)
+			buf := make([]byte, size)
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				runtime.GC()
+				runtime.ReadMemStats(&ms)
+				before := ms.HeapInuse
+				b.StartTimer()
+				for range streams {
+					st, err := p.open()
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := st.Write(buf); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := io.ReadFull(st, buf); err != nil {
+						b.Fatal(err)
+					}
+					opened = append(opened, st)
+				}
+				b.StopTimer()
+				runtime.GC()
+				runtime.ReadMemStats(&ms)
+				heap += ms.HeapInuse - before
+				// Close both ends and wait until both muxes forgot the streams.
+				for _, st := range opened {
+					st.Close()
+				}
+				opened = opened[:0]
+				if !waitFor(10e9, func() bool {
+					mu.Lock()
+					defer mu.Unlock()
+					return len(accepted) == streams
+				}) {
+					b.Fatal("agent did not get every stream")
+				}
+				mu.Lock()
+				for _, st := range accepted {
+					st.Close()
+				}
+				accepted = accepted[:0]
+				mu.Unlock()
+				if !waitFor(10e9, func() bool { g, a := p.numStreams(); return g == 0 && a == 0 }) {
+					g, a := p.numStreams()
+					b.Fatalf("streams still open after Close: gateway %d, agent %d", g, a)
+				}
+				b.StartTimer()
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(heap)/float64(b.N*streams), "B/stream")
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*streams), "ns/stream")
+		})
+	}
+}
