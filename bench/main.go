@@ -42,6 +42,7 @@ func benchMain(args []string) int {
 	var cfg Config
 	bulk := sizeFlag(defaultBulkSize)
 	var asJSON bool
+	var save string
 	fs.IntVar(&cfg.Rounds, "rounds", defaultRounds, "interleaved rounds (direct, webgw, direct, webgw, ...); the median is reported")
 	fs.DurationVar(&cfg.Duration, "duration", defaultDuration, "measured time of each req/s run")
 	fs.DurationVar(&cfg.Warmup, "warmup", defaultWarmup, "unmeasured time before each req/s run")
@@ -52,6 +53,7 @@ func benchMain(args []string) int {
 	fs.StringVar(&cfg.Webgw, "webgw", "", "use this webgw binary instead of building ./cmd/webgw")
 	fs.StringVar(&cfg.PprofDir, "pprof", "", "build webgw with a pprof listener (harness-side overlay) and write gateway/agent CPU and heap profiles of the last round here")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON instead of a table")
+	fs.StringVar(&save, "save", "", "also write the JSON report to this file")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -76,13 +78,20 @@ func benchMain(args []string) int {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
-	if asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
+	js, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	js = append(js, '\n')
+	if save != "" {
+		if err := os.WriteFile(save, js, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -save:", err)
 			return 1
 		}
+	}
+	if asJSON {
+		os.Stdout.Write(js)
 		return 0
 	}
 	rep.WriteTable(os.Stdout)

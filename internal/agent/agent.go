@@ -5,6 +5,7 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -16,6 +17,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -399,14 +401,27 @@ func (a *Agent) serveStream(ctx context.Context, log *slog.Logger, st net.Conn) 
 	if err != nil {
 		log.Warn("local target unreachable", "service", h.Service, "target", s.target, "err", err)
 		if h.Kind == tunnel.KindHTTP {
-			body := "webgw agent: the local target " + s.target + " is unreachable: " + err.Error() + "\n"
-			fmt.Fprintf(st, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
-			// Wait for the gateway to finish sending the request, so it sees the response, not a reset.
-			st.SetReadDeadline(time.Now().Add(2 * time.Second))
-			io.Copy(io.Discard, st)
+			answerUnreachable(st, s.target, err)
 		}
 		st.Close()
 		return
 	}
 	proxy.Splice(st, back, 0)
+}
+
+// answerUnreachable answers the HTTP/1.1 request on st with a 502 that says
+// the local target is down. The gateway's HTTP client drops a response that
+// arrives before it has sent its request ("unsolicited response"), so the
+// request head is read first; the rest of the request is drained afterwards,
+// briefly, so the gateway sees the response rather than a broken stream.
+func answerUnreachable(st net.Conn, target string, dialErr error) {
+	st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReaderSize(st, 4<<10)
+	if _, err := http.ReadRequest(br); err != nil {
+		return
+	}
+	body := "webgw agent: the local target " + target + " is unreachable: " + dialErr.Error() + "\n"
+	fmt.Fprintf(st, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+	st.SetReadDeadline(time.Now().Add(2 * time.Second))
+	io.Copy(io.Discard, io.LimitReader(br, 1<<20))
 }

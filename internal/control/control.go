@@ -221,9 +221,12 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 	key := agentKey{tenant: tenant, id: h.AgentID}
 	// The same agent process reconnecting replaces its stale session.
 	if old := s.byID[key]; old != nil {
-		old.sess.Close()
 		s.Table.Detach(old.agent)
 		s.dropLocked(old)
+		// Not under mu: closing lets pending frames out for up to a second,
+		// and a stale peer is exactly one that may not be reading. Its
+		// ServeConn ends when the close completes.
+		go old.sess.Close()
 	}
 	maxAgents := s.MaxAgentsPerTenant
 	if maxAgents == 0 {

@@ -393,21 +393,23 @@ func TestReplicasShareStreams(t *testing.T) {
 		}
 		defer c.Close()
 	}
-	count := func(ch chan string) int {
-		n := 0
-		for {
-			select {
-			case s := <-ch:
-				if s != "shop" {
-					t.Errorf("stream header service %q, want shop", s)
-				}
-				n++
-			case <-time.After(200 * time.Millisecond):
-				return n
-			}
+	n1, n2 := 0, 0
+	deadline := time.After(waitFor)
+	for n1+n2 < 4 {
+		var s string
+		select {
+		case s = <-got1:
+			n1++
+		case s = <-got2:
+			n2++
+		case <-deadline:
+			t.Fatalf("%d of 4 streams arrived", n1+n2)
+		}
+		if s != "shop" {
+			t.Errorf("stream header service %q, want shop", s)
 		}
 	}
-	if n1, n2 := count(got1), count(got2); n1 != 2 || n2 != 2 {
+	if n1 != 2 || n2 != 2 {
 		t.Errorf("streams per replica %d and %d, want 2 and 2", n1, n2)
 	}
 

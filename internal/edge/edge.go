@@ -84,9 +84,12 @@ type HTTPS struct {
 	// PassthroughIdle closes passthrough streams idle this long; 0 means 1 h.
 	PassthroughIdle time.Duration
 
-	srv   *http.Server
-	httpL *chanListener
-	wg    sync.WaitGroup
+	httpL *chanListener  // set by Serve before it accepts; read by its connection goroutines
+	wg    sync.WaitGroup // the http.Server's Serve goroutine
+
+	mu       sync.Mutex
+	srv      *http.Server // guarded by mu; set by Serve
+	shutdown bool         // guarded by mu; set by Shutdown
 }
 
 func (e *HTTPS) log() *slog.Logger {
@@ -115,7 +118,7 @@ func (e *HTTPS) Serve(ctx context.Context, ln net.Listener) error {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetHTTP2(true)
-	e.srv = &http.Server{
+	srv := &http.Server{
 		Handler:           e.Proxy,
 		ReadHeaderTimeout: rht,
 		IdleTimeout:       idle,
@@ -125,10 +128,18 @@ func (e *HTTPS) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(e.log().Handler(), slog.LevelDebug),
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 250},
 	}
+	e.mu.Lock()
+	if e.shutdown {
+		e.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	e.srv = srv
 	e.wg.Add(1)
+	e.mu.Unlock()
 	go func() {
 		defer e.wg.Done()
-		e.srv.Serve(e.httpL)
+		srv.Serve(e.httpL)
 	}()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
@@ -149,11 +160,19 @@ func (e *HTTPS) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // Shutdown stops the HTTP server gracefully, waiting for in-flight requests until ctx ends.
+// It may be called before or while Serve starts; Serve then returns at once.
 func (e *HTTPS) Shutdown(ctx context.Context) error {
-	if e.srv == nil {
+	e.mu.Lock()
+	e.shutdown = true
+	srv := e.srv
+	e.mu.Unlock()
+	if srv == nil {
 		return nil
 	}
-	err := e.srv.Shutdown(ctx)
+	err := srv.Shutdown(ctx)
+	// Also when srv.Serve had not started: no handshaken connection may
+	// wait for an Accept that never comes.
+	e.httpL.Close()
 	e.wg.Wait()
 	return err
 }

@@ -199,12 +199,14 @@ func (c *countedConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// CloseWrite half-closes when the stream supports it.
+// CloseWrite half-closes the stream. A stream that cannot half-close returns
+// errors.ErrUnsupported rather than pretend, so a splicer closes it instead
+// (the peer would otherwise never see the end of the data).
 func (c *countedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
-	return nil
+	return errors.ErrUnsupported
 }
 
 func (c *countedConn) Close() error {

@@ -723,3 +723,70 @@ func TestConcurrentDialAttachDetach(t *testing.T) {
 	}
 	op.wg.Wait()
 }
+
+func TestStreamCloseWrite(t *testing.T) {
+	type closeWriter interface{ CloseWrite() error }
+
+	// A stream that cannot half-close says so.
+	_, _, svc, _ := newService(t, &fakeOpener{})
+	c, _, err := svc.Dial(hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.(closeWriter).CloseWrite(); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("CloseWrite on a net.Pipe stream = %v, want ErrUnsupported", err)
+	}
+	c.Close()
+
+	// A tunnel stream half-closes: the agent reads EOF and can still answer.
+	c1, c2 := net.Pipe()
+	gw, err := tunnel.Server(c1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag, err := tunnel.Client(c2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	defer ag.Close()
+	_, _, svc, agents := newService(t, gw)
+	served := make(chan error, 1)
+	go func() {
+		st, err := ag.Accept()
+		if err != nil {
+			served <- err
+			return
+		}
+		defer st.Close()
+		if _, err := tunnel.ReadHeader(st); err != nil {
+			served <- err
+			return
+		}
+		req, err := io.ReadAll(st)
+		if err == nil {
+			_, err = io.WriteString(st, "reply to "+string(req))
+		}
+		served <- err
+	}()
+	c, _, err = svc.Dial(hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "request")
+	if err := c.(closeWriter).CloseWrite(); err != nil {
+		t.Fatalf("CloseWrite on a tunnel stream: %v", err)
+	}
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "reply to request" {
+		t.Fatalf("after half-close read %q %v", got, err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	if in, out := agents[0].Bytes(); in != 7 || out != int64(len(got)) {
+		t.Errorf("bytes in/out %d/%d, want 7/%d", in, out, len(got))
+	}
+}

@@ -18,7 +18,8 @@ type Config struct {
 	// memory is only used when a reader falls behind.
 	MaxStreamWindow uint32
 	// KeepAliveInterval is how often the session is pinged; 0 means 15 s.
-	// A peer that misses a ping for ConnectionWriteTimeout is declared dead.
+	// A peer that does not answer a ping within WriteTimeout is declared dead
+	// and the session ends.
 	KeepAliveInterval time.Duration
 	// WriteTimeout bounds one frame write; 0 means 10 s.
 	WriteTimeout time.Duration
@@ -114,10 +115,10 @@ func (s *Session) Accept() (net.Conn, error) {
 // missed keepalive), the error is ErrSessionClosed, wrapping the cause when
 // it is not the local Close.
 func (s *Session) streamErr(op string, err error) error {
-	if s.mux.IsClosed() || errors.Is(err, yamux.ErrSessionShutdown) {
-		if errors.Is(err, yamux.ErrSessionShutdown) {
-			return ErrSessionClosed
-		}
+	switch {
+	case errors.Is(err, yamux.ErrSessionShutdown):
+		return ErrSessionClosed
+	case s.mux.IsClosed():
 		return fmt.Errorf("%w: %w", ErrSessionClosed, err)
 	}
 	return fmt.Errorf("%s tunnel stream: %w", op, err)
@@ -146,8 +147,9 @@ func (s *Session) Close() error {
 }
 
 // stream is one multiplexed stream. yamux's Close only ends the sending
-// direction (it sends FIN and still reads until the peer's FIN or a timeout),
-// so it is also exposed as CloseWrite for half-close aware copying.
+// direction (it sends FIN and still reads until the peer's FIN; if that has
+// not come 30 s later, the stream is reset), so it is also exposed as
+// CloseWrite for half-close aware copying.
 type stream struct{ *yamux.Stream }
 
 // CloseWrite ends the sending direction; the peer reads EOF after the data.
