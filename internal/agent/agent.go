@@ -396,6 +396,11 @@ func (a *Agent) serveStream(ctx context.Context, log *slog.Logger, st net.Conn) 
 		st.Close()
 		return
 	}
+	if h.Kind != tunnel.KindHTTP && h.Kind != tunnel.KindH2C && h.Kind != tunnel.KindTLS {
+		log.Warn("stream kind not served by this agent", "service", h.Service, "kind", h.Kind.String())
+		st.Close()
+		return
+	}
 	d := net.Dialer{Timeout: a.cfg.DialTimeout}
 	back, err := d.DialContext(ctx, "tcp", s.addr)
 	if err != nil {

@@ -165,7 +165,8 @@ func (s *Server) drainLoop(a *route.Agent, sess *tunnel.Session) {
 // send, and when the agent is admitted, the attached agent and a release func.
 func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Session, remote string) (*tunnel.Welcome, *route.Agent, func()) {
 	w := &tunnel.Welcome{GatewayID: s.GatewayID}
-	if h.Version != tunnel.ProtocolVersion {
+	// An agent sends its highest version; a newer agent speaks ours (spec.md).
+	if h.Version < tunnel.ProtocolVersion {
 		w.Error = fmt.Sprintf("control protocol version %d not supported; this gateway speaks %d", h.Version, tunnel.ProtocolVersion)
 		w.Permanent = true
 		return w, nil, nil

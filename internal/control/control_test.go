@@ -240,7 +240,7 @@ func TestRefusedHello(t *testing.T) {
 		{"closed mode with name", func(s *control.Server) { s.Open = false }, hello("a", "", spec("shop", model.ProtoHTTP)), true, "requires a tenant token"},
 		{"bad token", nil, hello("a", "wgw_nope", spec("shop", model.ProtoHTTP)), true, "token refused"},
 		{"bad token in closed mode", func(s *control.Server) { s.Open = false }, hello("a", "wgw_nope", spec("shop", model.ProtoHTTP)), true, "token refused"},
-		{"unsupported version", nil, &tunnel.Hello{Version: 99, AgentID: "a", Services: []tunnel.ServiceSpec{spec("", model.ProtoHTTP)}}, true, "version 99 not supported"},
+		{"unsupported version", nil, &tunnel.Hello{Version: -1, AgentID: "a", Services: []tunnel.ServiceSpec{spec("", model.ProtoHTTP)}}, true, "version -1 not supported"},
 		{"version 0", nil, &tunnel.Hello{Version: 0, AgentID: "a", Services: []tunnel.ServiceSpec{spec("", model.ProtoHTTP)}}, true, "not supported"},
 		{"empty agent id", nil, hello("", "", spec("", model.ProtoHTTP)), true, "agent_id"},
 		{"long agent id", nil, hello(long, "", spec("", model.ProtoHTTP)), true, "agent_id"},

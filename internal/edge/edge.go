@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -248,7 +249,7 @@ func (e *HTTPS) handle(ctx context.Context, c net.Conn) {
 
 func (e *HTTPS) passthrough(pc *prefixConn, svc *route.Service, sni string) {
 	start := time.Now()
-	stream, _, err := svc.Dial(&tunnel.Header{Kind: tunnel.KindTLS, Service: svc.Name, Client: pc.RemoteAddr().String(), Host: sni})
+	stream, _, err := svc.Dial(&tunnel.Header{Kind: tunnel.KindTLS, Service: svc.Name, Client: clientAddr(pc.RemoteAddr()), Host: sni})
 	if err != nil {
 		e.log().Debug("passthrough dial", "service", svc.Name, "err", err)
 		pc.Write(alertInternalError)
@@ -378,3 +379,16 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// clientAddr is the client's "ip:port" for the stream header, without an IPv6
+// zone (which can make it longer than the header allows).
+func clientAddr(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return netip.AddrPortFrom(ta.AddrPort().Addr().WithZone("").Unmap(), uint16(ta.Port)).String()
+	}
+	s := a.String()
+	if len(s) > 64 {
+		return ""
+	}
+	return s
+}

@@ -25,6 +25,9 @@ type Config struct {
 	WriteTimeout time.Duration
 	// AcceptBacklog bounds streams opened by the peer but not yet accepted; 0 means 1024.
 	AcceptBacklog int
+	// HalfCloseTimeout resets a stream this long after the local side closed
+	// it if the peer has not closed too; 0 means 10 min.
+	HalfCloseTimeout time.Duration
 	// OpenTimeout bounds waiting for the peer to acknowledge a new stream; 0 means 10 s.
 	OpenTimeout time.Duration
 }
@@ -56,7 +59,12 @@ func (c *Config) yamux() *yamux.Config {
 	if c.OpenTimeout != 0 {
 		y.StreamOpenTimeout = c.OpenTimeout
 	}
-	y.StreamCloseTimeout = 30 * time.Second
+	// A half-closed stream may still carry a long one-way transfer (a client
+	// that half-closes, then downloads); reset it only after a long wait.
+	y.StreamCloseTimeout = 10 * time.Minute
+	if c.HalfCloseTimeout != 0 {
+		y.StreamCloseTimeout = c.HalfCloseTimeout
+	}
 	return y
 }
 
@@ -148,7 +156,7 @@ func (s *Session) Close() error {
 
 // stream is one multiplexed stream. yamux's Close only ends the sending
 // direction (it sends FIN and still reads until the peer's FIN; if that has
-// not come 30 s later, the stream is reset), so it is also exposed as
+// not come 10 min later, the stream is reset), so it is also exposed as
 // CloseWrite for half-close aware copying.
 type stream struct{ *yamux.Stream }
 

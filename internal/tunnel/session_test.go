@@ -617,17 +617,18 @@ func TestConfigDefaults(t *testing.T) {
 		y := cfg.yamux()
 		if y.MaxStreamWindowSize != 8<<20 || y.KeepAliveInterval != 15*time.Second ||
 			y.ConnectionWriteTimeout != 10*time.Second || y.AcceptBacklog != 1024 ||
-			y.StreamOpenTimeout != 10*time.Second || y.StreamCloseTimeout != 30*time.Second ||
+			y.StreamOpenTimeout != 10*time.Second || y.StreamCloseTimeout != 10*time.Minute ||
 			!y.EnableKeepAlive || y.LogOutput != io.Discard {
 			t.Errorf("defaults for %#v: %+v", cfg, y)
 		}
 	}
 	y := (&Config{
 		MaxStreamWindow: 1 << 20, KeepAliveInterval: time.Second, WriteTimeout: 2 * time.Second,
-		AcceptBacklog: 7, OpenTimeout: 3 * time.Second,
+		AcceptBacklog: 7, OpenTimeout: 3 * time.Second, HalfCloseTimeout: 4 * time.Second,
 	}).yamux()
 	if y.MaxStreamWindowSize != 1<<20 || y.KeepAliveInterval != time.Second ||
-		y.ConnectionWriteTimeout != 2*time.Second || y.AcceptBacklog != 7 || y.StreamOpenTimeout != 3*time.Second {
+		y.ConnectionWriteTimeout != 2*time.Second || y.AcceptBacklog != 7 || y.StreamOpenTimeout != 3*time.Second ||
+		y.StreamCloseTimeout != 4*time.Second {
 		t.Errorf("overrides not applied: %+v", y)
 	}
 }
