@@ -296,8 +296,9 @@ type idleResult struct {
 
 // idle opens cfg.IdleConns keep-alive connections to t, makes one request on
 // each and holds them idle, and reports the growth of the measured
-// processes' RSS per connection.
-func (h *harness) idle(ctx context.Context, t *target, measured []*proc) (*idleResult, error) {
+// processes' RSS per connection. whileHeld, when set, runs after the
+// measurement while the connections are still held.
+func (h *harness) idle(ctx context.Context, t *target, measured []*proc, whileHeld func()) (*idleResult, error) {
 	n := h.cfg.IdleConns
 	sleep(ctx, 200*time.Millisecond) // let start-up work finish
 	before, err := rssOf(measured)
@@ -362,6 +363,9 @@ func (h *harness) idle(ctx context.Context, t *target, measured []*proc) (*idleR
 		kb := float64(after[i]-before[i]) / float64(n)
 		r.per = append(r.per, kb)
 		r.total += kb
+	}
+	if whileHeld != nil {
+		whileHeld()
 	}
 	return r, nil
 }

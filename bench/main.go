@@ -7,7 +7,7 @@
 // and webgw measurements interleaved for several rounds, and prints the
 // medians, the ratios and the goals of issue 2. See README.md.
 //
-//	go run ./bench                  # the full run, about 2.5 minutes
+//	go run ./bench                  # the full run, about 2 minutes
 //	go run ./bench -json            # machine-readable
 //	go run ./bench -pprof /tmp/prof # also CPU and heap profiles of gateway and agent
 package main

@@ -76,7 +76,8 @@ func (h *harness) startCPUProfiles(ctx context.Context, s *stack) func() {
 }
 
 // saveProfiles fetches /debug/pprof/<query> from gateway and agent into
-// PprofDir/<process>-<kind>.pprof. Failures are reported, not fatal.
+// PprofDir/<process>-<kind>.pprof (kind "x.txt": <process>-x.txt).
+// Failures are reported, not fatal.
 func (h *harness) saveProfiles(ctx context.Context, s *stack, kind, query string) {
 	var wg sync.WaitGroup
 	for _, p := range []*proc{s.gateway, s.agent} {
@@ -87,7 +88,10 @@ func (h *harness) saveProfiles(ctx context.Context, s *stack, kind, query string
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			file := filepath.Join(h.cfg.PprofDir, p.name+"-"+kind+".pprof")
+			file := filepath.Join(h.cfg.PprofDir, p.name+"-"+kind)
+			if filepath.Ext(kind) == "" {
+				file += ".pprof"
+			}
 			if err := fetchTo(ctx, "http://"+addr+"/debug/pprof/"+query, file); err != nil {
 				h.logf("pprof %s %s: %v", p.name, kind, err)
 				return

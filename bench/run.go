@@ -202,7 +202,7 @@ func (h *harness) round(ctx context.Context, r int) (Round, error) {
 			return nil, err
 		}
 		t := b.target(key, h.backendRoots)
-		res, err := h.idle(ctx, t, []*proc{b.proc})
+		res, err := h.idle(ctx, t, []*proc{b.proc}, nil)
 		b.proc.stop()
 		if err != nil {
 			return nil, fmt.Errorf("idle %s: %w", key, err)
@@ -228,7 +228,15 @@ func (h *harness) round(ctx context.Context, r int) (Round, error) {
 		keyWebgw: {s.gateway, s.agent},
 	}
 
-	res, err := h.idle(ctx, targets[keyWebgw], measured[keyWebgw])
+	var whileHeld func()
+	if last && h.pprof {
+		whileHeld = func() {
+			h.saveProfiles(ctx, s, "heap.txt", "heap?debug=1") // ends with runtime.MemStats: stacks, heap, GC
+			h.saveProfiles(ctx, s, "goroutine.txt", "goroutine?debug=1")
+			h.saveProfiles(ctx, s, "heap", "heap?gc=1")
+		}
+	}
+	res, err := h.idle(ctx, targets[keyWebgw], measured[keyWebgw], whileHeld)
 	if err != nil {
 		return nil, fmt.Errorf("idle webgw: %w", err)
 	}
@@ -236,9 +244,6 @@ func (h *harness) round(ctx context.Context, r int) (Round, error) {
 	rd[keyWebgw]["gateway_idle_kb_per_conn"] = res.per[0]
 	rd[keyWebgw]["agent_idle_kb_per_conn"] = res.per[1]
 	h.logf("%s  idle %-13s %7.1f KB per held connection (gateway %.1f + agent %.1f)", tag, keyWebgw, res.total, res.per[0], res.per[1])
-	if last && h.pprof {
-		h.saveProfiles(ctx, s, "heap", "heap?gc=1")
-	}
 
 	for _, body := range []struct{ key, path string }{{"1k", "/1k"}, {"small", "/small"}} {
 		for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {

@@ -96,7 +96,7 @@ func (p *HTTP) newSvcProxy(svc *route.Service) *svcProxy {
 			pr.Out.Header.Set("X-Forwarded-Proto", "https")
 		},
 		Transport:     tr,
-		FlushInterval: -1, // stream responses as they come (SSE, chunked)
+		FlushInterval: 0, // ReverseProxy still flushes at once for SSE and unknown-length (chunked) bodies
 		BufferPool:    bufPool{},
 		ErrorHandler:  p.errorHandler,
 		ErrorLog:      nil,
