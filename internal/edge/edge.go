@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/proxy"
 	"github.com/webgw/webgw/internal/route"
 	"github.com/webgw/webgw/internal/tunnel"
@@ -70,6 +71,10 @@ type HTTPS struct {
 	Tunnel func(ctx context.Context, c net.Conn)
 	// Proxy handles terminated HTTP requests.
 	Proxy http.Handler
+	// H1, when set, serves a terminated HTTP/1.1 connection whose SNI names
+	// a plain http service (the proxy's fast path); it must close c. Nil
+	// sends every terminated connection to Proxy.
+	H1 func(ctx context.Context, c net.Conn)
 	// Log receives errors and passthrough access lines; nil discards.
 	Log *slog.Logger
 	// AccessLog logs one line per passthrough stream.
@@ -91,6 +96,23 @@ type HTTPS struct {
 	mu       sync.Mutex
 	srv      *http.Server // guarded by mu; set by Serve
 	shutdown bool         // guarded by mu; set by Shutdown
+	h1ctx    context.Context
+	h1stop   context.CancelFunc // ends idle H1 connections; set with h1ctx under mu
+	h1wg     sync.WaitGroup     // H1 connections; Add only under mu while !shutdown
+}
+
+// h1Begin registers an H1 connection, unless shutting down.
+func (e *HTTPS) h1Begin() (context.Context, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.shutdown {
+		return nil, false
+	}
+	if e.h1ctx == nil {
+		e.h1ctx, e.h1stop = context.WithCancel(context.Background())
+	}
+	e.h1wg.Add(1)
+	return e.h1ctx, true
 }
 
 func (e *HTTPS) log() *slog.Logger {
@@ -166,7 +188,20 @@ func (e *HTTPS) Shutdown(ctx context.Context) error {
 	e.mu.Lock()
 	e.shutdown = true
 	srv := e.srv
+	h1stop := e.h1stop
 	e.mu.Unlock()
+	// Fast-path connections close when idle; those in a request finish it.
+	if h1stop != nil {
+		h1stop()
+	}
+	h1done := make(chan struct{})
+	go func() { e.h1wg.Wait(); close(h1done) }()
+	defer func() {
+		select {
+		case <-h1done:
+		case <-ctx.Done():
+		}
+	}()
 	if srv == nil {
 		return nil
 	}
@@ -242,6 +277,16 @@ func (e *HTTPS) handle(ctx context.Context, c net.Conn) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
+	if e.H1 != nil && svc != nil && svc.Protocol == model.ProtoHTTP && tc.ConnectionState().NegotiatedProtocol != "h2" {
+		hctx, ok := e.h1Begin()
+		if !ok {
+			tc.Close()
+			return
+		}
+		defer e.h1wg.Done()
+		e.H1(hctx, tc)
+		return
+	}
 	if !e.httpL.deliver(tc) {
 		tc.Close()
 	}

@@ -178,6 +178,11 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout, IdleTimeout: cfg.Limits.IdleTimeout,
 		MaxHeaderBytes: cfg.Limits.MaxHeaderBytes,
 	}
+	lim := proxy.ConnLimits{
+		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout, IdleTimeout: cfg.Limits.IdleTimeout,
+		MaxHeaderBytes: cfg.Limits.MaxHeaderBytes,
+	}
+	g.https.H1 = func(ctx context.Context, c net.Conn) { px.ServeH1(ctx, c, lim) }
 	g.httpSrv = &http.Server{
 		Handler:           &edge.Redirect{Names: names, HTTPSPort: httpsPort},
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10,

@@ -16,6 +16,7 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/webgw/webgw/internal/model"
@@ -44,6 +45,12 @@ type HTTP struct {
 type svcProxy struct {
 	rp        *httputil.ReverseProxy
 	transport *http.Transport
+
+	// The HTTP/1.1 fast path's stream pool (h1.go).
+	hdr     *tunnel.Header
+	maxIdle int
+	mu      sync.Mutex
+	idle    []*upConn // guarded by mu; most recently used last
 }
 
 type ctxKey struct{}
@@ -101,12 +108,14 @@ func (p *HTTP) newSvcProxy(svc *route.Service) *svcProxy {
 		ErrorHandler:  p.errorHandler,
 		ErrorLog:      nil,
 	}
-	return &svcProxy{rp: rp, transport: tr}
+	return &svcProxy{rp: rp, transport: tr, hdr: hdr, maxIdle: maxIdle}
 }
 
 // CloseIdle closes the pooled idle streams of svc (used when an agent drains).
 func (p *HTTP) CloseIdle(svc *route.Service) {
-	p.proxyFor(svc).transport.CloseIdleConnections()
+	sp := p.proxyFor(svc)
+	sp.transport.CloseIdleConnections()
+	sp.closeIdle()
 }
 
 func (p *HTTP) errorHandler(w http.ResponseWriter, r *http.Request, err error) {

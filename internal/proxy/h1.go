@@ -1,0 +1,758 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"html"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/textproto"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/webgw/webgw/internal/model"
+	"github.com/webgw/webgw/internal/route"
+)
+
+// The HTTP/1.1 fast path. For a client that negotiated HTTP/1.1 with a plain
+// http service, the edge hands the terminated connection to ServeH1, which
+// proxies each request on the connection's own goroutine: it parses the
+// request head (net/http's parser), writes a re-framed head with the
+// X-Forwarded-* headers to a pooled tunnel stream, parses the response head
+// and copies the body back. Compared with net/http's server plus
+// httputil.ReverseProxy and http.Transport this saves two goroutine
+// hand-offs, the request clone and most allocations per request, which is
+// most of the gateway's CPU per request. Re-framing every message (the body
+// length is decided from the parsed head, never copied through) keeps request
+// smuggling out. HTTP/2 clients and h2c services keep the net/http path.
+
+// ConnLimits bound what a client connection on the fast path may send.
+type ConnLimits struct {
+	// ReadHeaderTimeout bounds reading a request head; 0 means 10 s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a connection idle between requests; 0 means 120 s.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds a request head; 0 means 64 KiB.
+	MaxHeaderBytes int
+}
+
+const h1BufSize = 4 << 10
+
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, h1BufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, h1BufSize) }}
+)
+
+// h1conn is one client connection on the fast path, owned by ServeH1's goroutine.
+type h1conn struct {
+	p        *HTTP
+	c        net.Conn
+	lim      ConnLimits
+	remote   string
+	clientIP string
+
+	first    [1]byte // the byte read while idle, replayed to the parser
+	hasFirst bool
+	budget   int // bytes the parser may still read for a head; <0 unlimited
+
+	br   *bufio.Reader // nil while idle with nothing buffered
+	idle atomic.Bool   // waiting for the next request; set by the owner, read by shutdown
+}
+
+var errHeadTooLarge = errors.New("request head too large")
+
+// Read feeds the request parser: the byte read while idle first, then the
+// connection, within the head budget.
+func (h *h1conn) Read(p []byte) (int, error) {
+	if h.hasFirst {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		p[0] = h.first[0]
+		h.hasFirst = false
+		if h.budget > 0 {
+			h.budget--
+		}
+		return 1, nil
+	}
+	if h.budget == 0 {
+		return 0, errHeadTooLarge
+	}
+	if h.budget > 0 && len(p) > h.budget {
+		p = p[:h.budget]
+	}
+	n, err := h.c.Read(p)
+	if h.budget > 0 {
+		h.budget -= n
+	}
+	return n, err
+}
+
+// ServeH1 serves HTTP/1.1 requests on c, a terminated TLS connection, until
+// the client closes it, a request asks to close, an error happens, or ctx
+// ends while the connection is idle. It closes c.
+func (p *HTTP) ServeH1(ctx context.Context, c net.Conn, lim ConnLimits) {
+	if lim.ReadHeaderTimeout == 0 {
+		lim.ReadHeaderTimeout = 10 * time.Second
+	}
+	if lim.IdleTimeout == 0 {
+		lim.IdleTimeout = 120 * time.Second
+	}
+	if lim.MaxHeaderBytes == 0 {
+		lim.MaxHeaderBytes = 64 << 10
+	}
+	h := &h1conn{p: p, c: c, lim: lim, remote: c.RemoteAddr().String()}
+	h.clientIP, _, _ = net.SplitHostPort(h.remote)
+	stop := context.AfterFunc(ctx, func() {
+		if h.idle.Load() {
+			c.SetReadDeadline(time.Now())
+		}
+	})
+	defer func() {
+		stop()
+		if h.br != nil {
+			h.br.Reset(nil)
+			readerPool.Put(h.br)
+		}
+		c.Close()
+	}()
+	for {
+		if h.br == nil || h.br.Buffered() == 0 {
+			// Wait for the next request holding no buffer: a held idle
+			// connection costs only its TLS state and this goroutine.
+			if h.br != nil {
+				h.br.Reset(nil)
+				readerPool.Put(h.br)
+				h.br = nil
+			}
+			h.idle.Store(true)
+			c.SetReadDeadline(time.Now().Add(lim.IdleTimeout))
+			if ctx.Err() != nil {
+				return
+			}
+			n, _ := c.Read(h.first[:])
+			h.idle.Store(false)
+			if n == 0 {
+				return
+			}
+			h.hasFirst = true
+			h.br = readerPool.Get().(*bufio.Reader)
+			h.br.Reset(h)
+		}
+		c.SetReadDeadline(time.Now().Add(lim.ReadHeaderTimeout))
+		h.budget = lim.MaxHeaderBytes + h1BufSize
+		req, err := http.ReadRequest(h.br)
+		over := h.budget == 0
+		h.budget = -1
+		if err != nil {
+			switch {
+			case over || errors.Is(err, errHeadTooLarge):
+				h.writeError(nil, http.StatusRequestHeaderFieldsTooLarge, "The request head is larger than this gateway accepts.", false)
+			case errors.Is(err, io.EOF), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, net.ErrClosed):
+			default:
+				var ne net.Error
+				if !errors.As(err, &ne) {
+					h.writeError(nil, http.StatusBadRequest, "The request could not be parsed: "+err.Error(), false)
+				}
+			}
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		if !h.serve(req) {
+			return
+		}
+	}
+}
+
+// serve proxies one request and reports whether the connection may carry another.
+func (h *h1conn) serve(req *http.Request) bool {
+	start := time.Now()
+	host := HostName(req.Host)
+	keep := !req.Close
+	switch {
+	case req.ProtoMajor != 1:
+		h.writeError(req, http.StatusHTTPVersionNotSupported, "Only HTTP/1.x is accepted on this connection.", false)
+		return false
+	case req.Host == "":
+		h.writeError(req, http.StatusBadRequest, "The request has no Host header.", false)
+		return false
+	case req.Method == http.MethodConnect:
+		h.writeError(req, http.StatusMethodNotAllowed, "This gateway is not a forward proxy.", false)
+		return false
+	}
+	svc := h.p.Lookup(host)
+	if svc == nil {
+		h.writeError(req, http.StatusNotFound, "No service is registered under the name "+host+".", keep && bodyless(req))
+		h.p.logH1(req, h.remote, host, "", http.StatusNotFound, 0, start)
+		return keep && bodyless(req)
+	}
+	if svc.Protocol != model.ProtoHTTP {
+		// An h2c or passthrough name reached over another name's connection.
+		h.writeError(req, http.StatusMisdirectedRequest, "This connection cannot serve "+host+"; open a new connection for it.", keep && bodyless(req))
+		h.p.logH1(req, h.remote, host, svc.Name, http.StatusMisdirectedRequest, 0, start)
+		return keep && bodyless(req)
+	}
+	status, n, keep := h.proxy(req, svc)
+	svc.CountRequest()
+	if svc.Metrics != nil {
+		svc.Metrics.Count(status)
+	}
+	h.p.logH1(req, h.remote, host, svc.Name, status, n, start)
+	return keep
+}
+
+func bodyless(req *http.Request) bool {
+	return req.ContentLength == 0 && len(req.TransferEncoding) == 0
+}
+
+// upConn is a pooled tunnel stream carrying HTTP/1.1 to the agent.
+type upConn struct {
+	c  net.Conn
+	br *bufio.Reader
+	bw *bufio.Writer
+}
+
+func (u *upConn) close() { u.c.Close() }
+
+// getUp returns a live pooled stream of svc, or dials a new one.
+func (sp *svcProxy) getUp(svc *route.Service) (*upConn, bool, error) {
+	for {
+		sp.mu.Lock()
+		n := len(sp.idle)
+		if n == 0 {
+			sp.mu.Unlock()
+			break
+		}
+		u := sp.idle[n-1]
+		sp.idle[n-1] = nil
+		sp.idle = sp.idle[:n-1]
+		sp.mu.Unlock()
+		if u.alive() {
+			return u, true, nil
+		}
+		u.close()
+	}
+	c, _, err := svc.Dial(sp.hdr)
+	if err != nil {
+		return nil, false, err
+	}
+	return &upConn{c: c, br: bufio.NewReaderSize(c, h1BufSize), bw: bufio.NewWriterSize(c, h1BufSize)}, false, nil
+}
+
+// alive reports whether an idle stream still looks usable: nothing has
+// arrived on it (not closed by the agent, no stray bytes).
+func (u *upConn) alive() bool {
+	if u.br.Buffered() > 0 {
+		return false
+	}
+	u.c.SetReadDeadline(aLongTimeAgo)
+	_, err := u.br.Peek(1)
+	u.c.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+func (sp *svcProxy) putUp(u *upConn) {
+	sp.mu.Lock()
+	if len(sp.idle) < sp.maxIdle {
+		sp.idle = append(sp.idle, u)
+		sp.mu.Unlock()
+		return
+	}
+	sp.mu.Unlock()
+	u.close()
+}
+
+func (sp *svcProxy) closeIdle() {
+	sp.mu.Lock()
+	idle := sp.idle
+	sp.idle = nil
+	sp.mu.Unlock()
+	for _, u := range idle {
+		u.close()
+	}
+}
+
+// proxy runs one exchange with the service. It returns the status sent, the
+// body bytes sent and whether the client connection may carry another request.
+func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool) {
+	keep := !req.Close
+	if !svc.Live() {
+		h.writeError(req, http.StatusServiceUnavailable, "No agent is connected for this service right now.", keep && bodyless(req))
+		return http.StatusServiceUnavailable, 0, keep && bodyless(req)
+	}
+	sp := h.p.proxyFor(svc)
+	var (
+		u      *upConn
+		resp   *http.Response
+		werrc  chan error
+		reused bool
+		err    error
+	)
+	for attempt := 0; ; attempt++ {
+		u, reused, err = sp.getUp(svc)
+		if err != nil {
+			status, msg := upstreamError(err)
+			h.writeError(req, status, msg, keep && bodyless(req))
+			return status, 0, keep && bodyless(req)
+		}
+		if err = writeHead(u.bw, req, h.clientIP); err == nil {
+			if bodyless(req) {
+				err = u.bw.Flush()
+			} else {
+				// Send the body while reading the answer: a backend may
+				// answer (or refuse) before it has read the whole body.
+				werrc = make(chan error, 1)
+				go func(u *upConn) { werrc <- writeBody(u.bw, req) }(u)
+			}
+		}
+		if err == nil {
+			resp, err = readResponse(u.br, req, h)
+		}
+		if err == nil {
+			break
+		}
+		u.close()
+		if werrc != nil {
+			<-werrc
+		}
+		// A pooled stream may have been closed by the agent just as we took
+		// it; a request without a body is replayed once on a fresh stream.
+		if reused && attempt == 0 && werrc == nil {
+			continue
+		}
+		// A final answer may follow 1xx heads, so the error page is always valid.
+		h.writeError(req, http.StatusBadGateway, "The service's agent could not be reached or closed the connection.", false)
+		return http.StatusBadGateway, 0, false
+	}
+
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return h.upgrade(req, resp, u, werrc)
+	}
+	n, clientOK, upOK := h.writeResponse(req, resp)
+	if werrc != nil {
+		// The answer is complete; a body still being sent (a backend that
+		// answered without reading it) ends with the stream.
+		t := time.NewTimer(time.Second)
+		select {
+		case err = <-werrc:
+		case <-t.C:
+			u.close()
+			err = <-werrc
+		}
+		t.Stop()
+		if err != nil {
+			upOK = false
+			keep = false // the request body was not fully read from the client
+		}
+	}
+	if upOK && !resp.Close {
+		sp.putUp(u)
+	} else {
+		u.close()
+	}
+	resp.Body.Close()
+	return resp.StatusCode, n, keep && clientOK
+}
+
+func upstreamError(err error) (int, string) {
+	switch {
+	case errors.Is(err, route.ErrBusy):
+		return http.StatusServiceUnavailable, "Every agent of this service is at its stream limit."
+	case errors.Is(err, route.ErrNoUpstream):
+		return http.StatusServiceUnavailable, "No agent is connected for this service right now."
+	}
+	return http.StatusBadGateway, "The service's agent could not be reached or closed the connection."
+}
+
+// hopHeaders are dropped in both directions (RFC 9110 section 7.6.1), with
+// the framing headers, which are written anew.
+var hopHeaders = map[string]bool{
+	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
+	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+	"Content-Length": true,
+}
+
+// connectionTokens returns the headers a message names in Connection, which
+// are hop-by-hop too.
+func connectionTokens(hdr http.Header) map[string]bool {
+	var m map[string]bool
+	for _, v := range hdr["Connection"] {
+		for _, tok := range strings.Split(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" {
+				if m == nil {
+					m = map[string]bool{}
+				}
+				m[textproto.CanonicalMIMEHeaderKey(tok)] = true
+			}
+		}
+	}
+	return m
+}
+
+func isUpgrade(hdr http.Header) (string, bool) {
+	up := hdr.Get("Upgrade")
+	if up == "" {
+		return "", false
+	}
+	for _, v := range hdr["Connection"] {
+		for _, tok := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
+				return up, true
+			}
+		}
+	}
+	return "", false
+}
+
+func writeHeaderLines(bw *bufio.Writer, hdr http.Header, skip map[string]bool, extra map[string]bool) {
+	for k, vv := range hdr {
+		if skip[k] || extra[k] {
+			continue
+		}
+		for _, v := range vv {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+}
+
+// forwardedHeaders are set by the gateway; the client's own are dropped.
+var forwardedHeaders = map[string]bool{
+	"X-Forwarded-For": true, "X-Forwarded-Host": true, "X-Forwarded-Proto": true, "Forwarded": true,
+}
+
+func mergeSkip(a, b map[string]bool) map[string]bool {
+	if len(b) == 0 {
+		return a
+	}
+	m := make(map[string]bool, len(a)+len(b))
+	for k := range a {
+		m[k] = true
+	}
+	for k := range b {
+		m[k] = true
+	}
+	return m
+}
+
+// writeHead writes the request head for the backend: origin-form target,
+// the client's headers less hop-by-hop and forwarding ones, the gateway's
+// X-Forwarded-*, and framing decided from the parsed request.
+func writeHead(bw *bufio.Writer, req *http.Request, clientIP string) error {
+	uri := req.RequestURI
+	if uri == "" || (uri[0] != '/' && uri != "*") {
+		uri = req.URL.RequestURI()
+	}
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(uri)
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(req.Host)
+	bw.WriteString("\r\n")
+	writeHeaderLines(bw, req.Header, mergeSkip(hopHeaders, connectionTokens(req.Header)), forwardedHeaders)
+	if te := req.Header.Get("Te"); strings.EqualFold(strings.TrimSpace(te), "trailers") {
+		bw.WriteString("Te: trailers\r\n")
+	}
+	if up, ok := isUpgrade(req.Header); ok {
+		bw.WriteString("Connection: Upgrade\r\nUpgrade: ")
+		bw.WriteString(up)
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("X-Forwarded-For: ")
+	bw.WriteString(clientIP)
+	bw.WriteString("\r\nX-Forwarded-Host: ")
+	bw.WriteString(req.Host)
+	bw.WriteString("\r\nX-Forwarded-Proto: https\r\n")
+	switch {
+	case len(req.TransferEncoding) > 0:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	case req.ContentLength > 0:
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.FormatInt(req.ContentLength, 10))
+		bw.WriteString("\r\n")
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+// writeBody sends the request body with the framing writeHead announced.
+func writeBody(bw *bufio.Writer, req *http.Request) error {
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
+	if len(req.TransferEncoding) > 0 {
+		cw := httputil.NewChunkedWriter(bw)
+		if _, err := io.CopyBuffer(cw, struct{ io.Reader }{req.Body}, *bp); err != nil {
+			return err
+		}
+		cw.Close()
+		for k, vv := range req.Trailer {
+			for _, v := range vv {
+				fmt.Fprintf(bw, "%s: %s\r\n", k, v)
+			}
+		}
+		bw.WriteString("\r\n")
+	} else if _, err := io.CopyBuffer(bw, struct{ io.Reader }{req.Body}, *bp); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// readResponse reads the backend's answer, relaying 1xx informational heads
+// (100 Continue, 103 Early Hints) to the client until the final one.
+func readResponse(br *bufio.Reader, req *http.Request, h *h1conn) (*http.Response, error) {
+	for {
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+		bw := writerPool.Get().(*bufio.Writer)
+		bw.Reset(h.c)
+		writeStatusLine(bw, resp.StatusCode, resp.Status)
+		writeHeaderLines(bw, resp.Header, hopHeaders, nil)
+		bw.WriteString("\r\n")
+		err = bw.Flush()
+		bw.Reset(nil)
+		writerPool.Put(bw)
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+func writeStatusLine(bw *bufio.Writer, code int, status string) {
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(code))
+	bw.WriteByte(' ')
+	// resp.Status is "200 OK"; keep the backend's reason phrase.
+	if _, reason, ok := strings.Cut(status, " "); ok && reason != "" {
+		bw.WriteString(reason)
+	} else {
+		bw.WriteString(http.StatusText(code))
+	}
+	bw.WriteString("\r\n")
+}
+
+// writeResponse sends resp to the client, re-framed. It returns the body
+// bytes sent, whether the client connection is still usable, and whether
+// the upstream stream was read to the end of the response.
+func (h *h1conn) writeResponse(req *http.Request, resp *http.Response) (int64, bool, bool) {
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(h.c)
+	defer func() {
+		bw.Reset(nil)
+		writerPool.Put(bw)
+	}()
+	code := resp.StatusCode
+	noBody := req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+	chunked, closeDelimited := false, false
+	writeStatusLine(bw, code, resp.Status)
+	writeHeaderLines(bw, resp.Header, mergeSkip(hopHeaders, connectionTokens(resp.Header)), nil)
+	switch {
+	case noBody:
+		if cl := resp.Header.Get("Content-Length"); cl != "" && req.Method == http.MethodHead {
+			bw.WriteString("Content-Length: ")
+			bw.WriteString(cl)
+			bw.WriteString("\r\n")
+		}
+	case resp.ContentLength >= 0:
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.FormatInt(resp.ContentLength, 10))
+		bw.WriteString("\r\n")
+	case req.ProtoAtLeast(1, 1):
+		chunked = true
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		if len(resp.Trailer) > 0 {
+			keys := make([]string, 0, len(resp.Trailer))
+			for k := range resp.Trailer {
+				keys = append(keys, k)
+			}
+			bw.WriteString("Trailer: ")
+			bw.WriteString(strings.Join(keys, ", "))
+			bw.WriteString("\r\n")
+		}
+	default:
+		closeDelimited = true
+	}
+	keep := !req.Close && !closeDelimited
+	if !keep {
+		bw.WriteString("Connection: close\r\n")
+	} else if !req.ProtoAtLeast(1, 1) {
+		bw.WriteString("Connection: keep-alive\r\n")
+	}
+	bw.WriteString("\r\n")
+	if noBody {
+		if err := bw.Flush(); err != nil {
+			return 0, false, false
+		}
+		return 0, keep, true
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
+	buf := *bp
+	var n int64
+	if resp.ContentLength >= 0 {
+		// Known length: let the buffer fill and flush at the end.
+		m, err := io.CopyBuffer(bw, struct{ io.Reader }{resp.Body}, buf)
+		n = m
+		if err != nil {
+			// Either side broke mid-body: a truncated body must not pass
+			// for a whole one, so both connections end.
+			return n, false, false
+		}
+		if err := bw.Flush(); err != nil {
+			return n, false, true
+		}
+		return n, keep, true
+	}
+	// Unknown length (streaming, SSE): send each piece as it comes.
+	if err := bw.Flush(); err != nil {
+		return 0, false, false
+	}
+	var cw io.WriteCloser
+	if chunked {
+		cw = httputil.NewChunkedWriter(bw)
+	}
+	for {
+		m, rerr := resp.Body.Read(buf)
+		if m > 0 {
+			n += int64(m)
+			var werr error
+			if chunked {
+				_, werr = cw.Write(buf[:m])
+			} else {
+				_, werr = bw.Write(buf[:m])
+			}
+			if werr == nil {
+				werr = bw.Flush()
+			}
+			if werr != nil {
+				return n, false, false
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			// The stream broke mid-body: the client must not take a
+			// truncated body as complete, so its connection is closed.
+			return n, false, false
+		}
+	}
+	if chunked {
+		cw.Close()
+		for k, vv := range resp.Trailer {
+			for _, v := range vv {
+				bw.WriteString(k)
+				bw.WriteString(": ")
+				bw.WriteString(v)
+				bw.WriteString("\r\n")
+			}
+		}
+		bw.WriteString("\r\n")
+	}
+	if err := bw.Flush(); err != nil {
+		return n, false, true
+	}
+	return n, keep, true
+}
+
+// upgrade relays a 101 answer and then splices the two connections.
+func (h *h1conn) upgrade(req *http.Request, resp *http.Response, u *upConn, werrc chan error) (int, int64, bool) {
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(h.c)
+	writeStatusLine(bw, resp.StatusCode, resp.Status)
+	writeHeaderLines(bw, resp.Header, mergeSkip(hopHeaders, connectionTokens(resp.Header)), nil)
+	if up := resp.Header.Get("Upgrade"); up != "" {
+		bw.WriteString("Connection: Upgrade\r\nUpgrade: ")
+		bw.WriteString(up)
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("\r\n")
+	err := bw.Flush()
+	bw.Reset(nil)
+	writerPool.Put(bw)
+	if werrc != nil {
+		// An upgrade request has no body; the writer is done.
+		<-werrc
+	}
+	if err != nil {
+		u.close()
+		return http.StatusSwitchingProtocols, 0, false
+	}
+	client := &bufConn{Conn: h.c, r: h.br}
+	back := &bufConn{Conn: u.c, r: u.br}
+	_, n := Splice(client, back, 0)
+	return http.StatusSwitchingProtocols, n, false
+}
+
+// bufConn reads through a bufio.Reader that may hold bytes already read.
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func (b *bufConn) CloseWrite() error {
+	if cw, ok := b.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
+// writeError answers with a small HTML page.
+func (h *h1conn) writeError(req *http.Request, status int, msg string, keep bool) {
+	body := fmt.Sprintf("<!doctype html><title>%d %s</title><h1>%d %s</h1><p>%s</p><hr><p>webgw</p>\n",
+		status, http.StatusText(status), status, http.StatusText(status), html.EscapeString(msg))
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(h.c)
+	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n",
+		status, http.StatusText(status), len(body))
+	if status == http.StatusServiceUnavailable {
+		bw.WriteString("Retry-After: 1\r\n")
+	}
+	if !keep {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	if req == nil || req.Method != http.MethodHead {
+		bw.WriteString(body)
+	}
+	bw.Flush()
+	bw.Reset(nil)
+	writerPool.Put(bw)
+}
+
+func (p *HTTP) logH1(req *http.Request, remote, host, service string, status int, bytes int64, start time.Time) {
+	if !p.AccessLog || p.Log == nil {
+		return
+	}
+	p.Log.LogAttrs(context.Background(), slog.LevelInfo, "request",
+		slog.String("service", service),
+		slog.String("remote", remote),
+		slog.String("proto", req.Proto),
+		slog.String("method", req.Method),
+		slog.String("host", host),
+		slog.String("path", req.URL.Path),
+		slog.Int("status", status),
+		slog.Int64("bytes", bytes),
+		slog.String("duration", strconv.FormatFloat(time.Since(start).Seconds()*1000, 'f', 3, 64)+"ms"),
+	)
+}
