@@ -99,6 +99,33 @@ type HTTPS struct {
 	h1ctx    context.Context
 	h1stop   context.CancelFunc // ends idle H1 connections; set with h1ctx under mu
 	h1wg     sync.WaitGroup     // H1 connections; Add only under mu while !shutdown
+
+	termOnce sync.Once
+	term     *tls.Config // shared by terminated connections; set once by termConfig
+}
+
+// termConfig returns the one TLS config shared by terminated connections;
+// it picks the certificate by SNI (the apex's when there is none), so a held
+// connection keeps no config of its own.
+func (e *HTTPS) termConfig() *tls.Config {
+	e.termOnce.Do(func() {
+		e.term = &tls.Config{
+			NextProtos: []string{"h2", "http/1.1"},
+			MinVersion: tls.VersionTLS12,
+			GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+				n := h.ServerName
+				if _, ours, svc := e.Names.Resolve(n); n == "" || (!ours && svc == nil) {
+					n = e.Names.Domain
+				}
+				cert, err := e.Certs.ForName(strings.ToLower(strings.TrimSuffix(n, ".")))
+				if err != nil {
+					e.log().Warn("certificate", "name", n, "err", err)
+				}
+				return cert, err
+			},
+		}
+	})
+	return e.term
 }
 
 // h1Begin registers an H1 connection, unless shutting down.
@@ -243,7 +270,7 @@ func (e *HTTPS) handle(ctx context.Context, c net.Conn) {
 		return
 	}
 
-	label, ours, svc := e.Names.Resolve(hello.serverName)
+	_, ours, svc := e.Names.Resolve(hello.serverName)
 	if svc != nil && !svc.Protocol.Terminates() {
 		c.SetReadDeadline(time.Time{})
 		e.passthrough(pc, svc, hello.serverName)
@@ -255,24 +282,9 @@ func (e *HTTPS) handle(ctx context.Context, c net.Conn) {
 		c.Close()
 		return
 	}
-	name := hello.serverName
-	if name == "" || label == "" {
-		name = e.Names.Domain
-	}
-	cert, err := e.Certs.ForName(strings.ToLower(strings.TrimSuffix(name, ".")))
-	if err != nil {
-		e.log().Warn("certificate", "name", name, "err", err)
-		c.Write(alertInternalError)
-		c.Close()
-		return
-	}
-	tc := tls.Server(pc, &tls.Config{
-		Certificates: []tls.Certificate{*cert},
-		NextProtos:   []string{"h2", "http/1.1"},
-		MinVersion:   tls.VersionTLS12,
-	})
+	tc := tls.Server(pc, e.termConfig())
 	if err := tc.HandshakeContext(ctx); err != nil {
-		e.log().Debug("tls handshake", "remote", c.RemoteAddr().String(), "sni", name, "err", err)
+		e.log().Debug("tls handshake", "remote", c.RemoteAddr().String(), "sni", hello.serverName, "err", err)
 		c.Close()
 		return
 	}
@@ -283,8 +295,12 @@ func (e *HTTPS) handle(ctx context.Context, c net.Conn) {
 			tc.Close()
 			return
 		}
-		defer e.h1wg.Done()
-		e.H1(hctx, tc)
+		// A fresh goroutine serves the connection: this one's stack grew
+		// in the handshake, and a held idle connection should not keep it.
+		go func() {
+			defer e.h1wg.Done()
+			e.H1(hctx, tc)
+		}()
 		return
 	}
 	if !e.httpL.deliver(tc) {
@@ -375,6 +391,9 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 	if len(c.prefix) > 0 {
 		n := copy(p, c.prefix)
 		c.prefix = c.prefix[n:]
+		if len(c.prefix) == 0 {
+			c.prefix = nil // let the ClientHello's bytes go
+		}
 		return n, nil
 	}
 	return c.Conn.Read(p)
