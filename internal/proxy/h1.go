@@ -211,7 +211,16 @@ func (h *h1conn) serve(req *http.Request) bool {
 }
 
 func bodyless(req *http.Request) bool {
+	if req.Body == nil || req.Body == http.NoBody {
+		return true
+	}
 	return req.ContentLength == 0 && len(req.TransferEncoding) == 0
+}
+
+// chunked reports whether a request body has no declared length (chunked
+// from an HTTP/1.1 client, or an HTTP/2 body without content-length).
+func chunked(req *http.Request) bool {
+	return !bodyless(req) && (len(req.TransferEncoding) > 0 || req.ContentLength < 0)
 }
 
 // upConn is a pooled tunnel stream carrying HTTP/1.1 to the agent.
@@ -219,6 +228,10 @@ type upConn struct {
 	c  net.Conn
 	br *bufio.Reader
 	bw *bufio.Writer
+	// stop ends the watch that closes the stream when the client's request
+	// context ends; it reports false when that already happened. Nil when
+	// nothing watches.
+	stop func() bool
 }
 
 func (u *upConn) close() { u.c.Close() }
@@ -293,58 +306,81 @@ func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool)
 		return http.StatusServiceUnavailable, 0, keep && bodyless(req)
 	}
 	sp := h.p.proxyFor(svc)
-	var (
-		u      *upConn
-		resp   *http.Response
-		werrc  chan error
-		reused bool
-		err    error
-	)
+	u, resp, werrc, err := sp.roundTrip(nil, svc, req, h.clientIP, h.writeInformational)
+	if err != nil {
+		status, msg := upstreamError(err)
+		ok := keep && bodyless(req) && status == http.StatusServiceUnavailable
+		h.writeError(req, status, msg, ok)
+		return status, 0, ok
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return h.upgrade(req, resp, u, werrc)
+	}
+	n, clientOK, upOK := h.writeResponse(req, resp)
+	if !sp.finish(u, resp, werrc, upOK) {
+		keep = false // the request body was not fully read from the client
+	}
+	return resp.StatusCode, n, keep && clientOK
+}
+
+// roundTrip sends req to the service on a pooled (or new) stream and reads
+// the final answer, handing 1xx informational answers to info. On success
+// the caller owns u and must call finish. A request without a body that
+// fails on a reused stream (the agent may have closed it just as it was
+// taken) is replayed once on a fresh one.
+// When ctx is not nil, its end closes the stream (a client that went away).
+func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http.Request, clientIP string, info func(*http.Response) error) (*upConn, *http.Response, chan error, error) {
 	for attempt := 0; ; attempt++ {
-		u, reused, err = sp.getUp(svc)
+		u, reused, err := sp.getUp(svc)
 		if err != nil {
-			status, msg := upstreamError(err)
-			h.writeError(req, status, msg, keep && bodyless(req))
-			return status, 0, keep && bodyless(req)
+			return nil, nil, nil, err
 		}
-		if err = writeHead(u.bw, req, h.clientIP); err == nil {
+		if ctx != nil {
+			c := u.c
+			// A stream's Close only ends our sending side; the deadline
+			// also ends a read that waits for the answer.
+			u.stop = context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo); c.Close() })
+		}
+		var werrc chan error
+		if err = writeHead(u.bw, req, clientIP); err == nil {
 			if bodyless(req) {
 				err = u.bw.Flush()
 			} else {
 				// Send the body while reading the answer: a backend may
 				// answer (or refuse) before it has read the whole body.
 				werrc = make(chan error, 1)
-				go func(u *upConn) { werrc <- writeBody(u.bw, req) }(u)
+				go func() { werrc <- writeBody(u.bw, req) }()
 			}
 		}
+		var resp *http.Response
 		if err == nil {
-			resp, err = readResponse(u.br, req, h)
+			resp, err = readResponse(u.br, req, info)
 		}
 		if err == nil {
-			break
+			return u, resp, werrc, nil
 		}
 		u.close()
+		if ctx != nil && ctx.Err() != nil {
+			return nil, nil, nil, ctx.Err()
+		}
 		if werrc != nil {
 			<-werrc
 		}
-		// A pooled stream may have been closed by the agent just as we took
-		// it; a request without a body is replayed once on a fresh stream.
-		if reused && attempt == 0 && werrc == nil {
-			continue
+		if !(reused && attempt == 0 && werrc == nil) {
+			return nil, nil, nil, fmt.Errorf("exchange with agent: %w", err)
 		}
-		// A final answer may follow 1xx heads, so the error page is always valid.
-		h.writeError(req, http.StatusBadGateway, "The service's agent could not be reached or closed the connection.", false)
-		return http.StatusBadGateway, 0, false
 	}
+}
 
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		return h.upgrade(req, resp, u, werrc)
-	}
-	n, clientOK, upOK := h.writeResponse(req, resp)
+// finish ends an exchange: it waits for the request body to be sent (a body
+// still being sent after the answer is complete ends with the stream), and
+// pools the stream when the exchange left it clean. It reports whether the
+// request body was sent whole.
+func (sp *svcProxy) finish(u *upConn, resp *http.Response, werrc chan error, upOK bool) bool {
+	bodyOK := true
 	if werrc != nil {
-		// The answer is complete; a body still being sent (a backend that
-		// answered without reading it) ends with the stream.
 		t := time.NewTimer(time.Second)
+		var err error
 		select {
 		case err = <-werrc:
 		case <-t.C:
@@ -353,9 +389,14 @@ func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool)
 		}
 		t.Stop()
 		if err != nil {
-			upOK = false
-			keep = false // the request body was not fully read from the client
+			upOK, bodyOK = false, false
 		}
+	}
+	if u.stop != nil {
+		if !u.stop() {
+			upOK = false // the client went away and the stream was closed
+		}
+		u.stop = nil
 	}
 	if upOK && !resp.Close {
 		sp.putUp(u)
@@ -363,7 +404,7 @@ func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool)
 		u.close()
 	}
 	resp.Body.Close()
-	return resp.StatusCode, n, keep && clientOK
+	return bodyOK
 }
 
 func upstreamError(err error) (int, string) {
@@ -478,7 +519,7 @@ func writeHead(bw *bufio.Writer, req *http.Request, clientIP string) error {
 	bw.WriteString(req.Host)
 	bw.WriteString("\r\nX-Forwarded-Proto: https\r\n")
 	switch {
-	case len(req.TransferEncoding) > 0:
+	case chunked(req):
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	case req.ContentLength > 0:
 		bw.WriteString("Content-Length: ")
@@ -493,7 +534,7 @@ func writeHead(bw *bufio.Writer, req *http.Request, clientIP string) error {
 func writeBody(bw *bufio.Writer, req *http.Request) error {
 	bp := pool.Get().(*[]byte)
 	defer pool.Put(bp)
-	if len(req.TransferEncoding) > 0 {
+	if chunked(req) {
 		cw := httputil.NewChunkedWriter(bw)
 		if _, err := io.CopyBuffer(cw, struct{ io.Reader }{req.Body}, *bp); err != nil {
 			return err
@@ -511,9 +552,9 @@ func writeBody(bw *bufio.Writer, req *http.Request) error {
 	return bw.Flush()
 }
 
-// readResponse reads the backend's answer, relaying 1xx informational heads
-// (100 Continue, 103 Early Hints) to the client until the final one.
-func readResponse(br *bufio.Reader, req *http.Request, h *h1conn) (*http.Response, error) {
+// readResponse reads the backend's answer, handing 1xx informational heads
+// (100 Continue, 103 Early Hints) to info until the final one.
+func readResponse(br *bufio.Reader, req *http.Request, info func(*http.Response) error) (*http.Response, error) {
 	for {
 		resp, err := http.ReadResponse(br, req)
 		if err != nil {
@@ -522,18 +563,23 @@ func readResponse(br *bufio.Reader, req *http.Request, h *h1conn) (*http.Respons
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			return resp, nil
 		}
-		bw := writerPool.Get().(*bufio.Writer)
-		bw.Reset(h.c)
-		writeStatusLine(bw, resp.StatusCode, resp.Status)
-		writeHeaderLines(bw, resp.Header, hopHeaders, nil)
-		bw.WriteString("\r\n")
-		err = bw.Flush()
-		bw.Reset(nil)
-		writerPool.Put(bw)
-		if err != nil {
+		if err := info(resp); err != nil {
 			return nil, err
 		}
 	}
+}
+
+// writeInformational relays a 1xx head to the client.
+func (h *h1conn) writeInformational(resp *http.Response) error {
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(h.c)
+	writeStatusLine(bw, resp.StatusCode, resp.Status)
+	writeHeaderLines(bw, resp.Header, hopHeaders, nil)
+	bw.WriteString("\r\n")
+	err := bw.Flush()
+	bw.Reset(nil)
+	writerPool.Put(bw)
+	return err
 }
 
 func writeStatusLine(bw *bufio.Writer, code int, status string) {

@@ -183,9 +183,12 @@ func (p *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rw := &recorder{ResponseWriter: w}
+	whole := true
 	if !svc.Live() {
 		w.Header().Set("Retry-After", "1")
 		ErrorPage(rw, http.StatusServiceUnavailable, "No agent is connected for this service right now.")
+	} else if _, up := isUpgrade(r.Header); svc.Protocol == model.ProtoHTTP && !up {
+		whole = p.serveDirect(rw, r, svc)
 	} else {
 		p.proxyFor(svc).rp.ServeHTTP(rw, r)
 	}
@@ -198,6 +201,10 @@ func (p *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		svc.Metrics.Count(status)
 	}
 	p.logAccess(r, host, svc.Name, status, rw.bytes, start)
+	if !whole {
+		// The body broke off: abort, so the client sees an error, not a short body.
+		panic(http.ErrAbortHandler)
+	}
 }
 
 func (p *HTTP) logAccess(r *http.Request, host, service string, status int, bytes int64, start time.Time) {
