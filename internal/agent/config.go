@@ -1,19 +1,16 @@
 package agent
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"github.com/webgw/webgw/internal/yamlconf"
 
 	"github.com/webgw/webgw/internal/certs"
 	"github.com/webgw/webgw/internal/model"
@@ -74,11 +71,9 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, cfgErr("read config %s: %v", path, err)
 	}
 	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	// An empty file decodes to io.EOF: leave it to validation to say what is missing.
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, cfgErr("config %s: %s (accepted keys: version, token, ca, gateways[addr, ca, fingerprint, token, server_name], services[name, target], drain_timeout, dial_timeout)", path, describeYAMLError(data, err))
+	// An empty file decodes to nothing: validation then says what is missing.
+	if err := yamlconf.Decode(data, &c); err != nil {
+		return nil, cfgErr("config %s: %v (accepted keys: version, token, ca, gateways[addr, ca, fingerprint, token, server_name], services[name, target], drain_timeout, dial_timeout)", path, err)
 	}
 	return &c, nil
 }
@@ -208,85 +203,10 @@ func validPort(p string) bool {
 	return err == nil && n >= 1 && n <= 65535 && strconv.Itoa(n) == p
 }
 
-var unknownField = regexp.MustCompile(`field (\S+) not found in type \S+`)
-
-// yamlError rewords yaml.v3's messages for people: Go type names mean nothing to them.
-func yamlError(err error) string {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	msg = unknownField.ReplaceAllString(msg, "unknown key \"$1\"")
-	return strings.ReplaceAll(msg, "unmarshal errors:\n  ", "")
-}
-
 func hostOf(addr string) string {
 	h, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return addr
 	}
 	return strings.Trim(h, "[]")
-}
-
-// describeYAMLError returns err's message; for type and unknown-field errors,
-// which yaml reports by line only, each "line N: ..." part also names the key
-// whose value is on that line (dotted, e.g. limits.idle_timeout).
-func describeYAMLError(data []byte, err error) string {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return err.Error()
-	}
-	keys := yamlKeysByLine(data)
-	msgs := make([]string, len(te.Errors))
-	for i, e := range te.Errors {
-		msgs[i] = e
-		var line int
-		if _, serr := fmt.Sscanf(e, "line %d:", &line); serr == nil && len(keys[line]) > 0 {
-			msgs[i] = fmt.Sprintf("%s (key %s)", e, strings.Join(keys[line], ", "))
-		}
-	}
-	return strings.Join(msgs, "; ")
-}
-
-// yamlKeysByLine maps each line of a YAML document to the dotted keys of the
-// scalar values on it.
-func yamlKeysByLine(data []byte) map[int][]string {
-	var root yaml.Node
-	if yaml.Unmarshal(data, &root) != nil {
-		return nil
-	}
-	out := make(map[int][]string)
-	var walk func(n *yaml.Node, path string, depth int)
-	walk = func(n *yaml.Node, path string, depth int) {
-		if depth > 32 {
-			return
-		}
-		switch n.Kind {
-		case yaml.DocumentNode:
-			for _, c := range n.Content {
-				walk(c, path, depth+1)
-			}
-		case yaml.MappingNode:
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				k, v := n.Content[i], n.Content[i+1]
-				p := k.Value
-				if path != "" {
-					p = path + "." + k.Value
-				}
-				if v.Kind == yaml.ScalarNode || v.Kind == yaml.AliasNode {
-					out[v.Line] = append(out[v.Line], p)
-				} else {
-					walk(v, p, depth+1)
-				}
-			}
-		case yaml.SequenceNode:
-			for i, c := range n.Content {
-				p := fmt.Sprintf("%s[%d]", path, i)
-				if c.Kind == yaml.ScalarNode || c.Kind == yaml.AliasNode {
-					out[c.Line] = append(out[c.Line], p)
-				} else {
-					walk(c, p, depth+1)
-				}
-			}
-		}
-	}
-	walk(&root, "", 0)
-	return out
 }

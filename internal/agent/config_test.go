@@ -256,7 +256,7 @@ dial_timeout: 1m
 		}},
 		{name: "empty file", yaml: "", validErr: "gateways: at least one gateway"},
 		{name: "no services", yaml: "gateways: [{addr: 'gw:443'}]\n", validErr: "services: at least one service"},
-		{name: "unknown key", yaml: "gateway:\n  - addr: gw:443\n", loadErr: "field gateway not found"},
+		{name: "unknown key", yaml: "gateway:\n  - addr: gw:443\n", loadErr: `unknown key "gateway"`},
 		{name: "unknown gateway key", yaml: "gateways:\n  - adr: gw:443\n", loadErr: "adr"},
 		{name: "unknown service key", yaml: "services:\n  - name: a\n    url: http://x:1\n", loadErr: "url"},
 		{name: "int duration", yaml: "drain_timeout: 30\n", loadErr: "drain_timeout"},

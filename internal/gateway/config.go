@@ -1,17 +1,15 @@
 package gateway
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"github.com/webgw/webgw/internal/yamlconf"
 
 	"github.com/webgw/webgw/internal/model"
 )
@@ -85,10 +83,9 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, cfgErr("read config %s: %v", path, err)
 	}
 	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, cfgErr("config %s: %s", path, describeYAMLError(data, err))
+	// An empty file decodes to nothing: validation then says what is missing.
+	if err := yamlconf.Decode(data, &c); err != nil {
+		return nil, cfgErr("config %s: %v", path, err)
 	}
 	return &c, nil
 }
@@ -192,70 +189,4 @@ func validateDomain(d string) error {
 		}
 	}
 	return nil
-}
-
-// describeYAMLError returns err's message; for type and unknown-field errors,
-// which yaml reports by line only, each "line N: ..." part also names the key
-// whose value is on that line (dotted, e.g. limits.idle_timeout).
-func describeYAMLError(data []byte, err error) string {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return err.Error()
-	}
-	keys := yamlKeysByLine(data)
-	msgs := make([]string, len(te.Errors))
-	for i, e := range te.Errors {
-		msgs[i] = e
-		var line int
-		if _, serr := fmt.Sscanf(e, "line %d:", &line); serr == nil && len(keys[line]) > 0 {
-			msgs[i] = fmt.Sprintf("%s (key %s)", e, strings.Join(keys[line], ", "))
-		}
-	}
-	return strings.Join(msgs, "; ")
-}
-
-// yamlKeysByLine maps each line of a YAML document to the dotted keys of the
-// scalar values on it.
-func yamlKeysByLine(data []byte) map[int][]string {
-	var root yaml.Node
-	if yaml.Unmarshal(data, &root) != nil {
-		return nil
-	}
-	out := make(map[int][]string)
-	var walk func(n *yaml.Node, path string, depth int)
-	walk = func(n *yaml.Node, path string, depth int) {
-		if depth > 32 {
-			return
-		}
-		switch n.Kind {
-		case yaml.DocumentNode:
-			for _, c := range n.Content {
-				walk(c, path, depth+1)
-			}
-		case yaml.MappingNode:
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				k, v := n.Content[i], n.Content[i+1]
-				p := k.Value
-				if path != "" {
-					p = path + "." + k.Value
-				}
-				if v.Kind == yaml.ScalarNode || v.Kind == yaml.AliasNode {
-					out[v.Line] = append(out[v.Line], p)
-				} else {
-					walk(v, p, depth+1)
-				}
-			}
-		case yaml.SequenceNode:
-			for i, c := range n.Content {
-				p := fmt.Sprintf("%s[%d]", path, i)
-				if c.Kind == yaml.ScalarNode || c.Kind == yaml.AliasNode {
-					out[c.Line] = append(out[c.Line], p)
-				} else {
-					walk(c, p, depth+1)
-				}
-			}
-		}
-	}
-	walk(&root, "", 0)
-	return out
 }

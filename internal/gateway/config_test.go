@@ -180,7 +180,7 @@ limits:
 				t.Errorf("Validate: %v", err)
 			}
 		}},
-		{name: "unknown key", yaml: "domain: x\nlisten: 1.2.3.4\n", wantErr: `field listen not found`},
+		{name: "unknown key", yaml: "domain: x\nlisten: 1.2.3.4\n", wantErr: `unknown key "listen"`},
 		{name: "unknown nested key", yaml: "limits:\n  max_streams: 3\n", wantErr: "max_streams"},
 		{name: "flag spelling", yaml: "data-dir: /x\n", wantErr: "data-dir"},
 		{name: "wrong type", yaml: "open: maybe\n", wantErr: "open"},
