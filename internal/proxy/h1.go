@@ -232,6 +232,8 @@ type upConn struct {
 	// context ends; it reports false when that already happened. Nil when
 	// nothing watches.
 	stop func() bool
+	// idleSince is when the stream went back to the pool; set by putUp.
+	idleSince time.Time
 }
 
 func (u *upConn) close() { u.c.Close() }
@@ -249,7 +251,10 @@ func (sp *svcProxy) getUp(svc *route.Service) (*upConn, bool, error) {
 		sp.idle[n-1] = nil
 		sp.idle = sp.idle[:n-1]
 		sp.mu.Unlock()
-		if u.alive() {
+		// A stream idle only briefly is taken as is (a failure then is
+		// retried for requests without a body); one idle longer is checked,
+		// as its backend may have closed its keep-alive connection.
+		if time.Since(u.idleSince) < freshIdle || u.alive() {
 			return u, true, nil
 		}
 		u.close()
@@ -276,7 +281,11 @@ func (u *upConn) alive() bool {
 
 var aLongTimeAgo = time.Unix(1, 0)
 
+// freshIdle is how long a pooled stream is used without a liveness check.
+const freshIdle = 100 * time.Millisecond
+
 func (sp *svcProxy) putUp(u *upConn) {
+	u.idleSince = time.Now()
 	sp.mu.Lock()
 	if len(sp.idle) < sp.maxIdle {
 		sp.idle = append(sp.idle, u)
@@ -327,7 +336,7 @@ func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool)
 // the final answer, handing 1xx informational answers to info. On success
 // the caller owns u and must call finish. A request without a body that
 // fails on a reused stream (the agent may have closed it just as it was
-// taken) is replayed once on a fresh one.
+// taken) is replayed once on a fresh one, if its method allows that.
 // When ctx is not nil, its end closes the stream (a client that went away).
 func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http.Request, clientIP string, info func(*http.Response) error) (*upConn, *http.Response, chan error, error) {
 	for attempt := 0; ; attempt++ {
@@ -366,10 +375,22 @@ func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http
 		if werrc != nil {
 			<-werrc
 		}
-		if !(reused && attempt == 0 && werrc == nil) {
+		if !(reused && attempt == 0 && werrc == nil && replayable(req)) {
 			return nil, nil, nil, fmt.Errorf("exchange with agent: %w", err)
 		}
 	}
+}
+
+// replayable reports whether a request may be sent twice (as net/http's
+// Transport decides): a safe method, or one carrying an idempotency key.
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, key := req.Header["Idempotency-Key"]
+	_, xkey := req.Header["X-Idempotency-Key"]
+	return key || xkey
 }
 
 // finish ends an exchange: it waits for the request body to be sent (a body
