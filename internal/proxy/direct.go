@@ -17,11 +17,19 @@ import (
 // off mid-body; the caller must then abort the response (http.ErrAbortHandler)
 // so the client cannot take a truncated body for a whole one.
 func (p *HTTP) serveDirect(w http.ResponseWriter, r *http.Request, svc *route.Service) bool {
+	if !validTarget(r) {
+		ErrorPage(w, http.StatusBadRequest, "The request target is malformed.")
+		return true
+	}
 	sp := p.proxyFor(svc)
 	clientIP, _, _ := net.SplitHostPort(r.RemoteAddr)
 	info := func(resp *http.Response) error {
-		copyHeader(w.Header(), resp.Header)
+		h := w.Header()
+		copyHeader(h, resp.Header)
 		w.WriteHeader(resp.StatusCode)
+		// WriteHeader keeps the map for a 1xx; the final answer must not
+		// carry the informational one's fields (as httputil.ReverseProxy).
+		clear(h)
 		return nil
 	}
 	u, resp, werrc, err := sp.roundTrip(r.Context(), svc, r, clientIP, info)
@@ -53,7 +61,7 @@ func (p *HTTP) serveDirect(w http.ResponseWriter, r *http.Request, svc *route.Se
 		return true
 	}
 	ok := copyResponse(w, r, resp)
-	sp.finish(u, resp, werrc, ok)
+	sp.finish(u, resp, werrc, ok, nil)
 	return ok
 }
 
@@ -74,7 +82,9 @@ func copyHeader(dst, src http.Header) {
 func copyResponse(w http.ResponseWriter, r *http.Request, resp *http.Response) bool {
 	h := w.Header()
 	copyHeader(h, resp.Header)
-	if resp.ContentLength >= 0 && r.Method != http.MethodHead {
+	// A HEAD answer keeps the length it declares; 204 and 304 get none (a
+	// 304's would have to be the representation's, not the 0 read here).
+	if resp.ContentLength >= 0 && resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified {
 		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
 	}
 	for k := range resp.Trailer {

@@ -188,6 +188,15 @@ func (h *h1conn) serve(req *http.Request) bool {
 	case req.Method == http.MethodConnect:
 		h.writeError(req, http.StatusMethodNotAllowed, "This gateway is not a forward proxy.", false)
 		return false
+	case !validTarget(req):
+		h.writeError(req, http.StatusBadRequest, "The request target is malformed.", false)
+		return false
+	case !validHeaderNames(req.Header):
+		// The parser lets "Name : value" through; net/http's server refuses
+		// it, and a backend that trims the space could frame the message
+		// differently (RFC 9112 section 5.1).
+		h.writeError(req, http.StatusBadRequest, "The request has a malformed header name.", false)
+		return false
 	}
 	svc := h.p.Lookup(host)
 	if svc == nil {
@@ -208,6 +217,26 @@ func (h *h1conn) serve(req *http.Request) bool {
 	}
 	h.p.logH1(req, h.remote, host, svc.Name, status, n, start)
 	return keep
+}
+
+// validTarget reports whether a request target can be sent on as is or in
+// origin form: origin form ("/path"), "*", or absolute form with a host
+// (RFC 9112 section 3.2). The parser also takes "host:port" or "a:b" for
+// a URL with an opaque part, whose RequestURI is no request target.
+func validTarget(req *http.Request) bool {
+	u := req.RequestURI
+	return strings.HasPrefix(u, "/") || u == "*" || (req.URL.Host != "" && req.URL.Opaque == "")
+}
+
+// validHeaderNames reports whether no header name holds whitespace, the
+// one non-token byte the parser accepts in names.
+func validHeaderNames(hdr http.Header) bool {
+	for k := range hdr {
+		if strings.ContainsAny(k, " \t") {
+			return false
+		}
+	}
+	return true
 }
 
 func bodyless(req *http.Request) bool {
@@ -236,7 +265,13 @@ type upConn struct {
 	idleSince time.Time
 }
 
-func (u *upConn) close() { u.c.Close() }
+// close ends the stream. A stream's Close only ends our sending side; the
+// deadline also ends reading, so an abandoned response body is not drained
+// (resp.Body.Close reads to its end) and a read waiting for an answer returns.
+func (u *upConn) close() {
+	u.c.SetDeadline(aLongTimeAgo)
+	u.c.Close()
+}
 
 // getUp returns a live pooled stream of svc, or dials a new one.
 func (sp *svcProxy) getUp(svc *route.Service) (*upConn, bool, error) {
@@ -326,7 +361,11 @@ func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool)
 		return h.upgrade(req, resp, u, werrc)
 	}
 	n, clientOK, upOK := h.writeResponse(req, resp)
-	if !sp.finish(u, resp, werrc, upOK) {
+	// A client body still not read a second after the answer ends the
+	// connection (the client may have stopped sending it when the answer
+	// came); the deadline ends the body writer's read.
+	stopBody := func() { h.c.SetReadDeadline(aLongTimeAgo) }
+	if !sp.finish(u, resp, werrc, upOK, stopBody) {
 		keep = false // the request body was not fully read from the client
 	}
 	return resp.StatusCode, n, keep && clientOK
@@ -357,8 +396,17 @@ func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http
 			} else {
 				// Send the body while reading the answer: a backend may
 				// answer (or refuse) before it has read the whole body.
+				// A body that breaks off (the client went away, or sent
+				// bad chunks) ends the stream, so the answer is not
+				// awaited from a backend that waits for the rest.
 				werrc = make(chan error, 1)
-				go func() { werrc <- writeBody(u.bw, req) }()
+				go func() {
+					err := writeBody(u.bw, req)
+					if err != nil {
+						u.close()
+					}
+					werrc <- err
+				}()
 			}
 		}
 		var resp *http.Response
@@ -394,10 +442,11 @@ func replayable(req *http.Request) bool {
 }
 
 // finish ends an exchange: it waits for the request body to be sent (a body
-// still being sent after the answer is complete ends with the stream), and
+// still being sent after the answer is complete ends with the stream, and
+// stopBody, when not nil, ends reading it from a client that stalled), and
 // pools the stream when the exchange left it clean. It reports whether the
 // request body was sent whole.
-func (sp *svcProxy) finish(u *upConn, resp *http.Response, werrc chan error, upOK bool) bool {
+func (sp *svcProxy) finish(u *upConn, resp *http.Response, werrc chan error, upOK bool, stopBody func()) bool {
 	bodyOK := true
 	if werrc != nil {
 		t := time.NewTimer(time.Second)
@@ -406,6 +455,9 @@ func (sp *svcProxy) finish(u *upConn, resp *http.Response, werrc chan error, upO
 		case err = <-werrc:
 		case <-t.C:
 			u.close()
+			if stopBody != nil {
+				stopBody()
+			}
 			err = <-werrc
 		}
 		t.Stop()
@@ -419,7 +471,9 @@ func (sp *svcProxy) finish(u *upConn, resp *http.Response, werrc chan error, upO
 		}
 		u.stop = nil
 	}
-	if upOK && !resp.Close {
+	// Bytes already read past the answer mean the backend broke framing:
+	// the next exchange would take them for its answer.
+	if upOK && !resp.Close && u.br.Buffered() == 0 {
 		sp.putUp(u)
 	} else {
 		u.close()
@@ -552,12 +606,20 @@ func writeHead(bw *bufio.Writer, req *http.Request, clientIP string) error {
 }
 
 // writeBody sends the request body with the framing writeHead announced.
+// The head goes first on its own when the client waits for 100 Continue
+// before it sends the body or the body is a stream (of unknown length; each
+// piece goes out as it comes), as net/http's Transport does.
 func writeBody(bw *bufio.Writer, req *http.Request) error {
+	if chunked(req) || strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+	}
 	bp := pool.Get().(*[]byte)
 	defer pool.Put(bp)
 	if chunked(req) {
 		cw := httputil.NewChunkedWriter(bw)
-		if _, err := io.CopyBuffer(cw, struct{ io.Reader }{req.Body}, *bp); err != nil {
+		if _, err := io.CopyBuffer(flushWriter{cw, bw}, struct{ io.Reader }{req.Body}, *bp); err != nil {
 			return err
 		}
 		cw.Close()
@@ -571,6 +633,20 @@ func writeBody(bw *bufio.Writer, req *http.Request) error {
 		return err
 	}
 	return bw.Flush()
+}
+
+// flushWriter flushes bw after each write to w.
+type flushWriter struct {
+	w  io.Writer
+	bw *bufio.Writer
+}
+
+func (f flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err == nil {
+		err = f.bw.Flush()
+	}
+	return n, err
 }
 
 // readResponse reads the backend's answer, handing 1xx informational heads
@@ -590,8 +666,12 @@ func readResponse(br *bufio.Reader, req *http.Request, info func(*http.Response)
 	}
 }
 
-// writeInformational relays a 1xx head to the client.
+// writeInformational relays a 1xx head to the client, unless the client
+// speaks HTTP/1.0, which has no 1xx (RFC 9110 section 15.2).
 func (h *h1conn) writeInformational(resp *http.Response) error {
+	if resp.Request != nil && !resp.Request.ProtoAtLeast(1, 1) {
+		return nil
+	}
 	bw := writerPool.Get().(*bufio.Writer)
 	bw.Reset(h.c)
 	writeStatusLine(bw, resp.StatusCode, resp.Status)
