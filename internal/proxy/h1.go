@@ -150,6 +150,7 @@ func (p *HTTP) ServeH1(ctx context.Context, c net.Conn, lim ConnLimits) {
 		}
 		c.SetReadDeadline(time.Now().Add(lim.ReadHeaderTimeout))
 		h.budget = lim.MaxHeaderBytes + h1BufSize
+		skipBlankLines(h.br)
 		req, err := http.ReadRequest(h.br)
 		over := h.budget == 0
 		h.budget = -1
@@ -170,6 +171,18 @@ func (p *HTTP) ServeH1(ctx context.Context, c net.Conn, lim ConnLimits) {
 		if !h.serve(req) {
 			return
 		}
+	}
+}
+
+// skipBlankLines drops the empty lines a client may send before a request
+// (RFC 9112 section 2.2: a server SHOULD ignore at least one), as net/http does.
+func skipBlankLines(br *bufio.Reader) {
+	for i := 0; i < 8; i++ {
+		b, err := br.Peek(1)
+		if err != nil || (b[0] != '\r' && b[0] != '\n') {
+			return
+		}
+		br.Discard(1)
 	}
 }
 

@@ -1403,3 +1403,18 @@ func TestH1StrayBytesAfterAnswer(t *testing.T) {
 		t.Errorf("%d streams opened; the one with stray bytes was reused", got)
 	}
 }
+
+func TestH1BlankLinesBeforeRequest(t *testing.T) {
+	e := newH1Env(t)
+	e.addCounted(t, "svc", serveHandler(t, echoHandler()))
+	cl := startH1(t, e.p, context.Background(), ConnLimits{})
+	// Some clients send a CRLF after a POST body; RFC 9112 section 2.2.
+	cl.send("\r\n\r\nGET /after-blank HTTP/1.1\r\nHost: svc.gw.test\r\n\r\n")
+	resp, body := cl.response("GET")
+	if resp.StatusCode != 200 || body != "GET /after-blank " {
+		t.Fatalf("status %d body %q, want 200 and the echo", resp.StatusCode, body)
+	}
+	if body := cl.get("/next"); body != "GET /next " {
+		t.Fatalf("next request on the connection: %q", body)
+	}
+}
