@@ -276,6 +276,8 @@ type upConn struct {
 	stop func() bool
 	// idleSince is when the stream went back to the pool; set by putUp.
 	idleSince time.Time
+	// agent is the agent at the other end; a draining one gets no more requests.
+	agent *route.Agent
 }
 
 // close ends the stream. A stream's Close only ends our sending side; the
@@ -302,16 +304,16 @@ func (sp *svcProxy) getUp(svc *route.Service) (*upConn, bool, error) {
 		// A stream idle only briefly is taken as is (a failure then is
 		// retried for requests without a body); one idle longer is checked,
 		// as its backend may have closed its keep-alive connection.
-		if time.Since(u.idleSince) < freshIdle || u.alive() {
+		if !u.agent.Draining() && (time.Since(u.idleSince) < freshIdle || u.alive()) {
 			return u, true, nil
 		}
 		u.close()
 	}
-	c, _, err := svc.Dial(sp.hdr)
+	c, a, err := svc.Dial(sp.hdr)
 	if err != nil {
 		return nil, false, err
 	}
-	return &upConn{c: c, br: bufio.NewReaderSize(c, h1BufSize), bw: bufio.NewWriterSize(c, h1BufSize)}, false, nil
+	return &upConn{c: c, br: bufio.NewReaderSize(c, h1BufSize), bw: bufio.NewWriterSize(c, h1BufSize), agent: a}, false, nil
 }
 
 // alive reports whether an idle stream still looks usable: nothing has
@@ -335,7 +337,9 @@ const freshIdle = 100 * time.Millisecond
 func (sp *svcProxy) putUp(u *upConn) {
 	u.idleSince = time.Now()
 	sp.mu.Lock()
-	if len(sp.idle) < sp.maxIdle {
+	// A draining agent's streams are closed as their exchanges end, so it
+	// gets no new request and its drain completes.
+	if len(sp.idle) < sp.maxIdle && !u.agent.Draining() {
 		sp.idle = append(sp.idle, u)
 		sp.mu.Unlock()
 		return

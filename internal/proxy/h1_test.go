@@ -1418,3 +1418,34 @@ func TestH1BlankLinesBeforeRequest(t *testing.T) {
 		t.Fatalf("next request on the connection: %q", body)
 	}
 }
+
+// A draining agent's pooled streams are not reused: new requests go to the
+// other replica, and the draining agent's streams all close as their
+// exchanges end, so its drain can complete.
+func TestH1DrainingAgentGetsNoNewRequests(t *testing.T) {
+	e := newH1Env(t)
+	svc, coA := e.addCounted(t, "svc", serveHandler(t, echoHandler()))
+	agentA := svc.Agents()[0]
+	faB := newFakeAgent(t, "svc-agent-b", serveHandler(t, echoHandler()))
+	coB := &countOpener{Opener: faB.gw}
+	faB.agent.Session = coB
+	if err := e.table.Attach("svc", faB.agent); err != nil {
+		t.Fatal(err)
+	}
+	cl := startH1(t, e.p, context.Background(), ConnLimits{})
+	for i := 0; i < 4; i++ {
+		cl.get(fmt.Sprintf("/before/%d", i))
+	}
+	agentA.Drain()
+	openedA := coA.n.Load()
+	for i := 0; i < 20; i++ {
+		cl.get(fmt.Sprintf("/after/%d", i))
+	}
+	if got := coA.n.Load(); got != openedA {
+		t.Errorf("%d new streams opened to the draining agent", got-openedA)
+	}
+	if coB.n.Load() == 0 {
+		t.Error("the other replica got no stream")
+	}
+	eventually(t, "the draining agent's streams all closed", func() bool { return agentA.Streams() == 0 })
+}
