@@ -55,6 +55,14 @@ func checkDNSName(name string) error {
 	if net.ParseIP(name) != nil {
 		return fmt.Errorf("invalid DNS name %q: an IP address, not a name", name)
 	}
+	// One leading wildcard label, over at least two labels (as browsers and
+	// OpenSSL require), for a name's unknown children.
+	if rest, ok := strings.CutPrefix(name, "*."); ok {
+		if !strings.Contains(rest, ".") {
+			return fmt.Errorf("invalid DNS name %q: a wildcard needs at least two labels after \"*.\"", name)
+		}
+		name = rest
+	}
 	for label := range strings.SplitSeq(name, ".") {
 		if len(label) == 0 || len(label) > 63 {
 			return fmt.Errorf("invalid DNS name %q: label %q; %s", name, label, accepted)

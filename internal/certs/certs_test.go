@@ -365,10 +365,26 @@ func TestForNameVerifies(t *testing.T) {
 	}
 }
 
+func TestForNameWildcard(t *testing.T) {
+	ca := newCA(t, newMemStore())
+	cert, err := ca.ForName("*.example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := x509.VerifyOptions{Roots: ca.Pool(), DNSName: "any.example.test"}
+	if _, err := cert.Leaf.Verify(opts); err != nil {
+		t.Errorf("wildcard does not cover any.example.test: %v", err)
+	}
+	opts.DNSName = "a.b.example.test"
+	if _, err := cert.Leaf.Verify(opts); err == nil {
+		t.Error("wildcard covers two labels")
+	}
+}
+
 func TestForNameInvalid(t *testing.T) {
 	ca := newCA(t, newMemStore())
 	for _, name := range []string{
-		"", ".", "a..b", "-a.test", "a-.test", "a b.test", "*.example.test", "127.0.0.1", "::1",
+		"", ".", "a..b", "-a.test", "a-.test", "a b.test", "*.test", "*", "a.*.test", "**.example.test", "127.0.0.1", "::1",
 		strings.Repeat("a", 64) + ".test", strings.Repeat("a.", 127) + "test",
 	} {
 		if c, err := ca.ForName(name); err == nil {

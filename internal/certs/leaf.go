@@ -26,7 +26,8 @@ type issueCall struct {
 	err  error            // written before done is closed, read after
 }
 
-// ForName returns a certificate for exactly the DNS name (no wildcard),
+// ForName returns a certificate for exactly the DNS name (or a wildcard
+// "*.example.org", which covers one label under example.org),
 // signed by the CA: a fresh ECDSA P-256 key held only in memory, valid from
 // an hour ago for 90 days, for server authentication, with Leaf set and the
 // CA certificate in the chain. Certificates are cached, the least recently

@@ -114,8 +114,17 @@ func (e *HTTPS) termConfig() *tls.Config {
 			MinVersion: tls.VersionTLS12,
 			GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
 				n := h.ServerName
-				if _, ours, svc := e.Names.Resolve(n); n == "" || (!ours && svc == nil) {
+				label, ours, svc := e.Names.Resolve(n)
+				switch {
+				case n == "" || !ours:
 					n = e.Names.Domain
+				case svc == nil && label != "" && strings.Contains(e.Names.Domain, "."):
+					// An unknown name gets the 404 page under one wildcard
+					// certificate: strangers cannot make the gateway sign
+					// one per random name. (A one-label domain such as
+					// localhost cannot have a wildcard clients accept, so
+					// there each name is signed; that is local use.)
+					n = "*." + e.Names.Domain
 				}
 				cert, err := e.Certs.ForName(strings.ToLower(strings.TrimSuffix(n, ".")))
 				if err != nil {
