@@ -98,7 +98,7 @@ type HTTPS struct {
 	shutdown bool         // guarded by mu; set by Shutdown
 	h1ctx    context.Context
 	h1stop   context.CancelFunc // ends idle H1 connections; set with h1ctx under mu
-	h1wg     sync.WaitGroup     // H1 connections; Add only under mu while !shutdown
+	h1wg     sync.WaitGroup     // H1 and passthrough connections; Add only under mu while !shutdown
 
 	termOnce sync.Once
 	term     *tls.Config // shared by terminated connections; set once by termConfig
@@ -137,7 +137,8 @@ func (e *HTTPS) termConfig() *tls.Config {
 	return e.term
 }
 
-// h1Begin registers an H1 connection, unless shutting down.
+// h1Begin registers an H1 or passthrough connection, which Shutdown waits
+// for, unless shutting down.
 func (e *HTTPS) h1Begin() (context.Context, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -226,7 +227,8 @@ func (e *HTTPS) Shutdown(ctx context.Context) error {
 	srv := e.srv
 	h1stop := e.h1stop
 	e.mu.Unlock()
-	// Fast-path connections close when idle; those in a request finish it.
+	// Fast-path connections close when idle, those in a request finish it;
+	// passthrough streams run until they end or ctx does.
 	if h1stop != nil {
 		h1stop()
 	}
@@ -282,6 +284,11 @@ func (e *HTTPS) handle(ctx context.Context, c net.Conn) {
 	_, ours, svc := e.Names.Resolve(hello.serverName)
 	if svc != nil && !svc.Protocol.Terminates() {
 		c.SetReadDeadline(time.Time{})
+		if _, ok := e.h1Begin(); !ok {
+			c.Close()
+			return
+		}
+		defer e.h1wg.Done()
 		e.passthrough(pc, svc, hello.serverName)
 		return
 	}

@@ -52,12 +52,13 @@ type Gateway struct {
 	// ID names this gateway.
 	ID string
 
-	https   *edge.HTTPS
-	httpSrv *http.Server
-	apiSrv  *http.Server
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	errc    chan error
+	https     *edge.HTTPS
+	httpSrv   *http.Server
+	apiSrv    *http.Server
+	cancel    context.CancelFunc // stops the listeners and loops
+	tunCancel context.CancelFunc // ends agent sessions, after the drain
+	wg        sync.WaitGroup
+	errc      chan error
 	// httpsDone is closed when https.Serve has returned. Serve sets up the
 	// edge's HTTP server in its own goroutine, so Stop waits for this before
 	// calling https.Shutdown: otherwise a Stop soon after Start races with
@@ -161,6 +162,10 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	g.cancel = cancel
+	// Agent sessions outlive the listeners on stop: requests in flight
+	// through them finish before they are closed.
+	tunCtx, tunCancel := context.WithCancel(context.Background())
+	g.tunCancel = tunCancel
 	names := &edge.Names{Domain: cfg.Domain, Table: g.table}
 	httpsPort := portOf(g.HTTPSAddr)
 	px := &proxy.HTTP{Lookup: names.Lookup, Log: log, AccessLog: *cfg.AccessLog}
@@ -173,7 +178,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		},
 	}
 	g.https = &edge.HTTPS{
-		Names: names, Certs: g.ca, TunnelCert: tunnelCert, Tunnel: ctl.ServeConn, Proxy: px,
+		Names: names, Certs: g.ca, TunnelCert: tunnelCert, Tunnel: func(_ context.Context, c net.Conn) { ctl.ServeConn(tunCtx, c) }, Proxy: px,
 		Log: log, AccessLog: *cfg.AccessLog,
 		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout, IdleTimeout: cfg.Limits.IdleTimeout,
 		MaxHeaderBytes: cfg.Limits.MaxHeaderBytes,
@@ -247,9 +252,13 @@ func (g *Gateway) Stop(ctx context.Context) error {
 		go func() { defer wg.Done(); f(ctx) }()
 	}
 	wg.Wait()
+	// Only now that no request is in flight (or ctx ran out) are the agents cut.
+	g.tunCancel()
 	for _, a := range g.table.AgentsOf() {
-		a.Session.Close()
+		wg.Add(1)
+		go func() { defer wg.Done(); a.Session.Close() }() // a stuck peer may take a second each
 	}
+	wg.Wait()
 	g.wg.Wait()
 	return g.closeAll()
 }

@@ -284,3 +284,74 @@ services:
 		}
 	}
 }
+
+// TestGatewayDrain: SIGTERM to the gateway lets a request in flight through
+// an agent's tunnel finish (HTTP/1.1 fast path and HTTP/2), then exits 0.
+func TestGatewayDrain(t *testing.T) {
+	t.Parallel()
+	inFlight := make(chan struct{}, 2)
+	backend := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inFlight <- struct{}{}
+		select { // a slow request: about a second of work
+		case <-time.After(time.Second):
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, "slow done\n")
+	}))
+	g := startGateway(t)
+	_, url := g.expose(t, backend)
+
+	type result struct {
+		proto  string
+		status int
+		body   string
+		err    error
+	}
+	done := make(chan result, 2)
+	h1 := g.client(t, caPool(t, g.caFile))
+	h2 := g.client(t, caPool(t, g.caFile))
+	h1tr := h1.Transport.(*http.Transport)
+	h1tr.ForceAttemptHTTP2 = false
+	h1tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	for _, c := range []*http.Client{h1, h2} {
+		go func() {
+			resp, err := c.Get(url + "/slow")
+			if err != nil {
+				done <- result{err: err}
+				return
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			done <- result{resp.Proto, resp.StatusCode, string(b), err}
+		}()
+	}
+	for i := 0; i < 2; i++ {
+		select {
+		case <-inFlight:
+		case r := <-done:
+			t.Fatalf("request ended before reaching the backend: %+v", r)
+		case <-time.After(10 * time.Second):
+			t.Fatal("the requests did not reach the backend within 10 s")
+		}
+	}
+	g.signal(t, syscall.SIGTERM)
+	protos := map[string]bool{}
+	for i := 0; i < 2; i++ {
+		select {
+		case r := <-done:
+			if r.err != nil || r.status != 200 || r.body != "slow done\n" {
+				t.Errorf("in-flight request across the gateway's SIGTERM = %s %d %q, %v; want 200 \"slow done\"", r.proto, r.status, r.body, r.err)
+			}
+			protos[r.proto] = true
+		case <-time.After(15 * time.Second):
+			t.Fatal("in-flight request did not complete within 15 s of SIGTERM")
+		}
+	}
+	if !protos["HTTP/1.1"] || !protos["HTTP/2.0"] {
+		t.Errorf("protocols seen %v, want one HTTP/1.1 and one HTTP/2.0 request", protos)
+	}
+	if code := g.wait(t, 15*time.Second); code != 0 {
+		t.Errorf("gateway exit code after SIGTERM = %d, want 0", code)
+	}
+}
