@@ -42,13 +42,20 @@ type Server struct {
 	MaxStreamsPerAgent int64
 	// MaxServicesPerAgent bounds the services one agent may register; 0 means 64.
 	MaxServicesPerAgent int
-	// Tunnel tunes the multiplexer.
+	// Tunnel tunes the multiplexer; nil means defaults with a backlog of 2
+	// streams the agent may open (it opens only the control stream).
 	Tunnel *tunnel.Config
 	// OnDrain is called for each service of an agent that starts draining,
 	// and again every 200 ms while it drains (the proxy closes idle pooled streams).
 	OnDrain func(*route.Service)
 	// HandshakeTimeout bounds the wait for the agent's hello; 0 means 10 s.
 	HandshakeTimeout time.Duration
+	// MaxPending bounds connections that completed TLS with the tunnel ALPN
+	// but are not admitted yet; more are closed at once. 0 means 64.
+	MaxPending int
+
+	pendingOnce sync.Once
+	pending     chan struct{} // a slot per connection waiting for admission; made once
 
 	mu       sync.Mutex         // serialises claims and the counts below
 	sessions map[string]int     // sessions per tenant ("" = anonymous); guarded by mu
@@ -76,7 +83,34 @@ func (s *Server) log() *slog.Logger {
 // negotiated tunnel.ALPN. It returns when the session ends.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	log := s.log().With("remote", c.RemoteAddr().String())
-	sess, err := tunnel.Server(c, s.Tunnel)
+	// Connections not yet admitted are a stranger's: bound how many there are.
+	s.pendingOnce.Do(func() {
+		n := s.MaxPending
+		if n == 0 {
+			n = 64
+		}
+		s.pending = make(chan struct{}, n)
+	})
+	select {
+	case s.pending <- struct{}{}:
+	default:
+		log.Warn("too many agent connections waiting for admission; refused")
+		c.Close()
+		return
+	}
+	admitted := false
+	defer func() {
+		if !admitted {
+			<-s.pending
+		}
+	}()
+	cfg := s.Tunnel
+	if cfg == nil {
+		// Agents open only the control stream; anything more is refused
+		// by yamux's backlog before it can buffer much.
+		cfg = &tunnel.Config{AcceptBacklog: 2}
+	}
+	sess, err := tunnel.Server(c, cfg)
 	if err != nil {
 		log.Warn("agent session", "err", err)
 		c.Close()
@@ -120,7 +154,21 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	defer release()
+	admitted = true
+	<-s.pending
 	log.Info("agent connected", "tenant", agent.Tenant, "services", agent.Services, "version", h.AgentVersion)
+
+	// Streams are the gateway's to open: an agent that opens one more
+	// breaks the protocol (spec.md) and loses its session.
+	go func() {
+		st, err := sess.Accept()
+		if err != nil {
+			return
+		}
+		st.Close()
+		log.Warn("agent opened a stream; closing its session")
+		sess.Close()
+	}()
 
 	// The control stream now only carries drain; its end ends the session.
 	go func() {

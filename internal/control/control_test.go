@@ -825,3 +825,62 @@ func TestServeConnTLS(t *testing.T) {
 		t.Fatal("stream not received over TLS")
 	}
 }
+
+// An agent that opens a stream of its own breaks the protocol: its session ends.
+func TestAgentOpenedStreamEndsSession(t *testing.T) {
+	h := newHarness(t, nil)
+	tok := h.addTenant(t, "alpha")
+	fa := h.connect(t, hello("a", tok, spec("shop", model.ProtoHTTP)))
+	wantAdmitted(t, fa)
+	if st, err := fa.sess.Open(); err == nil {
+		defer st.Close()
+	}
+	fa.waitDone(t)
+	wantAgents(t, h, "shop", 0)
+}
+
+// Connections waiting for admission are bounded; one more is closed at once.
+func TestMaxPending(t *testing.T) {
+	h := newHarness(t, func(s *control.Server) { s.MaxPending = 1; s.HandshakeTimeout = time.Minute })
+	// Two silent connections race for the one slot: one holds it, waiting
+	// for a hello; the other is refused at once.
+	var agents [2]net.Conn
+	var done [2]chan struct{}
+	for i := range agents {
+		gw, ag := net.Pipe()
+		agents[i], done[i] = ag, make(chan struct{})
+		defer ag.Close()
+		go func() { defer close(done[i]); h.srv.ServeConn(h.ctx, gw) }()
+		if _, err := tunnel.Client(ag, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refused := -1
+	select {
+	case <-done[0]:
+		refused = 0
+	case <-done[1]:
+		refused = 1
+	case <-time.After(waitFor):
+		t.Fatal("no connection beyond MaxPending was refused")
+	}
+	holder := 1 - refused
+	select {
+	case <-done[holder]:
+		t.Fatal("both connections ended; one should wait for its hello")
+	default:
+	}
+	agents[refused].SetReadDeadline(time.Now().Add(waitFor))
+	if _, err := agents[refused].Read(make([]byte, 1)); err == nil {
+		t.Error("the refused connection is still open")
+	}
+	agents[holder].Close()
+	select {
+	case <-done[holder]:
+	case <-time.After(waitFor):
+		t.Fatal("ServeConn did not return after the waiting agent closed")
+	}
+	// The slot is free again: an agent is admitted.
+	tok := h.addTenant(t, "alpha")
+	wantAdmitted(t, h.connect(t, hello("b", tok, spec("shop", model.ProtoHTTP))))
+}
