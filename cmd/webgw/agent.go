@@ -125,6 +125,9 @@ Each service's public URL is printed on stdout as "NAME URL" once it is served.`
 }
 
 func runAgent(c *cobra.Command, cfg *agent.Config, logLevel string, onReady func(string, []tunnel.ServiceGrant)) error {
+	if err := checkLogLevel(logLevel); err != nil {
+		return err
+	}
 	log := newLogger(logLevel)
 	a, err := agent.New(cfg, agent.Options{Log: log, Version: gateway.Version, OnReady: onReady})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -40,10 +41,31 @@ func run(args []string) int {
 	}
 	fmt.Fprintln(os.Stderr, "webgw:", err)
 	var ue *usageError
-	if errors.As(err, &ue) {
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command ") {
 		return 2
 	}
 	return 1
+}
+
+// requireSubcommand makes a parent command (one that only groups others)
+// refuse to run on its own or with an unknown subcommand: bad usage, exit 2.
+func requireSubcommand(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		if sub.HasSubCommands() {
+			requireSubcommand(sub)
+		}
+	}
+	if c.Run != nil || c.RunE != nil {
+		return
+	}
+	c.Args = cobra.ArbitraryArgs
+	c.RunE = func(c *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return usagef("unknown command %q for %q (see '%s --help')", args[0], c.CommandPath(), c.CommandPath())
+		}
+		c.Help()
+		return usagef("%s: a subcommand is needed (see above)", c.CommandPath())
+	}
 }
 
 func newRoot() *cobra.Command {
@@ -57,6 +79,7 @@ func newRoot() *cobra.Command {
 		return usagef("%v (see '%s --help')", err, c.CommandPath())
 	})
 	root.AddCommand(gatewayCmd(), exposeCmd(), agentCmd(), tenantCmd(), serviceCmd(), statusCmd(), versionCmd())
+	requireSubcommand(root)
 	return root
 }
 
@@ -82,6 +105,15 @@ func envDefault(c *cobra.Command, flag, env string) error {
 		}
 	}
 	return nil
+}
+
+// checkLogLevel validates a --log-level value.
+func checkLogLevel(level string) error {
+	switch level {
+	case "debug", "info", "warn", "error":
+		return nil
+	}
+	return usagef("--log-level: %q not accepted; use debug, info, warn or error", level)
 }
 
 func newLogger(level string) *slog.Logger {
