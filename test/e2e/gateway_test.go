@@ -111,6 +111,10 @@ func TestBadUsage(t *testing.T) {
 		{"bad-https-addr", safe("--https-addr", "nonsense"), `https[-_]addr.*nonsense`},
 		{"expose-ftp", []string{"expose", "--gateway", freeAddr(t), "ftp://x:1"}, `ftp`},
 		{"config-unknown-key", safe("--config", cfg), `colour`},
+		{"unknown-command", []string{"bogus"}, `unknown command "bogus"`},
+		{"unknown-subcommand", []string{"tenant", "remov", "x"}, `unknown command "remov"`},
+		{"missing-subcommand", []string{"tenant"}, `subcommand`},
+		{"bad-log-level", []string{"expose", "--log-level", "loud", "--gateway", freeAddr(t), "http://127.0.0.1:1"}, `log-level.*loud`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
