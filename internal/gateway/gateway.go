@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -292,12 +293,24 @@ func (g *Gateway) loadServices(ctx context.Context) error {
 // watchServices keeps the table in step with the store: another gateway, or
 // the API, may change services.
 func (g *Gateway) watchServices(ctx context.Context) {
+	backoff := time.Second
 	for ctx.Err() == nil {
 		ch, err := g.store.Watch(ctx, store.ServicesPrefix)
 		if err != nil {
-			g.log.Error("watch services", "err", err)
-			return
+			if errors.Is(err, store.ErrClosed) || ctx.Err() != nil {
+				return
+			}
+			// Keep serving what the table holds, and try again.
+			g.log.Error("watch services; retrying", "err", err, "in", backoff.String())
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 30*time.Second)
+			continue
 		}
+		backoff = time.Second
 		// Re-list after the watch is set up so no change falls between.
 		if err := g.loadServices(ctx); err != nil {
 			g.log.Error("reload services", "err", err)
@@ -309,9 +322,11 @@ func (g *Gateway) watchServices(ctx context.Context) {
 				g.table.Remove(name)
 			case store.EventPut:
 				var s model.Service
-				if _, err := store.GetJSON(ctx, g.store, ev.Entry.Key, &s); err == nil {
-					g.table.Upsert(s.Name, s.Tenant, s.Protocol, true)
+				if err := json.Unmarshal(ev.Entry.Value, &s); err != nil || s.Name != name {
+					g.log.Error("service record unreadable; ignored", "key", ev.Entry.Key, "err", err)
+					continue
 				}
+				g.table.Upsert(s.Name, s.Tenant, s.Protocol, true)
 			}
 		}
 	}
