@@ -143,7 +143,9 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	h := msg.Hello
-	log = log.With("agent", h.AgentID)
+	// For quick tunnels the agent id is what lets a reconnect replace a
+	// stale session, so logs show only its start.
+	log = log.With("agent", shortID(h.AgentID))
 
 	welcome, agent, release := s.admit(ctx, h, sess, c.RemoteAddr().String())
 	if err := tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgWelcome, Welcome: welcome}); err != nil {
@@ -467,4 +469,12 @@ func (s *Server) randomNameLocked(ctx context.Context) (string, error) {
 		}
 	}
 	return "", errors.New("no free name found")
+}
+
+// shortID is the first 12 characters of an agent id, for logs.
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
 }

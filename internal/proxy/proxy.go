@@ -24,8 +24,8 @@ import (
 	"github.com/webgw/webgw/internal/tunnel"
 )
 
-// Lookup finds the service for a request's host; *route.Table implements it
-// through HostLookup.
+// Lookup finds the service for a request's host (lower case, no port);
+// edge.Names.Lookup is the gateway's.
 type Lookup func(host string) *route.Service
 
 // HTTP is the reverse proxy handler for terminated HTTPS traffic.

@@ -80,8 +80,8 @@ type Service struct {
 	emptyAt  atomic.Int64 // unix nanos when the last agent left; 0 while agents are attached
 	requests atomic.Int64
 
-	extMu sync.Mutex
-	ext   any // owned by the proxy layer (its per-service transport); guarded by extMu
+	extMu sync.Mutex          // serialises the first Ext call's init
+	ext   atomic.Pointer[any] // owned by the proxy layer (its per-service state); set once under extMu
 }
 
 // Agents returns the agents attached now. The slice must not be modified.
@@ -110,12 +110,17 @@ func (s *Service) Requests() int64 { return s.requests.Load() }
 
 // Ext returns the proxy layer's per-service state, creating it with init once.
 func (s *Service) Ext(init func() any) any {
+	if p := s.ext.Load(); p != nil {
+		return *p // the request path: no lock
+	}
 	s.extMu.Lock()
 	defer s.extMu.Unlock()
-	if s.ext == nil {
-		s.ext = init()
+	if p := s.ext.Load(); p != nil {
+		return *p
 	}
-	return s.ext
+	v := init()
+	s.ext.Store(&v)
+	return v
 }
 
 // Dial opens a data stream to one of the service's agents (round robin among
