@@ -38,6 +38,9 @@ type Server struct {
 	// MaxAgentsPerTenant bounds concurrent agent sessions per tenant (and for
 	// all anonymous agents together); 0 means 100.
 	MaxAgentsPerTenant int
+	// MaxAnonymousPerIP bounds concurrent anonymous (quick-tunnel) sessions
+	// from one remote IP address; 0 means 10.
+	MaxAnonymousPerIP int
 	// MaxStreamsPerAgent bounds concurrent streams to one agent; 0 means 1024.
 	MaxStreamsPerAgent int64
 	// MaxServicesPerAgent bounds the services one agent may register; 0 means 64.
@@ -59,6 +62,7 @@ type Server struct {
 
 	mu       sync.Mutex         // serialises claims and the counts below
 	sessions map[string]int     // sessions per tenant ("" = anonymous); guarded by mu
+	anonByIP map[string]int     // anonymous sessions per remote IP; guarded by mu
 	byID     map[agentKey]*conn // live sessions by tenant and agent id; guarded by mu
 }
 
@@ -267,6 +271,7 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 	defer s.mu.Unlock()
 	if s.sessions == nil {
 		s.sessions = make(map[string]int)
+		s.anonByIP = make(map[string]int)
 		s.byID = make(map[agentKey]*conn)
 	}
 	key := agentKey{tenant: tenant, id: h.AgentID}
@@ -289,6 +294,16 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 			who = "anonymous agents already hold"
 		}
 		w.Error = fmt.Sprintf("%s %d agent sessions, the limit", who, maxAgents)
+		return w, nil, nil
+	}
+	ip := remoteIP(remote)
+	maxAnon := s.MaxAnonymousPerIP
+	if maxAnon == 0 {
+		maxAnon = 10
+	}
+	if tenant == "" && s.anonByIP[ip] >= maxAnon {
+		// One stranger must not take every quick-tunnel slot.
+		w.Error = fmt.Sprintf("address %s already holds %d quick-tunnel sessions, the limit; use a tenant token (--token)", ip, maxAnon)
 		return w, nil, nil
 	}
 
@@ -322,6 +337,9 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 	c := &conn{agent: a, sess: sess}
 	s.byID[key] = c
 	s.sessions[tenant]++
+	if tenant == "" {
+		s.anonByIP[ip]++
+	}
 	release := func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -340,6 +358,12 @@ func (s *Server) dropLocked(c *conn) {
 		s.sessions[c.agent.Tenant]--
 		if s.sessions[c.agent.Tenant] <= 0 {
 			delete(s.sessions, c.agent.Tenant)
+		}
+		if c.agent.Tenant == "" {
+			ip := remoteIP(c.agent.Remote)
+			if s.anonByIP[ip]--; s.anonByIP[ip] <= 0 {
+				delete(s.anonByIP, ip)
+			}
 		}
 	}
 }
@@ -477,4 +501,13 @@ func shortID(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// remoteIP is the IP address of a remote "ip:port".
+func remoteIP(remote string) string {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		return remote
+	}
+	return host
 }

@@ -884,3 +884,15 @@ func TestMaxPending(t *testing.T) {
 	tok := h.addTenant(t, "alpha")
 	wantAdmitted(t, h.connect(t, hello("b", tok, spec("shop", model.ProtoHTTP))))
 }
+
+// One address cannot take every quick-tunnel slot; tenants are not affected.
+func TestMaxAnonymousPerIP(t *testing.T) {
+	h := newHarness(t, func(s *control.Server) { s.MaxAnonymousPerIP = 2 })
+	// net.Pipe connections all come from the same remote ("pipe").
+	for i := 0; i < 2; i++ {
+		wantAdmitted(t, h.connect(t, hello(fmt.Sprintf("anon-%d", i), "", spec("", model.ProtoHTTP))))
+	}
+	wantRefused(t, h.connect(t, hello("anon-2", "", spec("", model.ProtoHTTP))), false, "quick-tunnel sessions, the limit")
+	tok := h.addTenant(t, "alpha")
+	wantAdmitted(t, h.connect(t, hello("tenant-agent", tok, spec("shop", model.ProtoHTTP))))
+}
