@@ -288,32 +288,48 @@ func (u *upConn) close() {
 	u.c.Close()
 }
 
-// getUp returns a live pooled stream of svc, or dials a new one.
+// getUp returns a stream to the agent the balancer picks for this request:
+// one of its pooled streams when a live one is there, else a new one (to
+// another agent when that one cannot open it). Picking per request, not per
+// stream, spreads requests over replicas even when one stream would do.
 func (sp *svcProxy) getUp(svc *route.Service) (*upConn, bool, error) {
-	for {
-		sp.mu.Lock()
-		n := len(sp.idle)
-		if n == 0 {
+	if a := svc.Pick(); a != nil {
+		for {
+			sp.mu.Lock()
+			list := sp.idle[a]
+			n := len(list)
+			if n == 0 {
+				sp.mu.Unlock()
+				break
+			}
+			u := list[n-1]
+			list[n-1] = nil
+			sp.idle[a] = list[:n-1]
+			sp.nidle--
 			sp.mu.Unlock()
-			break
+			// A stream idle only briefly is taken as is (a failure then is
+			// retried); one idle longer is checked, as its backend may have
+			// closed its keep-alive connection.
+			if !a.Draining() && !a.Gone() && (time.Since(u.idleSince) < freshIdle || u.alive()) {
+				return u, true, nil
+			}
+			u.close()
 		}
-		u := sp.idle[n-1]
-		sp.idle[n-1] = nil
-		sp.idle = sp.idle[:n-1]
-		sp.mu.Unlock()
-		// A stream idle only briefly is taken as is (a failure then is
-		// retried for requests without a body); one idle longer is checked,
-		// as its backend may have closed its keep-alive connection.
-		if !u.agent.Draining() && (time.Since(u.idleSince) < freshIdle || u.alive()) {
-			return u, true, nil
+		c, got, err := svc.DialPrefer(a, sp.hdr)
+		if err != nil {
+			return nil, false, err
 		}
-		u.close()
+		return newUpConn(c, got), false, nil
 	}
-	c, a, err := svc.Dial(sp.hdr)
+	c, got, err := svc.Dial(sp.hdr)
 	if err != nil {
 		return nil, false, err
 	}
-	return &upConn{c: c, br: bufio.NewReaderSize(c, h1BufSize), bw: bufio.NewWriterSize(c, h1BufSize), agent: a}, false, nil
+	return newUpConn(c, got), false, nil
+}
+
+func newUpConn(c net.Conn, a *route.Agent) *upConn {
+	return &upConn{c: c, br: bufio.NewReaderSize(c, h1BufSize), bw: bufio.NewWriterSize(c, h1BufSize), agent: a}
 }
 
 // alive reports whether an idle stream still looks usable: nothing has
@@ -336,11 +352,17 @@ const freshIdle = 100 * time.Millisecond
 
 func (sp *svcProxy) putUp(u *upConn) {
 	u.idleSince = time.Now()
+	a := u.agent
 	sp.mu.Lock()
 	// A draining agent's streams are closed as their exchanges end, so it
 	// gets no new request and its drain completes.
-	if len(sp.idle) < sp.maxIdle && !u.agent.Draining() {
-		sp.idle = append(sp.idle, u)
+	if sp.nidle < sp.maxIdle && !a.Draining() && !a.Gone() {
+		if sp.idle == nil {
+			sp.idle = make(map[*route.Agent][]*upConn)
+		}
+		sp.idle[a] = append(sp.idle[a], u)
+		sp.nidle++
+		sp.sweepLocked()
 		sp.mu.Unlock()
 		return
 	}
@@ -348,13 +370,29 @@ func (sp *svcProxy) putUp(u *upConn) {
 	u.close()
 }
 
+// sweepLocked drops the pooled streams of agents that are gone or draining
+// (the balancer no longer picks them).
+func (sp *svcProxy) sweepLocked() {
+	for a, list := range sp.idle {
+		if len(list) == 0 || a.Gone() || a.Draining() {
+			for _, u := range list {
+				u.close()
+			}
+			sp.nidle -= len(list)
+			delete(sp.idle, a)
+		}
+	}
+}
+
 func (sp *svcProxy) closeIdle() {
 	sp.mu.Lock()
 	idle := sp.idle
-	sp.idle = nil
+	sp.idle, sp.nidle = nil, 0
 	sp.mu.Unlock()
-	for _, u := range idle {
-		u.close()
+	for _, list := range idle {
+		for _, u := range list {
+			u.close()
+		}
 	}
 }
 
@@ -390,13 +428,17 @@ func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool)
 
 // roundTrip sends req to the service on a pooled (or new) stream and reads
 // the final answer, handing 1xx informational answers to info. On success
-// the caller owns u and must call finish. A request without a body that
-// fails on a reused stream (the agent may have closed it just as it was
-// taken) is replayed once on a fresh one, if its method allows that.
+// the caller owns u and must call finish. A failed exchange is tried again,
+// up to maxAttempts times, on another stream (and through Dial, another
+// agent when its own is gone): for any method when no byte of the request
+// can have reached the agent (its head could not be sent), and for a
+// replayable request without a body also when the stream broke before the
+// answer (an agent killed with the request in flight, or a pooled stream the
+// agent closed just as it was taken).
 // When ctx is not nil, its end closes the stream (a client that went away).
 func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http.Request, clientIP string, info func(*http.Response) error) (*upConn, *http.Response, chan error, error) {
-	for attempt := 0; ; attempt++ {
-		u, reused, err := sp.getUp(svc)
+	for attempt := 1; ; attempt++ {
+		u, _, err := sp.getUp(svc)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -407,10 +449,14 @@ func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http
 			u.stop = context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo); c.Close() })
 		}
 		var werrc chan error
+		sent := false // whether bytes of the request may have reached the agent
 		if err = writeHead(u.bw, req, clientIP); err == nil {
-			if bodyless(req) {
-				err = u.bw.Flush()
-			} else {
+			// The head goes out on its own first: if the stream is already
+			// dead, nothing of the request (its body least of all) is used
+			// up, and it can go to another agent whatever its method.
+			err = u.bw.Flush()
+			sent = err == nil
+			if err == nil && !bodyless(req) {
 				// Send the body while reading the answer: a backend may
 				// answer (or refuse) before it has read the whole body.
 				// A body that breaks off (the client went away, or sent
@@ -434,17 +480,24 @@ func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http
 			return u, resp, werrc, nil
 		}
 		u.close()
+		if u.stop != nil {
+			u.stop()
+		}
 		if ctx != nil && ctx.Err() != nil {
 			return nil, nil, nil, ctx.Err()
 		}
 		if werrc != nil {
 			<-werrc
 		}
-		if !(reused && attempt == 0 && werrc == nil && replayable(req)) {
+		retry := !sent || (werrc == nil && replayable(req))
+		if !retry || attempt >= maxAttempts {
 			return nil, nil, nil, fmt.Errorf("exchange with agent: %w", err)
 		}
 	}
 }
+
+// maxAttempts bounds the tries of one request (see roundTrip).
+const maxAttempts = 3
 
 // replayable reports whether a request may be sent twice (as net/http's
 // Transport decides): a safe method, or one carrying an idempotency key.

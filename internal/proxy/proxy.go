@@ -50,7 +50,8 @@ type svcProxy struct {
 	hdr     *tunnel.Header
 	maxIdle int
 	mu      sync.Mutex
-	idle    []*upConn // guarded by mu; most recently used last
+	idle    map[*route.Agent][]*upConn // pooled streams per agent, most recently used last; guarded by mu
+	nidle   int                        // streams in idle; guarded by mu
 }
 
 type ctxKey struct{}

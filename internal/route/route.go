@@ -48,6 +48,7 @@ type Agent struct {
 	MaxStreams int64
 
 	draining atomic.Bool
+	gone     atomic.Bool  // detached: its session ended or was replaced
 	streams  atomic.Int64 // open data streams
 	bytesIn  atomic.Int64 // client -> agent
 	bytesOut atomic.Int64 // agent -> client
@@ -55,6 +56,10 @@ type Agent struct {
 
 // Drain marks the agent as stopping: it gets no new streams.
 func (a *Agent) Drain() { a.draining.Store(true) }
+
+// Gone reports whether the agent was detached from the table (its session
+// ended or a reconnect replaced it): streams to it are useless.
+func (a *Agent) Gone() bool { return a.gone.Load() }
 
 // Draining reports whether Drain was called.
 func (a *Agent) Draining() bool { return a.draining.Load() }
@@ -127,12 +132,40 @@ func (s *Service) Ext(init func() any) any {
 // those not draining), writes the stream header, and returns the stream,
 // counting its bytes. It tries each agent once before giving up.
 func (s *Service) Dial(h *tunnel.Header) (net.Conn, *Agent, error) {
+	return s.dialFrom(s.Agents(), int(s.next.Add(1)), h)
+}
+
+// Pick returns the next agent in round-robin order that is neither draining
+// nor gone, or nil: the agent a request should go to.
+func (s *Service) Pick() *Agent {
 	agents := s.Agents()
+	n := len(agents)
+	start := int(s.next.Add(1))
+	for i := 0; i < n; i++ {
+		if a := agents[(start+i)%n]; !a.Draining() && !a.Gone() {
+			return a
+		}
+	}
+	return nil
+}
+
+// DialPrefer is Dial trying agent first before the others.
+func (s *Service) DialPrefer(first *Agent, h *tunnel.Header) (net.Conn, *Agent, error) {
+	agents := s.Agents()
+	for i, a := range agents {
+		if a == first {
+			return s.dialFrom(agents, i, h)
+		}
+	}
+	return s.dialFrom(agents, int(s.next.Add(1)), h)
+}
+
+// dialFrom tries agents in order from index start, wrapping around.
+func (s *Service) dialFrom(agents []*Agent, start int, h *tunnel.Header) (net.Conn, *Agent, error) {
 	n := len(agents)
 	if n == 0 {
 		return nil, nil, ErrNoUpstream
 	}
-	start := int(s.next.Add(1))
 	busy := false
 	var lastErr error
 	for i := 0; i < n; i++ {
@@ -319,6 +352,7 @@ func (t *Table) Attach(name string, a *Agent) error {
 
 // Detach removes agent a from every service it is attached to.
 func (t *Table) Detach(a *Agent) {
+	a.gone.Store(true)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, s := range t.services {
