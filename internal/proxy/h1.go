@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"html"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -168,6 +167,7 @@ func (p *HTTP) ServeH1(ctx context.Context, c net.Conn, lim ConnLimits) {
 			return
 		}
 		c.SetReadDeadline(time.Time{})
+		req.RemoteAddr = h.remote // for the access log, as net/http sets it
 		if !h.serve(req) {
 			return
 		}
@@ -214,13 +214,13 @@ func (h *h1conn) serve(req *http.Request) bool {
 	svc := h.p.Lookup(host)
 	if svc == nil {
 		h.writeError(req, http.StatusNotFound, "No service is registered under the name "+host+".", keep && bodyless(req))
-		h.p.logH1(req, h.remote, host, "", http.StatusNotFound, 0, start)
+		h.p.logAccess(req, host, "", http.StatusNotFound, 0, start)
 		return keep && bodyless(req)
 	}
 	if svc.Protocol != model.ProtoHTTP {
 		// An h2c or passthrough name reached over another name's connection.
 		h.writeError(req, http.StatusMisdirectedRequest, "This connection cannot serve "+host+"; open a new connection for it.", keep && bodyless(req))
-		h.p.logH1(req, h.remote, host, svc.Name, http.StatusMisdirectedRequest, 0, start)
+		h.p.logAccess(req, host, svc.Name, http.StatusMisdirectedRequest, 0, start)
 		return keep && bodyless(req)
 	}
 	status, n, keep := h.proxy(req, svc)
@@ -228,7 +228,7 @@ func (h *h1conn) serve(req *http.Request) bool {
 	if svc.Metrics != nil {
 		svc.Metrics.Count(status)
 	}
-	h.p.logH1(req, h.remote, host, svc.Name, status, n, start)
+	h.p.logAccess(req, host, svc.Name, status, n, start)
 	return keep
 }
 
@@ -955,21 +955,4 @@ func (h *h1conn) writeError(req *http.Request, status int, msg string, keep bool
 	bw.Flush()
 	bw.Reset(nil)
 	writerPool.Put(bw)
-}
-
-func (p *HTTP) logH1(req *http.Request, remote, host, service string, status int, bytes int64, start time.Time) {
-	if !p.AccessLog || p.Log == nil {
-		return
-	}
-	p.Log.LogAttrs(context.Background(), slog.LevelInfo, "request",
-		slog.String("service", service),
-		slog.String("remote", remote),
-		slog.String("proto", req.Proto),
-		slog.String("method", req.Method),
-		slog.String("host", host),
-		slog.String("path", req.URL.Path),
-		slog.Int("status", status),
-		slog.Int64("bytes", bytes),
-		slog.String("duration", strconv.FormatFloat(time.Since(start).Seconds()*1000, 'f', 3, 64)+"ms"),
-	)
 }
