@@ -70,6 +70,9 @@ underscores instead of dashes. Flags win over the file.`,
 			if fs.Changed("max-agents-per-tenant") {
 				cfg.Limits.MaxAgentsPerTenant = flags.Limits.MaxAgentsPerTenant
 			}
+			if fs.Changed("max-quick-tunnels-per-ip") {
+				cfg.Limits.MaxQuickTunnelsPerIP = flags.Limits.MaxQuickTunnelsPerIP
+			}
 			if fs.Changed("max-header-bytes") {
 				cfg.Limits.MaxHeaderBytes = flags.Limits.MaxHeaderBytes
 			}
@@ -124,6 +127,7 @@ underscores instead of dashes. Flags win over the file.`,
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.Int64Var(&flags.Limits.MaxStreamsPerAgent, "max-streams-per-agent", 1024, "concurrent streams per agent session")
 	f.IntVar(&flags.Limits.MaxAgentsPerTenant, "max-agents-per-tenant", 100, "concurrent agent sessions per tenant")
+	f.IntVar(&flags.Limits.MaxQuickTunnelsPerIP, "max-quick-tunnels-per-ip", 10, "concurrent quick-tunnel (no token) agent sessions per remote address")
 	f.IntVar(&flags.Limits.MaxHeaderBytes, "max-header-bytes", 64<<10, "largest accepted request header")
 	f.DurationVar(&flags.Limits.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "time allowed to send request headers")
 	return c

@@ -59,6 +59,9 @@ type Limits struct {
 	MaxStreamsPerAgent int64 `yaml:"max_streams_per_agent"`
 	// MaxAgentsPerTenant bounds concurrent agent sessions per tenant; 0 means 100.
 	MaxAgentsPerTenant int `yaml:"max_agents_per_tenant"`
+	// MaxQuickTunnelsPerIP bounds concurrent anonymous (quick-tunnel) agent
+	// sessions from one address; 0 means 10.
+	MaxQuickTunnelsPerIP int `yaml:"max_quick_tunnels_per_ip"`
 	// QuickTunnelIdle forgets a quick-tunnel name this long after its last agent left; 0 means 10 min.
 	QuickTunnelIdle time.Duration `yaml:"quick_tunnel_idle"`
 }
@@ -156,7 +159,7 @@ func (c *Config) Validate() error {
 	if l.ReadHeaderTimeout < 0 || l.IdleTimeout < 0 || l.QuickTunnelIdle < 0 {
 		return cfgErr("limits: durations must not be negative")
 	}
-	if l.MaxStreamsPerAgent < 0 || l.MaxAgentsPerTenant < 0 {
+	if l.MaxStreamsPerAgent < 0 || l.MaxAgentsPerTenant < 0 || l.MaxQuickTunnelsPerIP < 0 {
 		return cfgErr("limits: counts must not be negative")
 	}
 	return nil

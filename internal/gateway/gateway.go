@@ -173,7 +173,8 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	ctl := &control.Server{
 		Store: st, Table: g.table, Log: log, Open: *cfg.Open, GatewayID: g.ID,
 		MaxAgentsPerTenant: cfg.Limits.MaxAgentsPerTenant, MaxStreamsPerAgent: cfg.Limits.MaxStreamsPerAgent,
-		OnDrain: px.CloseIdle,
+		MaxAnonymousPerIP: cfg.Limits.MaxQuickTunnelsPerIP,
+		OnDrain:           px.CloseIdle,
 		URL: func(name string, _ model.Protocol) string {
 			return "https://" + hostPort(name+"."+cfg.Domain, httpsPort)
 		},
