@@ -156,11 +156,21 @@ func (c *Config) Validate() error {
 	if l.MaxHeaderBytes > 0 && l.MaxHeaderBytes < 1024 {
 		return cfgErr("limits.max_header_bytes: %d not accepted; use 1024-1048576 (0 for 65536)", l.MaxHeaderBytes)
 	}
-	if l.ReadHeaderTimeout < 0 || l.IdleTimeout < 0 || l.QuickTunnelIdle < 0 {
-		return cfgErr("limits: durations must not be negative")
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"read_header_timeout", l.ReadHeaderTimeout}, {"idle_timeout", l.IdleTimeout}, {"quick_tunnel_idle", l.QuickTunnelIdle}} {
+		if d.v < 0 {
+			return cfgErr("limits.%s: %v not accepted; use a positive duration such as 10s (0 for the default)", d.key, d.v)
+		}
 	}
-	if l.MaxStreamsPerAgent < 0 || l.MaxAgentsPerTenant < 0 || l.MaxQuickTunnelsPerIP < 0 {
-		return cfgErr("limits: counts must not be negative")
+	for _, n := range []struct {
+		key string
+		v   int64
+	}{{"max_streams_per_agent", l.MaxStreamsPerAgent}, {"max_agents_per_tenant", int64(l.MaxAgentsPerTenant)}, {"max_quick_tunnels_per_ip", int64(l.MaxQuickTunnelsPerIP)}} {
+		if n.v < 0 {
+			return cfgErr("limits.%s: %d not accepted; use a positive count (0 for the default)", n.key, n.v)
+		}
 	}
 	return nil
 }
