@@ -292,7 +292,7 @@ func (u *upConn) close() {
 // one of its pooled streams when a live one is there, else a new one (to
 // another agent when that one cannot open it). Picking per request, not per
 // stream, spreads requests over replicas even when one stream would do.
-func (sp *svcProxy) getUp(svc *route.Service) (*upConn, bool, error) {
+func (sp *svcProxy) getUp(svc *route.Service) (*upConn, error) {
 	if a := svc.Pick(); a != nil {
 		for {
 			sp.mu.Lock()
@@ -311,21 +311,21 @@ func (sp *svcProxy) getUp(svc *route.Service) (*upConn, bool, error) {
 			// retried); one idle longer is checked, as its backend may have
 			// closed its keep-alive connection.
 			if !a.Draining() && !a.Gone() && (time.Since(u.idleSince) < freshIdle || u.alive()) {
-				return u, true, nil
+				return u, nil
 			}
 			u.close()
 		}
 		c, got, err := svc.DialPrefer(a, sp.hdr)
 		if err != nil {
-			return nil, false, err
+			return nil, err
 		}
-		return newUpConn(c, got), false, nil
+		return newUpConn(c, got), nil
 	}
 	c, got, err := svc.Dial(sp.hdr)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	return newUpConn(c, got), false, nil
+	return newUpConn(c, got), nil
 }
 
 func newUpConn(c net.Conn, a *route.Agent) *upConn {
@@ -438,7 +438,7 @@ func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool)
 // When ctx is not nil, its end closes the stream (a client that went away).
 func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http.Request, clientIP string, info func(*http.Response) error) (*upConn, *http.Response, chan error, error) {
 	for attempt := 1; ; attempt++ {
-		u, _, err := sp.getUp(svc)
+		u, err := sp.getUp(svc)
 		if err != nil {
 			return nil, nil, nil, err
 		}

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -17,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/webgw/webgw/internal/model"
@@ -78,23 +76,10 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	m := route.NewMetrics(prometheus.NewRegistry())
-	tab := route.NewTable(m)
-	logs := &syncBuffer{}
-	p := &HTTP{
-		Lookup: func(host string) *route.Service {
-			label, ok := strings.CutSuffix(host, ".gw.test")
-			if !ok {
-				return nil
-			}
-			return tab.Lookup(label)
-		},
-		Log:       slog.New(slog.NewTextHandler(logs, nil)),
-		AccessLog: true,
-	}
-	srv := httptest.NewServer(p)
-	t.Cleanup(srv.Close)
-	return &env{table: tab, metrics: m, p: p, srv: srv, logs: logs}
+	e := newH1Env(t)
+	e.srv = httptest.NewServer(e.p)
+	t.Cleanup(e.srv.Close)
+	return e
 }
 
 // addService adds service name with one fake agent serving streams with serve.
