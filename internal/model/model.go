@@ -43,12 +43,24 @@ type Tenant struct {
 	Created   time.Time `json:"created"`
 }
 
-// Service is what the public sees: a name under the gateway domain, owned by a tenant.
+// Service is what the public sees: a name under the gateway domain, owned by a
+// tenant. Its upstreams are the agents connected for it (not stored: they come
+// and go with their tunnels) plus the direct upstreams listed here.
 type Service struct {
 	Name     string    `json:"name"`
 	Tenant   string    `json:"tenant"`
 	Protocol Protocol  `json:"protocol"`
 	Created  time.Time `json:"created"`
+	// Upstreams are direct upstreams the gateway dials itself; empty means
+	// the service is served by agents only.
+	Upstreams []Upstream `json:"upstreams,omitempty"`
+	// LB is the load-balancing policy; empty means round robin.
+	LB LBPolicy `json:"lb,omitempty"`
+	// Health configures active health checks; nil means none (passive
+	// ejection still applies, and an agent's tunnel going away removes it).
+	Health *HealthCheck `json:"health,omitempty"`
+	// Passive configures passive ejection; nil means the defaults.
+	Passive *PassiveHealth `json:"passive,omitempty"`
 }
 
 // reserved are labels no tenant may take: they name the gateway's own endpoints

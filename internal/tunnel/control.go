@@ -34,8 +34,15 @@ type Hello struct {
 	// AgentID identifies the agent process (random per start) in logs and status.
 	AgentID string `json:"agent_id"`
 	// AgentVersion is the agent's software version, for logs.
-	AgentVersion string        `json:"agent_version,omitempty"`
-	Services     []ServiceSpec `json:"services"`
+	AgentVersion string `json:"agent_version,omitempty"`
+	// Conn numbers this connection among the agent's connections to one
+	// gateway (0 to N-1): sessions with the same agent id and another Conn
+	// are siblings serving side by side; the same Conn again replaces a
+	// stale session.
+	Conn int `json:"conn,omitempty"`
+	// Transport is "tcp" or "quic", for logs and status.
+	Transport string        `json:"transport,omitempty"`
+	Services  []ServiceSpec `json:"services"`
 }
 
 // ServiceSpec asks for one service.
@@ -44,6 +51,8 @@ type ServiceSpec struct {
 	Name string `json:"name,omitempty"`
 	// Protocol is "http", "h2c" or "tls".
 	Protocol string `json:"protocol"`
+	// Weight is this agent's load-balancing weight for the service; 0 means 1.
+	Weight int `json:"weight,omitempty"`
 }
 
 // Welcome answers Hello.

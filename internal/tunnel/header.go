@@ -25,6 +25,17 @@ const (
 	KindTCP Kind = 4
 	// KindUDP carries framed datagrams.
 	KindUDP Kind = 5
+	// KindProbe asks the agent to dial the service's local target and answer
+	// one byte: ProbeOK when it connected, ProbeFailed when not (a health check).
+	KindProbe Kind = 6
+
+	kindMax = KindProbe
+)
+
+// Answers to a KindProbe stream.
+const (
+	ProbeOK     byte = 0
+	ProbeFailed byte = 1
 )
 
 func (k Kind) String() string {
@@ -39,6 +50,8 @@ func (k Kind) String() string {
 		return "tcp"
 	case KindUDP:
 		return "udp"
+	case KindProbe:
+		return "probe"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -69,7 +82,7 @@ var ErrHeader = errors.New("bad stream header")
 
 // AppendHeader appends the encoding of h to b (see spec.md).
 func AppendHeader(b []byte, h *Header) ([]byte, error) {
-	if h.Kind < KindHTTP || h.Kind > KindUDP {
+	if h.Kind < KindHTTP || h.Kind > kindMax {
 		return b, fmt.Errorf("%w: unknown kind %d", ErrHeader, h.Kind)
 	}
 	if len(h.Service) == 0 || len(h.Service) > maxServiceLen {
@@ -113,7 +126,7 @@ func ReadHeader(r io.Reader) (*Header, error) {
 		return nil, fmt.Errorf("%w: version %d, this agent speaks %d", ErrHeader, fixed[0], HeaderVersion)
 	}
 	h := &Header{Kind: Kind(fixed[1])}
-	if h.Kind < KindHTTP || h.Kind > KindUDP {
+	if h.Kind < KindHTTP || h.Kind > kindMax {
 		return nil, fmt.Errorf("%w: unknown kind %d", ErrHeader, fixed[1])
 	}
 	// fixed[2] holds flags; version 1 defines none and readers ignore them.

@@ -48,6 +48,7 @@ func TestHeaderRoundTrip(t *testing.T) {
 		{"tls", Header{Kind: KindTLS, Service: "db", Client: "198.51.100.7:1", Host: "db.example.test"}},
 		{"tcp no host", Header{Kind: KindTCP, Service: "ssh", Client: "203.0.113.9:22"}},
 		{"udp", Header{Kind: KindUDP, Service: "dns"}},
+		{"probe", Header{Kind: KindProbe, Service: "web"}},
 		{"service of 1", Header{Kind: KindHTTP, Service: "a"}},
 		{"all at limits", Header{
 			Kind:    KindTLS,
@@ -111,7 +112,7 @@ func TestAppendHeaderErrors(t *testing.T) {
 		h    Header
 	}{
 		{"kind 0", Header{Kind: 0, Service: "a"}},
-		{"kind 6", Header{Kind: 6, Service: "a"}},
+		{"kind 7", Header{Kind: 7, Service: "a"}},
 		{"kind 255", Header{Kind: 255, Service: "a"}},
 		{"no service", Header{Kind: KindHTTP}},
 		{"service too long", Header{Kind: KindHTTP, Service: strings.Repeat("s", maxServiceLen+1)}},
@@ -175,7 +176,7 @@ func TestReadHeaderErrors(t *testing.T) {
 		{"version 2", mod(func(r *rawHeader) { r.version = 2 })},
 		{"version 255", mod(func(r *rawHeader) { r.version = 255 })},
 		{"kind 0", mod(func(r *rawHeader) { r.kind = 0 })},
-		{"kind 6", mod(func(r *rawHeader) { r.kind = 6 })},
+		{"kind 7", mod(func(r *rawHeader) { r.kind = 7 })},
 		{"kind 255", mod(func(r *rawHeader) { r.kind = 255 })},
 		{"service empty", mod(func(r *rawHeader) { r.service = "" })},
 		{"service 64", mod(func(r *rawHeader) { r.service = strings.Repeat("s", maxServiceLen+1) })},
@@ -269,7 +270,7 @@ func TestReadHeaderExact(t *testing.T) {
 
 func TestKindString(t *testing.T) {
 	for k, want := range map[Kind]string{
-		KindHTTP: "http", KindH2C: "h2c", KindTLS: "tls", KindTCP: "tcp", KindUDP: "udp", 0: "kind(0)", 200: "kind(200)",
+		KindHTTP: "http", KindH2C: "h2c", KindTLS: "tls", KindTCP: "tcp", KindUDP: "udp", KindProbe: "probe", 0: "kind(0)", 200: "kind(200)",
 	} {
 		if got := k.String(); got != want {
 			t.Errorf("Kind(%d).String() = %q, want %q", uint8(k), got, want)
