@@ -537,12 +537,19 @@ func TestServiceClientRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got api.ServiceDetail
-	if err := cl.Do(ctx, "GET", "/v1/services/shop", nil, &got); err != nil {
-		t.Fatal(err)
+	hdr, err := cl.DoHeader(ctx, "GET", "/v1/services/shop", nil, nil, &got)
+	if err != nil || hdr.Get("ETag") == "" {
+		t.Fatalf("GET: %v, ETag %q", err, hdr.Get("ETag"))
 	}
 	var put api.ServiceDetail
-	if err := cl.Do(ctx, "PUT", "/v1/services/shop", api.RequestOf(got.Service), &put); err != nil {
+	ifMatch := http.Header{"If-Match": {hdr.Get("ETag")}}
+	if _, err := cl.DoHeader(ctx, "PUT", "/v1/services/shop", ifMatch, api.RequestOf(got.Service), &put); err != nil {
 		t.Fatalf("PUT of RequestOf(GET): %v", err)
+	}
+	// The same If-Match again: the record has changed since.
+	var ae *api.APIError
+	if _, err := cl.DoHeader(ctx, "PUT", "/v1/services/shop", ifMatch, api.RequestOf(got.Service), nil); !errors.As(err, &ae) || ae.Status != 412 {
+		t.Errorf("PUT with a stale If-Match: %v, want 412", err)
 	}
 	if !reflect.DeepEqual(put.Service, got.Service) || !reflect.DeepEqual(created.Service, got.Service) {
 		t.Errorf("round trip changed the service:\n%+v\n%+v", got.Service, put.Service)
