@@ -50,7 +50,7 @@ type svcProxy struct {
 	hdr     *tunnel.Header
 	maxIdle int
 	mu      sync.Mutex
-	idle    map[*route.Agent][]*upConn // pooled streams per agent, most recently used last; guarded by mu
+	idle    map[*route.Upstream][]*upConn // pooled connections per upstream, most recently used last; guarded by mu
 	nidle   int                        // streams in idle; guarded by mu
 }
 
@@ -125,7 +125,7 @@ func (p *HTTP) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, route.ErrNoUpstream):
 		status = http.StatusServiceUnavailable
-		msg = "No agent is connected for this service right now."
+		msg = "No agent is connected and no upstream is available for this service right now."
 		w.Header().Set("Retry-After", "1")
 	case errors.Is(err, route.ErrBusy):
 		status = http.StatusServiceUnavailable
@@ -187,7 +187,7 @@ func (p *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	whole := true
 	if !svc.Live() {
 		w.Header().Set("Retry-After", "1")
-		ErrorPage(rw, http.StatusServiceUnavailable, "No agent is connected for this service right now.")
+		ErrorPage(rw, http.StatusServiceUnavailable, "No agent is connected and no upstream is available for this service right now.")
 	} else if _, up := isUpgrade(r.Header); svc.Protocol == model.ProtoHTTP && !up {
 		whole = p.serveDirect(rw, r, svc)
 	} else {

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -37,7 +38,7 @@ func TestJSON(t *testing.T) {
 	if err != nil {
 		t.Fatalf("GetJSON: %v", err)
 	}
-	if got != rev || out != in {
+	if got != rev || !reflect.DeepEqual(out, in) {
 		t.Fatalf("GetJSON = %+v at rev %d, want %+v at rev %d", out, got, in, rev)
 	}
 	if _, err := store.PutJSON(ctx, s, store.ServiceKey("shop"), in, 0); !errors.Is(err, store.ErrConflict) {
