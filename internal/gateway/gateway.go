@@ -280,7 +280,7 @@ func (g *Gateway) loadServices(ctx context.Context) error {
 	}
 	seen := make(map[string]bool, len(svcs))
 	for _, s := range svcs {
-		g.table.Upsert(s.Name, s.Tenant, s.Protocol, true)
+		g.table.Configure(s)
 		seen[s.Name] = true
 	}
 	for _, s := range g.table.List() {
@@ -327,7 +327,7 @@ func (g *Gateway) watchServices(ctx context.Context) {
 					g.log.Error("service record unreadable; ignored", "key", ev.Entry.Key, "err", err)
 					continue
 				}
-				g.table.Upsert(s.Name, s.Tenant, s.Protocol, true)
+				g.table.Configure(s)
 			}
 		}
 	}

@@ -34,8 +34,9 @@ type Upstream struct {
 	// Health is the upstream's health state.
 	Health Health
 
-	outstanding atomic.Int64 // requests in flight (least_request)
-	removed     atomic.Bool  // a direct upstream taken out of the service's list
+	kh          atomic.Uint64 // hash of key, computed once (keyHash)
+	outstanding atomic.Int64  // requests in flight (least_request)
+	removed     atomic.Bool   // a direct upstream taken out of the service's list
 }
 
 // Direct is a direct upstream's address and settings.
@@ -201,6 +202,23 @@ func newUpList(all []*Upstream) *upList {
 
 var hashSeed = maphash.MakeSeed()
 
+// mix64 is splitmix64's finaliser: it makes the scores of upstreams whose
+// keys differ in one byte independent (a plain hash of key+client is not).
+func mix64(z uint64) uint64 {
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return z ^ (z >> 31)
+}
+
+func (u *Upstream) keyHash() uint64 {
+	if h := u.kh.Load(); h != 0 {
+		return h
+	}
+	h := mix64(maphash.String(hashSeed, u.key)) | 1
+	u.kh.Store(h)
+	return h
+}
+
 // pick returns a usable upstream by the service's policy, skipping those in
 // tried, or nil.
 func (s *Service) pick(l *upList, clientIP string, tried []*Upstream, now time.Time) *Upstream {
@@ -242,16 +260,12 @@ func (s *Service) pick(l *upList, clientIP string, tried []*Upstream, now time.T
 			// clients it had.
 			var best *Upstream
 			bestScore := math.Inf(-1)
+			hc := maphash.String(hashSeed, clientIP)
 			for _, u := range l.all {
 				if !ok(u) {
 					continue
 				}
-				var mh maphash.Hash
-				mh.SetSeed(hashSeed)
-				mh.WriteString(u.key)
-				mh.WriteByte(0)
-				mh.WriteString(clientIP)
-				x := (float64(mh.Sum64()>>11) + 0.5) / (1 << 53)
+				x := (float64(mix64(hc^u.keyHash())>>11) + 0.5) / (1 << 53)
 				score := -float64(u.weight) / math.Log(x)
 				if score > bestScore {
 					best, bestScore = u, score
