@@ -66,7 +66,7 @@ func TestCheck(t *testing.T) {
 			netip.MustParseAddr("203.0.113.5"),
 			netip.MustParseAddr("2001:db8::1"),
 			netip.MustParseAddr("300:1234::1"),
-			netip.MustParseAddr("127.0.0.1"),        // judged as loopback, not as own
+			netip.MustParseAddr("127.0.0.1"),       // judged as loopback, not as own
 			netip.MustParseAddr("fe80::1234%eth0"), // judged as link-local
 		}
 	}
