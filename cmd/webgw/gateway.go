@@ -58,6 +58,9 @@ underscores instead of dashes. Flags win over the file.`,
 			if fs.Changed("public-ip") {
 				cfg.PublicIPs = flags.PublicIPs
 			}
+			if fs.Changed("upstream-allow") {
+				cfg.UpstreamAllow = flags.UpstreamAllow
+			}
 			if fs.Changed("open") {
 				cfg.Open = &open
 			}
@@ -121,6 +124,7 @@ underscores instead of dashes. Flags win over the file.`,
 	f.StringVar(&flags.DNSAddr, "dns-addr", "127.0.0.1:8053", "DNS listener (reserved; not served in this version)")
 	f.StringVar(&flags.APIAddr, "api-addr", "127.0.0.1:8081", "admin API, /metrics and /healthz listener [$WEBGW_API_ADDR]")
 	f.StringSliceVar(&flags.PublicIPs, "public-ip", nil, "public IP address of this gateway (repeatable)")
+	f.StringSliceVar(&flags.UpstreamAllow, "upstream-allow", nil, "network (CIDR) direct upstreams may be in (repeatable; default none). Loopback, link-local and own addresses need their own entry, e.g. ::1/128")
 	f.StringVar(&flags.Store, "store", "", "state store: a bolt file path (default <data-dir>/state.db)")
 	f.BoolVar(&open, "open", true, "let agents without a token get random quick-tunnel names")
 	f.BoolVar(&accessLog, "access-log", true, "log one line per request or stream")

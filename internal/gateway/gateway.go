@@ -29,6 +29,7 @@ import (
 	"github.com/webgw/webgw/internal/control"
 	"github.com/webgw/webgw/internal/edge"
 	"github.com/webgw/webgw/internal/model"
+	"github.com/webgw/webgw/internal/netpolicy"
 	"github.com/webgw/webgw/internal/proxy"
 	"github.com/webgw/webgw/internal/route"
 	"github.com/webgw/webgw/internal/store"
@@ -41,6 +42,8 @@ type Gateway struct {
 	store store.Store
 	ca    *certs.LocalCA
 	table *route.Table
+	// upstreams guards direct upstream dials (--upstream-allow).
+	upstreams *netpolicy.Policy
 
 	// Addresses actually bound (port 0 resolved).
 	HTTPAddr, HTTPSAddr, APIAddr string
@@ -154,6 +157,17 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := route.NewMetrics(reg)
 	g.table = route.NewTable(metrics)
+	allow, err := netpolicy.ParseAllow(cfg.UpstreamAllow)
+	if err != nil {
+		httpsLn.Close()
+		httpLn.Close()
+		apiLn.Close()
+		return nil, cfgErr("upstream_allow: %v", err)
+	}
+	g.upstreams = netpolicy.New(allow, nil)
+	g.table.DialDirect = g.dialDirect
+	g.table.Domain = cfg.Domain
+	g.table.Log = log
 	if err := g.loadServices(ctx); err != nil {
 		httpsLn.Close()
 		httpLn.Close()
@@ -254,6 +268,7 @@ func (g *Gateway) Stop(ctx context.Context) error {
 		go func() { defer wg.Done(); f(ctx) }()
 	}
 	wg.Wait()
+	g.table.Close() // stops health checks
 	// Only now that no request is in flight (or ctx ran out) are the agents cut.
 	g.tunCancel()
 	for _, a := range g.table.AgentsOf() {
@@ -270,6 +285,16 @@ func (g *Gateway) closeAll() error {
 		return g.store.Close()
 	}
 	return nil
+}
+
+// dialDirect dials a direct upstream inside the networks the operator allowed.
+func (g *Gateway) dialDirect(ctx context.Context, u model.ParsedUpstream, spec model.Upstream, useTLS bool) (net.Conn, error) {
+	var t *netpolicy.TLSOptions
+	if useTLS {
+		// The proxy speaks HTTP/1.1 on the connection.
+		t = &netpolicy.TLSOptions{Insecure: spec.TLSInsecure, ServerName: spec.TLSServerName, NextProtos: []string{"http/1.1"}}
+	}
+	return g.upstreams.DialUpstream(ctx, u, t)
 }
 
 // loadServices fills the table from the store.
