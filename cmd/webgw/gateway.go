@@ -17,6 +17,7 @@ func gatewayCmd() *cobra.Command {
 		flags      gateway.Config
 		open       bool
 		accessLog  bool
+		http3      bool
 	)
 	c := &cobra.Command{
 		Use:   "gateway",
@@ -66,6 +67,9 @@ underscores instead of dashes. Flags win over the file.`,
 			}
 			if fs.Changed("access-log") {
 				cfg.AccessLog = &accessLog
+			}
+			if fs.Changed("http3") {
+				cfg.HTTP3 = &http3
 			}
 			if fs.Changed("max-streams-per-agent") {
 				cfg.Limits.MaxStreamsPerAgent = flags.Limits.MaxStreamsPerAgent
@@ -128,6 +132,7 @@ underscores instead of dashes. Flags win over the file.`,
 	f.StringVar(&flags.Store, "store", "", "state store: a bolt file path (default <data-dir>/state.db)")
 	f.BoolVar(&open, "open", true, "let agents without a token get random quick-tunnel names")
 	f.BoolVar(&accessLog, "access-log", true, "log one line per request or stream")
+	f.BoolVar(&http3, "http3", true, "serve HTTP/3 and QUIC agent tunnels on UDP at the HTTPS port (advertised with Alt-Svc)")
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.Int64Var(&flags.Limits.MaxStreamsPerAgent, "max-streams-per-agent", 1024, "concurrent streams per agent session")
 	f.IntVar(&flags.Limits.MaxAgentsPerTenant, "max-agents-per-tenant", 100, "concurrent agent sessions per tenant")

@@ -47,6 +47,9 @@ type Config struct {
 	Open *bool `yaml:"open"`
 	// AccessLog writes one log line per request or stream; nil means true.
 	AccessLog *bool `yaml:"access_log"`
+	// HTTP3 serves HTTP/3 and QUIC agent tunnels on UDP at the HTTPS port,
+	// advertised with Alt-Svc; nil means true.
+	HTTP3 *bool `yaml:"http3"`
 	// LogLevel is debug, info, warn or error; "" means info.
 	LogLevel string `yaml:"log_level"`
 	// Limits on what strangers and agents can send.
@@ -121,6 +124,10 @@ func (c *Config) Complete() {
 	if c.AccessLog == nil {
 		t := true
 		c.AccessLog = &t
+	}
+	if c.HTTP3 == nil {
+		t := true
+		c.HTTP3 = &t
 	}
 }
 

@@ -47,6 +47,9 @@ type Gateway struct {
 
 	// Addresses actually bound (port 0 resolved).
 	HTTPAddr, HTTPSAddr, APIAddr string
+	// H3Addr is the UDP address of HTTP/3 and QUIC agent tunnels (the
+	// HTTPS port); "" when http3 is off.
+	H3Addr string
 	// CAFile is the CA certificate clients and agents trust.
 	CAFile string
 	// AdminTokenFile holds the admin API token.
@@ -118,9 +121,18 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	g.CAFile = g.ca.CAFile()
 
 	// Listeners first, so port 0 is resolved before certificates and the banner.
-	httpsLn, err := listen("https_addr", cfg.HTTPSAddr)
+	httpsLn, udpPC, err := listenHTTPS(cfg.HTTPSAddr, *cfg.HTTP3)
 	if err != nil {
 		return nil, err
+	}
+	if udpPC != nil {
+		// ServeUDP owns the socket from here; CloseUDP (in Stop) closes it.
+		defer func() {
+			if !ok {
+				udpPC.Close()
+			}
+		}()
+		g.H3Addr = udpPC.LocalAddr().String()
 	}
 	httpLn, err := listen("http_addr", cfg.HTTPAddr)
 	if err != nil {
@@ -184,6 +196,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	names := &edge.Names{Domain: cfg.Domain, Table: g.table}
 	httpsPort := portOf(g.HTTPSAddr)
 	px := &proxy.HTTP{Lookup: names.Lookup, Log: log, AccessLog: *cfg.AccessLog}
+	if udpPC != nil {
+		px.AltSvc = edge.AltSvc(httpsPort)
+	}
 	ctl := &control.Server{
 		Store: st, Table: g.table, Log: log, Open: *cfg.Open, GatewayID: g.ID,
 		MaxAgentsPerTenant: cfg.Limits.MaxAgentsPerTenant, MaxStreamsPerAgent: cfg.Limits.MaxStreamsPerAgent,
@@ -225,6 +240,11 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		defer close(g.httpsDone)
 		return g.https.Serve(runCtx, httpsLn)
 	})
+	if udpPC != nil {
+		// QUIC agent connections are refused (TunnelQUIC is nil) until the
+		// control server takes QUIC sessions.
+		g.goRun(func() error { return g.https.ServeUDP(runCtx, udpPC) })
+	}
 	g.goRun(func() error { return serveHTTP(g.httpSrv, httpLn) })
 	g.goRun(func() error { return serveHTTP(g.apiSrv, apiLn) })
 	g.goRun(func() error { g.watchServices(runCtx); return nil })
@@ -276,6 +296,10 @@ func (g *Gateway) Stop(ctx context.Context) error {
 		go func() { defer wg.Done(); a.Session.Close() }() // a stuck peer may take a second each
 	}
 	wg.Wait()
+	// Last, the UDP socket that QUIC connections shared.
+	if err := g.https.CloseUDP(); err != nil {
+		g.log.Debug("close udp", "err", err)
+	}
 	g.wg.Wait()
 	return g.closeAll()
 }
@@ -388,6 +412,9 @@ func (g *Gateway) Banner(w io.Writer) {
 	fmt.Fprintf(w, "webgw gateway %s ready (version %s)\n", g.ID, Version)
 	fmt.Fprintf(w, "  domain        %s\n", c.Domain)
 	fmt.Fprintf(w, "  https+tunnel  %s\n", g.HTTPSAddr)
+	if g.H3Addr != "" {
+		fmt.Fprintf(w, "  http/3        udp/%s on %s (and agent tunnels over quic)\n", portOf(g.H3Addr), g.H3Addr)
+	}
 	fmt.Fprintf(w, "  http          %s (redirects to https)\n", g.HTTPAddr)
 	fmt.Fprintf(w, "  admin api     http://%s (token in %s)\n", g.APIAddr, g.AdminTokenFile)
 	fmt.Fprintf(w, "  dns           %s (reserved; not served in this version)\n", c.DNSAddr)
@@ -423,6 +450,30 @@ func hostPort(host, port string) string {
 		return host
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// listenHTTPS binds the HTTPS listener and, with udp, a UDP socket on the
+// same address and port for QUIC. With port 0 the UDP port of the one picked
+// may be taken; then the pair is tried again.
+func listenHTTPS(addr string, udp bool) (net.Listener, net.PacketConn, error) {
+	tries := 1
+	if portOf(addr) == "0" {
+		tries = 5
+	}
+	for i := 1; ; i++ {
+		ln, err := listen("https_addr", addr)
+		if err != nil || !udp {
+			return ln, nil, err
+		}
+		pc, err := net.ListenPacket("udp", ln.Addr().String())
+		if err == nil {
+			return ln, pc, nil
+		}
+		ln.Close()
+		if i >= tries {
+			return nil, nil, cfgErr("https_addr: listen on udp %s for http3: %v (set http3: false to serve TCP only)", ln.Addr(), err)
+		}
+	}
 }
 
 func listen(key, addr string) (net.Listener, error) {

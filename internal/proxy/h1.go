@@ -835,6 +835,11 @@ func (h *h1conn) writeResponse(req *http.Request, resp *http.Response) (int64, b
 	chunked, closeDelimited := false, false
 	writeStatusLine(bw, code, resp.Status)
 	writeHeaderLines(bw, resp.Header, mergeSkip(hopHeaders, connectionTokens(resp.Header)), nil)
+	if h.p.AltSvc != "" && resp.Header["Alt-Svc"] == nil {
+		bw.WriteString("Alt-Svc: ")
+		bw.WriteString(h.p.AltSvc)
+		bw.WriteString("\r\n")
+	}
 	switch {
 	case noBody:
 		if cl := resp.Header.Get("Content-Length"); cl != "" && req.Method == http.MethodHead {
@@ -998,6 +1003,11 @@ func (h *h1conn) writeError(req *http.Request, status int, msg string, keep bool
 		status, http.StatusText(status), len(body))
 	if status == http.StatusServiceUnavailable {
 		bw.WriteString("Retry-After: 1\r\n")
+	}
+	if h.p.AltSvc != "" {
+		bw.WriteString("Alt-Svc: ")
+		bw.WriteString(h.p.AltSvc)
+		bw.WriteString("\r\n")
 	}
 	if !keep {
 		bw.WriteString("Connection: close\r\n")

@@ -40,6 +40,9 @@ type HTTP struct {
 	IdleConnTimeout time.Duration
 	// MaxIdlePerService bounds pooled idle streams per service; 0 means 256.
 	MaxIdlePerService int
+	// AltSvc is sent as the Alt-Svc header of every response (HTTP/3
+	// advertisement), unless the service sends its own; "" sends none.
+	AltSvc string
 }
 
 type svcProxy struct {
@@ -176,6 +179,9 @@ func HostName(hostport string) string {
 
 func (p *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	if p.AltSvc != "" {
+		w.Header().Set("Alt-Svc", p.AltSvc)
+	}
 	host := HostName(r.Host)
 	svc := p.Lookup(host)
 	if svc == nil || !svc.Protocol.Terminates() {
