@@ -177,6 +177,10 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		return nil, cfgErr("upstream_allow: %v", err)
 	}
 	g.upstreams = netpolicy.New(allow, nil)
+	var checkUpstream func(model.ParsedUpstream) error
+	if len(allow) > 0 {
+		checkUpstream = g.upstreams.CheckUpstream
+	}
 	g.table.DialDirect = g.dialDirect
 	g.table.Domain = cfg.Domain
 	g.table.Log = log
@@ -226,6 +230,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	}
 	a := &api.Server{
 		Store: st, Table: g.table, AdminToken: adminToken, Log: log,
+		CheckUpstream: checkUpstream,
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Info: api.GatewayInfo{ID: g.ID, Version: Version, Domain: cfg.Domain, HTTPAddr: g.HTTPAddr,
 			HTTPSAddr: g.HTTPSAddr, APIAddr: g.APIAddr, Open: *cfg.Open, Started: time.Now().UTC()},

@@ -54,7 +54,7 @@ type svcProxy struct {
 	maxIdle int
 	mu      sync.Mutex
 	idle    map[*route.Upstream][]*upConn // pooled connections per upstream, most recently used last; guarded by mu
-	nidle   int                        // streams in idle; guarded by mu
+	nidle   int                           // streams in idle; guarded by mu
 }
 
 type ctxKey struct{}
