@@ -161,8 +161,8 @@ func (c *Config) validate() ([]*service, error) {
 	}
 	for i := range c.Gateways {
 		g := &c.Gateways[i]
-		if host, port, err := net.SplitHostPort(g.Addr); err != nil || host == "" || !validPort(port) {
-			return nil, cfgErr("gateways[%d].addr: %q is not HOST:PORT (a port 1-65535)", i, g.Addr)
+		if err := ValidateGatewayAddr(g.Addr); err != nil {
+			return nil, cfgErr("gateways[%d].addr: %v", i, err)
 		}
 		if g.Fingerprint != "" {
 			if err := certs.ValidatePin(g.Fingerprint); err != nil {
@@ -231,6 +231,14 @@ func (c *Config) validate() ([]*service, error) {
 		c.Transport = TransportAuto
 	}
 	return out, nil
+}
+
+// ValidateGatewayAddr checks a gateway address, HOST:PORT.
+func ValidateGatewayAddr(addr string) error {
+	if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || !validPort(port) {
+		return fmt.Errorf("%q is not HOST:PORT (a port 1-65535)", addr)
+	}
+	return nil
 }
 
 // ValidateTransport checks a transport name; "" is accepted (auto).
