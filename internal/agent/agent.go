@@ -41,6 +41,9 @@ type Agent struct {
 	mu       sync.Mutex
 	services []*service          // guarded by mu (names filled in when assigned)
 	byName   map[string]*service // guarded by mu
+	pick     picker              // auto's memory of which transport works per gateway
+	dialer   dialFunc            // replaces the real transports in tests; nil otherwise
+
 	// granted holds, per gateway (cfg.Gateways order), the name each service
 	// was granted there, so every connection to that gateway asks for the
 	// same one; guarded by mu.
@@ -203,57 +206,18 @@ func (a *Agent) runConn(ctx context.Context, i, conn int, g GatewayConfig) error
 	return nil
 }
 
-// dial opens one tunnel session to gateway i over transport (auto, tcp or
-// quic) and returns it with the transport it used.
-func (a *Agent) dial(ctx context.Context, transport string, i int) (*tunnel.Session, string, error) {
-	g := a.cfg.Gateways[i]
-	switch transport {
-	case TransportAuto, TransportTCP, TransportQUIC:
-		// QUIC is not available yet: every transport dials TLS over TCP.
-		sess, err := a.dialTCP(ctx, g, a.tls[i])
-		return sess, TransportTCP, err
-	}
-	return nil, "", fmt.Errorf("transport %q not supported", transport)
-}
-
-// dialTCP opens a tunnel session to g over TLS on TCP.
-func (a *Agent) dialTCP(ctx context.Context, g GatewayConfig, tc *tls.Config) (*tunnel.Session, error) {
-	d := &net.Dialer{Timeout: a.cfg.DialTimeout, KeepAlive: 15 * time.Second}
-	raw, err := d.DialContext(ctx, "tcp", g.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("dial gateway: %w", err)
-	}
-	conn := tls.Client(raw, tc)
-	hctx, hcancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
-	err = conn.HandshakeContext(hctx)
-	hcancel()
-	if err != nil {
-		raw.Close()
-		var ce *tls.CertificateVerificationError
-		if errors.As(err, &ce) {
-			return nil, fmt.Errorf("gateway certificate not trusted (check --ca or --fingerprint): %w", err)
-		}
-		return nil, fmt.Errorf("tls handshake: %w", err)
-	}
-	if conn.ConnectionState().NegotiatedProtocol != tunnel.ALPN {
-		raw.Close()
-		return nil, fmt.Errorf("gateway does not speak %s (is %s a webgw gateway's HTTPS port?)", tunnel.ALPN, g.Addr)
-	}
-	sess, err := tunnel.Client(conn, nil)
-	if err != nil {
-		raw.Close()
-		return nil, err
-	}
-	return sess, nil
-}
-
 // session runs connection conn to gateway i until it fails or ctx ends.
 func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g GatewayConfig) error {
-	sess, transport, err := a.dial(ctx, a.cfg.Transport, i)
+	d, err := a.dial(ctx, a.cfg.Transport, i)
 	if err != nil {
 		return err
 	}
+	sess, transport := d.sess, d.transport
 	defer sess.Close()
+	if d.tcp != nil && a.cfg.Transport == TransportAuto {
+		// Watch the link's loss, so auto can prefer QUIC on a lossy one.
+		go a.watchTCP(sess, g.Addr, d.tcp)
+	}
 	start := time.Now()
 	ctrl, err := sess.Open()
 	if err != nil {
