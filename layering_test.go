@@ -29,6 +29,8 @@ var rank = map[string]int{
 	"internal/agent":    5,
 	"internal/gateway":  5,
 	"cmd/webgw":         6,
+
+	"internal/netpolicy": 1,
 	// Test and benchmark packages sit on top of everything.
 	"internal/store/storetest": 2,
 	"test/e2e":                 7,

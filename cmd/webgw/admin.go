@@ -131,38 +131,6 @@ func tenantCmd() *cobra.Command {
 	return c
 }
 
-func serviceCmd() *cobra.Command {
-	c := &cobra.Command{Use: "service", Short: "Inspect services"}
-	var f clientFlags
-	list := &cobra.Command{
-		Use:   "list",
-		Short: "List services (all with the admin token, a tenant's own with its token)",
-		Args:  argsUsage(cobra.NoArgs),
-		RunE: func(c *cobra.Command, _ []string) error {
-			cl, err := f.client(c)
-			if err != nil {
-				return err
-			}
-			var out []api.ServiceInfo
-			if err := cl.Do(c.Context(), "GET", "/v1/services", nil, &out); err != nil {
-				return apiErr(err)
-			}
-			if f.json {
-				return printJSON(os.Stdout, out)
-			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tTENANT\tPROTOCOL\tAGENTS\tSTREAMS\tREQUESTS\tBYTES IN\tBYTES OUT")
-			for _, s := range out {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", s.Name, orDash(s.Tenant), s.Protocol, s.Agents, s.Streams, s.Requests, human(s.BytesIn), human(s.BytesOut))
-			}
-			return tw.Flush()
-		},
-	}
-	f.add(list, true)
-	c.AddCommand(list)
-	return c
-}
-
 func statusCmd() *cobra.Command {
 	var f clientFlags
 	c := &cobra.Command{

@@ -17,6 +17,7 @@ func gatewayCmd() *cobra.Command {
 		flags      gateway.Config
 		open       bool
 		accessLog  bool
+		http3      bool
 	)
 	c := &cobra.Command{
 		Use:   "gateway",
@@ -58,11 +59,17 @@ underscores instead of dashes. Flags win over the file.`,
 			if fs.Changed("public-ip") {
 				cfg.PublicIPs = flags.PublicIPs
 			}
+			if fs.Changed("upstream-allow") {
+				cfg.UpstreamAllow = flags.UpstreamAllow
+			}
 			if fs.Changed("open") {
 				cfg.Open = &open
 			}
 			if fs.Changed("access-log") {
 				cfg.AccessLog = &accessLog
+			}
+			if fs.Changed("http3") {
+				cfg.HTTP3 = &http3
 			}
 			if fs.Changed("max-streams-per-agent") {
 				cfg.Limits.MaxStreamsPerAgent = flags.Limits.MaxStreamsPerAgent
@@ -121,9 +128,11 @@ underscores instead of dashes. Flags win over the file.`,
 	f.StringVar(&flags.DNSAddr, "dns-addr", "127.0.0.1:8053", "DNS listener (reserved; not served in this version)")
 	f.StringVar(&flags.APIAddr, "api-addr", "127.0.0.1:8081", "admin API, /metrics and /healthz listener [$WEBGW_API_ADDR]")
 	f.StringSliceVar(&flags.PublicIPs, "public-ip", nil, "public IP address of this gateway (repeatable)")
+	f.StringSliceVar(&flags.UpstreamAllow, "upstream-allow", nil, "network (CIDR) direct upstreams may be in (repeatable; default none). Loopback, link-local and own addresses need their own entry, e.g. ::1/128")
 	f.StringVar(&flags.Store, "store", "", "state store: a bolt file path (default <data-dir>/state.db)")
 	f.BoolVar(&open, "open", true, "let agents without a token get random quick-tunnel names")
 	f.BoolVar(&accessLog, "access-log", true, "log one line per request or stream")
+	f.BoolVar(&http3, "http3", true, "serve HTTP/3 and QUIC agent tunnels on UDP at the HTTPS port (advertised with Alt-Svc)")
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.Int64Var(&flags.Limits.MaxStreamsPerAgent, "max-streams-per-agent", 1024, "concurrent streams per agent session")
 	f.IntVar(&flags.Limits.MaxAgentsPerTenant, "max-agents-per-tenant", 100, "concurrent agent sessions per tenant")

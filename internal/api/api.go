@@ -4,6 +4,8 @@
 package api
 
 import (
+	"bytes"
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -11,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sort"
 	"strings"
 	"time"
 
@@ -33,6 +36,11 @@ type Server struct {
 	Log *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// CheckUpstream decides whether the gateway may dial a direct upstream
+	// (the operator's --upstream-allow networks); a non-nil error refuses
+	// it and is shown to the caller as the reason. nil means no direct
+	// upstream is allowed at all: services may only be served by agents.
+	CheckUpstream func(model.ParsedUpstream) error
 }
 
 // GatewayInfo is the static part of /v1/status.
@@ -70,6 +78,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/tenants", s.auth(true, s.addTenant))
 	mux.HandleFunc("DELETE /v1/tenants/{name}", s.auth(true, s.removeTenant))
 	mux.HandleFunc("GET /v1/services", s.auth(false, s.listServices))
+	mux.HandleFunc("POST /v1/services", s.auth(false, s.createService))
+	mux.HandleFunc("GET /v1/services/{name}", s.auth(false, s.getService))
+	mux.HandleFunc("PUT /v1/services/{name}", s.auth(false, s.putService))
+	mux.HandleFunc("DELETE /v1/services/{name}", s.auth(false, s.deleteService))
 	mux.HandleFunc("GET /v1/whoami", s.auth(false, s.whoami))
 	notFound := func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
@@ -135,7 +147,29 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 // decode reads a JSON body strictly: unknown fields and trailing data are
 // refused with a message naming them.
 func decode(w http.ResponseWriter, r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	b, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	return decodeJSON(b, v)
+}
+
+// readBody reads a request body of at most maxBody bytes.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	var me *http.MaxBytesError
+	switch {
+	case errors.As(err, &me):
+		return nil, fmt.Errorf("body larger than %d bytes", maxBody)
+	case err != nil:
+		return nil, fmt.Errorf("read body: %v", err)
+	}
+	return b, nil
+}
+
+// decodeJSON decodes b strictly into v; see decode.
+func decodeJSON(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		if errors.Is(err, io.EOF) {
@@ -143,10 +177,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 		}
 		var se *json.SyntaxError
 		var te *json.UnmarshalTypeError
-		var me *http.MaxBytesError
 		switch {
-		case errors.As(err, &me):
-			return fmt.Errorf("body larger than %d bytes", maxBody)
 		case errors.As(err, &se):
 			return fmt.Errorf("body is not valid JSON at byte %d: %v", se.Offset, err)
 		case errors.As(err, &te) && te.Field == "":
@@ -267,16 +298,20 @@ func (s *Server) tenantAgents(tenant string) []*route.Agent {
 	return out
 }
 
-// ServiceInfo is one service in GET /v1/services and /v1/status.
+// ServiceInfo is one service in GET /v1/services and /v1/status: the
+// services in the gateway's table (with agents, or stored) and the stored
+// services the table does not hold yet.
 type ServiceInfo struct {
 	Name     string `json:"name"`
 	Tenant   string `json:"tenant"`
 	Protocol string `json:"protocol"`
-	Agents   int    `json:"agents"`
-	Streams  int64  `json:"streams"`
-	Requests int64  `json:"requests"`
-	BytesIn  int64  `json:"bytes_in"`
-	BytesOut int64  `json:"bytes_out"`
+	// Upstreams is the number of direct upstreams stored for the service.
+	Upstreams int   `json:"upstreams"`
+	Agents    int   `json:"agents"`
+	Streams   int64 `json:"streams"`
+	Requests  int64 `json:"requests"`
+	BytesIn   int64 `json:"bytes_in"`
+	BytesOut  int64 `json:"bytes_out"`
 }
 
 // AgentInfo is one agent session in /v1/status.
@@ -300,28 +335,47 @@ type Status struct {
 	Agents   []AgentInfo   `json:"agents"`
 }
 
-func (s *Server) services(c caller) []ServiceInfo {
+func (s *Server) services(ctx context.Context, c caller) ([]ServiceInfo, error) {
+	stored, err := store.ListServices(ctx, s.Store)
+	if err != nil {
+		return nil, fmt.Errorf("list services: %w", err)
+	}
+	byName := make(map[string]model.Service, len(stored))
+	for _, sv := range stored {
+		byName[sv.Name] = sv
+	}
 	out := []ServiceInfo{}
 	for _, sv := range s.Table.List() {
+		st, ok := byName[sv.Name]
+		delete(byName, sv.Name)
 		if !c.admin && sv.Tenant != c.tenant {
 			continue
 		}
-		si := ServiceInfo{Name: sv.Name, Tenant: sv.Tenant, Protocol: string(sv.Protocol), Requests: sv.Requests()}
-		for _, a := range sv.Agents() {
-			si.Agents++
-			si.Streams += a.Streams()
+		si := ServiceInfo{Name: sv.Name, Tenant: sv.Tenant, Protocol: string(sv.Protocol)}
+		if ok {
+			si.Upstreams = len(st.Upstreams)
 		}
-		if m := sv.Metrics; m != nil {
-			si.BytesIn = int64(counterValue(m.BytesIn))
-			si.BytesOut = int64(counterValue(m.BytesOut))
-		}
+		l := liveOf(sv)
+		si.Agents, si.Streams, si.Requests, si.BytesIn, si.BytesOut = l.Agents, l.Streams, l.Requests, l.BytesIn, l.BytesOut
 		out = append(out, si)
 	}
-	return out
+	for _, st := range byName {
+		if !c.admin && st.Tenant != c.tenant {
+			continue
+		}
+		out = append(out, ServiceInfo{Name: st.Name, Tenant: st.Tenant, Protocol: string(protocolOf(st)), Upstreams: len(st.Upstreams)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
 }
 
 func (s *Server) listServices(w http.ResponseWriter, r *http.Request, c caller) {
-	writeJSON(w, http.StatusOK, s.services(c))
+	out, err := s.services(r.Context(), c)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) whoami(w http.ResponseWriter, r *http.Request, c caller) {
@@ -329,7 +383,12 @@ func (s *Server) whoami(w http.ResponseWriter, r *http.Request, c caller) {
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request, c caller) {
-	st := Status{Gateway: s.Info, Services: s.services(c), Agents: []AgentInfo{}}
+	svcs, err := s.services(r.Context(), c)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	st := Status{Gateway: s.Info, Services: svcs, Agents: []AgentInfo{}}
 	for _, a := range s.Table.AgentsOf() {
 		in, out := a.Bytes()
 		st.Agents = append(st.Agents, AgentInfo{

@@ -30,6 +30,13 @@ func (e *APIError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Msg, e.
 
 // Do sends a request with a JSON body (nil for none) and decodes a JSON answer into out (nil to skip).
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	_, err := c.DoHeader(ctx, method, path, nil, body, out)
+	return err
+}
+
+// DoHeader is Do with extra request headers (nil for none, such as
+// If-Match); it returns the answer's headers (such as ETag).
+func (c *Client) DoHeader(ctx context.Context, method, path string, hdr http.Header, body, out any) (http.Header, error) {
 	base := c.Addr
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
@@ -38,16 +45,21 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rd = strings.NewReader(string(b))
 	}
 	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(base, "/")+path, rd)
 	if err != nil {
-		return fmt.Errorf("api request: %w", err)
+		return nil, fmt.Errorf("api request: %w", err)
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, vs := range hdr {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
 	}
 	req.Header.Set("Authorization", "Bearer "+c.Token)
 	hc := c.HTTP
@@ -56,24 +68,24 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("reach the gateway API at %s (is the gateway running? see --api-addr): %w", c.Addr, err)
+		return nil, fmt.Errorf("reach the gateway API at %s (is the gateway running? see --api-addr): %w", c.Addr, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return fmt.Errorf("read API answer: %w", err)
+		return resp.Header, fmt.Errorf("read API answer: %w", err)
 	}
 	if resp.StatusCode >= 300 {
 		var e Error
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return &APIError{Status: resp.StatusCode, Msg: e.Error}
+			return resp.Header, &APIError{Status: resp.StatusCode, Msg: e.Error}
 		}
-		return &APIError{Status: resp.StatusCode, Msg: strings.TrimSpace(string(data))}
+		return resp.Header, &APIError{Status: resp.StatusCode, Msg: strings.TrimSpace(string(data))}
 	}
 	if out != nil && len(data) > 0 {
 		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("decode API answer: %w", err)
+			return resp.Header, fmt.Errorf("decode API answer: %w", err)
 		}
 	}
-	return nil
+	return resp.Header, nil
 }

@@ -487,7 +487,12 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 			if old.Tenant != tenant {
 				return fail(true, "name %q belongs to another tenant; choose another name", name)
 			}
-			sv.Created = old.Created
+			if len(old.Upstreams) > 0 && old.Protocol != proto {
+				return fail(true, "name %q is served as %s by direct upstreams; this agent asked for %s", name, old.Protocol, proto)
+			}
+			// Keep the service's routing settings; only the protocol changes.
+			old.Protocol = proto
+			sv = old
 			expect = rev
 		}
 		if _, err := store.PutJSON(ctx, s.Store, store.ServiceKey(name), &sv, expect); err != nil {

@@ -1,7 +1,8 @@
 // Package edge runs the gateway's public listeners: the HTTPS port, which
 // reads each ClientHello and routes it by ALPN and SNI (agent tunnels, TLS
-// passthrough, or TLS termination into the HTTP proxy), and the plain HTTP
-// port, which redirects known names to HTTPS.
+// passthrough, or TLS termination into the HTTP proxy), QUIC on the same UDP
+// port (HTTP/3 and agent tunnels), and the plain HTTP port, which redirects
+// known names to HTTPS.
 package edge
 
 import (
@@ -19,6 +20,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/quic-go/quic-go"
 
 	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/proxy"
@@ -69,6 +72,14 @@ type HTTPS struct {
 	TunnelCert *tls.Certificate
 	// Tunnel serves an agent connection after its TLS handshake.
 	Tunnel func(ctx context.Context, c net.Conn)
+	// TunnelQUIC serves an agent connection that came over QUIC to
+	// ServeUDP (ALPN tunnel.ALPN), after its handshake. It owns c and runs
+	// in a goroutine of its own; ctx ends when ServeUDP stops accepting.
+	// Nil closes such connections with CodeTunnelRefused.
+	TunnelQUIC func(ctx context.Context, c *quic.Conn)
+	// QUIC configures ServeUDP's connections, HTTP/3 and agents alike; nil
+	// means quic-go's defaults with a handshake bounded by HelloTimeout.
+	QUIC *quic.Config
 	// Proxy handles terminated HTTP requests.
 	Proxy http.Handler
 	// H1, when set, serves a terminated HTTP/1.1 connection whose SNI names
@@ -98,7 +109,8 @@ type HTTPS struct {
 	shutdown bool         // guarded by mu; set by Shutdown
 	h1ctx    context.Context
 	h1stop   context.CancelFunc // ends idle H1 connections; set with h1ctx under mu
-	h1wg     sync.WaitGroup     // H1 and passthrough connections; Add only under mu while !shutdown
+	h1wg     sync.WaitGroup     // H1, passthrough and HTTP/3 connections; Add only under mu while !shutdown
+	udp      udpState           // guarded by mu; set by ServeUDP
 
 	termOnce sync.Once
 	term     *tls.Config // shared by terminated connections; set once by termConfig
@@ -219,14 +231,21 @@ func (e *HTTPS) Serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-// Shutdown stops the HTTP server gracefully, waiting for in-flight requests until ctx ends.
-// It may be called before or while Serve starts; Serve then returns at once.
-func (e *HTTPS) Shutdown(ctx context.Context) error {
+// Shutdown stops the HTTP servers (TCP and HTTP/3) gracefully, waiting for
+// in-flight requests until ctx ends. It may be called before or while Serve
+// or ServeUDP starts; they then return at once.
+func (e *HTTPS) Shutdown(ctx context.Context) (err error) {
 	e.mu.Lock()
 	e.shutdown = true
 	srv := e.srv
 	h1stop := e.h1stop
 	e.mu.Unlock()
+	waitUDP := e.shutdownUDP(ctx)
+	defer func() {
+		if uerr := waitUDP(); err == nil {
+			err = uerr
+		}
+	}()
 	// Fast-path connections close when idle, those in a request finish it;
 	// passthrough streams run until they end or ctx does.
 	if h1stop != nil {
@@ -243,7 +262,7 @@ func (e *HTTPS) Shutdown(ctx context.Context) error {
 	if srv == nil {
 		return nil
 	}
-	err := srv.Shutdown(ctx)
+	err = srv.Shutdown(ctx)
 	// Also when srv.Serve had not started: no handshaken connection may
 	// wait for an Accept that never comes.
 	e.httpL.Close()

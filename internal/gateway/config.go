@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/webgw/webgw/internal/netpolicy"
 	"github.com/webgw/webgw/internal/yamlconf"
 
 	"github.com/webgw/webgw/internal/model"
@@ -35,12 +36,20 @@ type Config struct {
 	// PublicIPs are the gateway's public addresses (put in its certificate
 	// for agents, and later in DNS answers).
 	PublicIPs []string `yaml:"public_ip"`
+	// UpstreamAllow lists the networks (CIDRs or addresses) direct upstreams
+	// may be in; empty means none: services are then served by agents only.
+	// Loopback, link-local and the gateway's own addresses need an entry of
+	// their own (::1/128), a wider one (::/0) does not cover them.
+	UpstreamAllow []string `yaml:"upstream_allow"`
 	// Store is a bolt file path (or bolt://PATH); "" means <data_dir>/state.db.
 	Store string `yaml:"store"`
 	// Open lets agents without a token get quick-tunnel names; nil means true.
 	Open *bool `yaml:"open"`
 	// AccessLog writes one log line per request or stream; nil means true.
 	AccessLog *bool `yaml:"access_log"`
+	// HTTP3 serves HTTP/3 and QUIC agent tunnels on UDP at the HTTPS port,
+	// advertised with Alt-Svc; nil means true.
+	HTTP3 *bool `yaml:"http3"`
 	// LogLevel is debug, info, warn or error; "" means info.
 	LogLevel string `yaml:"log_level"`
 	// Limits on what strangers and agents can send.
@@ -116,6 +125,10 @@ func (c *Config) Complete() {
 		t := true
 		c.AccessLog = &t
 	}
+	if c.HTTP3 == nil {
+		t := true
+		c.HTTP3 = &t
+	}
 }
 
 // Validate checks a completed config; errors name the key and what is accepted.
@@ -137,6 +150,9 @@ func (c *Config) Validate() error {
 		if _, err := netip.ParseAddr(ip); err != nil {
 			return cfgErr("public_ip: %q is not an IPv4 or IPv6 address", ip)
 		}
+	}
+	if _, err := netpolicy.ParseAllow(c.UpstreamAllow); err != nil {
+		return cfgErr("upstream_allow: %v", err)
 	}
 	if strings.HasPrefix(c.Store, "etcd://") {
 		return cfgErr("store: %q: the etcd cluster store is not available in this version; use a bolt file path", c.Store)

@@ -81,6 +81,7 @@ func TestValidate(t *testing.T) {
 		{"host name", func(c *gateway.Config) { c.HTTPAddr = "example.org:80" }, "http_addr:"},
 		{"public ips", func(c *gateway.Config) { c.PublicIPs = []string{"192.0.2.1", "2001:db8::1"} }, ""},
 		{"bad public ip", func(c *gateway.Config) { c.PublicIPs = []string{"192.0.2.300"} }, "public_ip:"},
+		{"bad upstream allow", func(c *gateway.Config) { c.UpstreamAllow = []string{"10.0.0.0/33"} }, "upstream_allow:"},
 		{"bolt path", func(c *gateway.Config) { c.Store = "/var/lib/webgw/state.db" }, ""},
 		{"bolt url", func(c *gateway.Config) { c.Store = "bolt:///var/lib/webgw/state.db" }, ""},
 		{"etcd", func(c *gateway.Config) { c.Store = "etcd://127.0.0.1:2379" }, "not available in this version"},
@@ -151,6 +152,7 @@ http_addr: 0.0.0.0:80
 https_addr: 0.0.0.0:443
 dns_addr: 0.0.0.0:53
 api_addr: 127.0.0.1:8081
+upstream_allow: ["::1/128", 10.0.0.0/8]
 public_ip: [192.0.2.1, "2001:db8::1"]
 store: /srv/webgw/state.db
 open: false
@@ -166,7 +168,7 @@ limits:
 `, check: func(t *testing.T, c *gateway.Config) {
 			if c.Version != 1 || c.DataDir != "/srv/webgw" || c.Domain != "gw.example.org" || c.HTTPAddr != "0.0.0.0:80" ||
 				c.HTTPSAddr != "0.0.0.0:443" || c.DNSAddr != "0.0.0.0:53" || c.APIAddr != "127.0.0.1:8081" ||
-				len(c.PublicIPs) != 2 || c.Store != "/srv/webgw/state.db" || c.Open == nil || *c.Open ||
+				len(c.PublicIPs) != 2 || len(c.UpstreamAllow) != 2 || c.Store != "/srv/webgw/state.db" || c.Open == nil || *c.Open ||
 				c.AccessLog == nil || *c.AccessLog || c.LogLevel != "warn" {
 				t.Errorf("decoded %+v", c)
 			}

@@ -29,6 +29,7 @@ import (
 	"github.com/webgw/webgw/internal/control"
 	"github.com/webgw/webgw/internal/edge"
 	"github.com/webgw/webgw/internal/model"
+	"github.com/webgw/webgw/internal/netpolicy"
 	"github.com/webgw/webgw/internal/proxy"
 	"github.com/webgw/webgw/internal/route"
 	"github.com/webgw/webgw/internal/store"
@@ -41,9 +42,14 @@ type Gateway struct {
 	store store.Store
 	ca    *certs.LocalCA
 	table *route.Table
+	// upstreams guards direct upstream dials (--upstream-allow).
+	upstreams *netpolicy.Policy
 
 	// Addresses actually bound (port 0 resolved).
 	HTTPAddr, HTTPSAddr, APIAddr string
+	// H3Addr is the UDP address of HTTP/3 and QUIC agent tunnels (the
+	// HTTPS port); "" when http3 is off.
+	H3Addr string
 	// CAFile is the CA certificate clients and agents trust.
 	CAFile string
 	// AdminTokenFile holds the admin API token.
@@ -115,9 +121,18 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	g.CAFile = g.ca.CAFile()
 
 	// Listeners first, so port 0 is resolved before certificates and the banner.
-	httpsLn, err := listen("https_addr", cfg.HTTPSAddr)
+	httpsLn, udpPC, err := listenHTTPS(cfg.HTTPSAddr, *cfg.HTTP3)
 	if err != nil {
 		return nil, err
+	}
+	if udpPC != nil {
+		// ServeUDP owns the socket from here; CloseUDP (in Stop) closes it.
+		defer func() {
+			if !ok {
+				udpPC.Close()
+			}
+		}()
+		g.H3Addr = udpPC.LocalAddr().String()
 	}
 	httpLn, err := listen("http_addr", cfg.HTTPAddr)
 	if err != nil {
@@ -154,6 +169,17 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := route.NewMetrics(reg)
 	g.table = route.NewTable(metrics)
+	allow, err := netpolicy.ParseAllow(cfg.UpstreamAllow)
+	if err != nil {
+		httpsLn.Close()
+		httpLn.Close()
+		apiLn.Close()
+		return nil, cfgErr("upstream_allow: %v", err)
+	}
+	g.upstreams = netpolicy.New(allow, nil)
+	g.table.DialDirect = g.dialDirect
+	g.table.Domain = cfg.Domain
+	g.table.Log = log
 	if err := g.loadServices(ctx); err != nil {
 		httpsLn.Close()
 		httpLn.Close()
@@ -170,6 +196,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	names := &edge.Names{Domain: cfg.Domain, Table: g.table}
 	httpsPort := portOf(g.HTTPSAddr)
 	px := &proxy.HTTP{Lookup: names.Lookup, Log: log, AccessLog: *cfg.AccessLog}
+	if udpPC != nil {
+		px.AltSvc = edge.AltSvc(httpsPort)
+	}
 	ctl := &control.Server{
 		Store: st, Table: g.table, Log: log, Open: *cfg.Open, GatewayID: g.ID,
 		MaxAgentsPerTenant: cfg.Limits.MaxAgentsPerTenant, MaxStreamsPerAgent: cfg.Limits.MaxStreamsPerAgent,
@@ -211,6 +240,11 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		defer close(g.httpsDone)
 		return g.https.Serve(runCtx, httpsLn)
 	})
+	if udpPC != nil {
+		// QUIC agent connections are refused (TunnelQUIC is nil) until the
+		// control server takes QUIC sessions.
+		g.goRun(func() error { return g.https.ServeUDP(runCtx, udpPC) })
+	}
 	g.goRun(func() error { return serveHTTP(g.httpSrv, httpLn) })
 	g.goRun(func() error { return serveHTTP(g.apiSrv, apiLn) })
 	g.goRun(func() error { g.watchServices(runCtx); return nil })
@@ -254,6 +288,7 @@ func (g *Gateway) Stop(ctx context.Context) error {
 		go func() { defer wg.Done(); f(ctx) }()
 	}
 	wg.Wait()
+	g.table.Close() // stops health checks
 	// Only now that no request is in flight (or ctx ran out) are the agents cut.
 	g.tunCancel()
 	for _, a := range g.table.AgentsOf() {
@@ -261,6 +296,10 @@ func (g *Gateway) Stop(ctx context.Context) error {
 		go func() { defer wg.Done(); a.Session.Close() }() // a stuck peer may take a second each
 	}
 	wg.Wait()
+	// Last, the UDP socket that QUIC connections shared.
+	if err := g.https.CloseUDP(); err != nil {
+		g.log.Debug("close udp", "err", err)
+	}
 	g.wg.Wait()
 	return g.closeAll()
 }
@@ -272,6 +311,16 @@ func (g *Gateway) closeAll() error {
 	return nil
 }
 
+// dialDirect dials a direct upstream inside the networks the operator allowed.
+func (g *Gateway) dialDirect(ctx context.Context, u model.ParsedUpstream, spec model.Upstream, useTLS bool) (net.Conn, error) {
+	var t *netpolicy.TLSOptions
+	if useTLS {
+		// The proxy speaks HTTP/1.1 on the connection.
+		t = &netpolicy.TLSOptions{Insecure: spec.TLSInsecure, ServerName: spec.TLSServerName, NextProtos: []string{"http/1.1"}}
+	}
+	return g.upstreams.DialUpstream(ctx, u, t)
+}
+
 // loadServices fills the table from the store.
 func (g *Gateway) loadServices(ctx context.Context) error {
 	svcs, err := store.ListServices(ctx, g.store)
@@ -280,7 +329,7 @@ func (g *Gateway) loadServices(ctx context.Context) error {
 	}
 	seen := make(map[string]bool, len(svcs))
 	for _, s := range svcs {
-		g.table.Upsert(s.Name, s.Tenant, s.Protocol, true)
+		g.table.Configure(s)
 		seen[s.Name] = true
 	}
 	for _, s := range g.table.List() {
@@ -327,7 +376,7 @@ func (g *Gateway) watchServices(ctx context.Context) {
 					g.log.Error("service record unreadable; ignored", "key", ev.Entry.Key, "err", err)
 					continue
 				}
-				g.table.Upsert(s.Name, s.Tenant, s.Protocol, true)
+				g.table.Configure(s)
 			}
 		}
 	}
@@ -363,6 +412,9 @@ func (g *Gateway) Banner(w io.Writer) {
 	fmt.Fprintf(w, "webgw gateway %s ready (version %s)\n", g.ID, Version)
 	fmt.Fprintf(w, "  domain        %s\n", c.Domain)
 	fmt.Fprintf(w, "  https+tunnel  %s\n", g.HTTPSAddr)
+	if g.H3Addr != "" {
+		fmt.Fprintf(w, "  http/3        udp/%s on %s (and agent tunnels over quic)\n", portOf(g.H3Addr), g.H3Addr)
+	}
 	fmt.Fprintf(w, "  http          %s (redirects to https)\n", g.HTTPAddr)
 	fmt.Fprintf(w, "  admin api     http://%s (token in %s)\n", g.APIAddr, g.AdminTokenFile)
 	fmt.Fprintf(w, "  dns           %s (reserved; not served in this version)\n", c.DNSAddr)
@@ -398,6 +450,30 @@ func hostPort(host, port string) string {
 		return host
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// listenHTTPS binds the HTTPS listener and, with udp, a UDP socket on the
+// same address and port for QUIC. With port 0 the UDP port of the one picked
+// may be taken; then the pair is tried again.
+func listenHTTPS(addr string, udp bool) (net.Listener, net.PacketConn, error) {
+	tries := 1
+	if portOf(addr) == "0" {
+		tries = 5
+	}
+	for i := 1; ; i++ {
+		ln, err := listen("https_addr", addr)
+		if err != nil || !udp {
+			return ln, nil, err
+		}
+		pc, err := net.ListenPacket("udp", ln.Addr().String())
+		if err == nil {
+			return ln, pc, nil
+		}
+		ln.Close()
+		if i >= tries {
+			return nil, nil, cfgErr("https_addr: listen on udp %s for http3: %v (set http3: false to serve TCP only)", ln.Addr(), err)
+		}
+	}
 }
 
 func listen(key, addr string) (net.Listener, error) {

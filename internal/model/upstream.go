@@ -257,6 +257,9 @@ func (s *Service) ValidateRouting() error {
 		default:
 			return fmt.Errorf("health.type: %q not accepted; use http or tcp", h.Type)
 		}
+		if s.Protocol == ProtoTLS && h.Type != "tcp" {
+			return errors.New("health.type: a tls (passthrough) service is checked with tcp")
+		}
 		if h.Type == "tcp" && (h.Path != "" || h.Status != 0) {
 			return errors.New("health.path and health.status apply to http checks only")
 		}

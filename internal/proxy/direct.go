@@ -50,6 +50,7 @@ func (p *HTTP) serveDirect(w http.ResponseWriter, r *http.Request, svc *route.Se
 		ErrorPage(w, status, msg)
 		return true
 	}
+	defer u.up.End()
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// Not asked for (upgrades take the other path): refuse it.
 		u.close()

@@ -265,7 +265,8 @@ func chunked(req *http.Request) bool {
 	return !bodyless(req) && (len(req.TransferEncoding) > 0 || req.ContentLength < 0)
 }
 
-// upConn is a pooled tunnel stream carrying HTTP/1.1 to the agent.
+// upConn is a pooled connection carrying HTTP/1.1 to an upstream: a tunnel
+// stream to an agent, or a connection to a direct upstream.
 type upConn struct {
 	c  net.Conn
 	br *bufio.Reader
@@ -276,8 +277,12 @@ type upConn struct {
 	stop func() bool
 	// idleSince is when the stream went back to the pool; set by putUp.
 	idleSince time.Time
-	// agent is the agent at the other end; a draining one gets no more requests.
-	agent *route.Agent
+	// up is the upstream at the other end; a draining, gone or unhealthy
+	// one gets no more requests.
+	up *route.Upstream
+	// pooled is set when the connection was taken from the pool (it may
+	// have been closed by the other side meanwhile: not the upstream's fault).
+	pooled bool
 }
 
 // close ends the stream. A stream's Close only ends our sending side; the
@@ -288,15 +293,27 @@ func (u *upConn) close() {
 	u.c.Close()
 }
 
-// getUp returns a stream to the agent the balancer picks for this request:
-// one of its pooled streams when a live one is there, else a new one (to
-// another agent when that one cannot open it). Picking per request, not per
-// stream, spreads requests over replicas even when one stream would do.
-func (sp *svcProxy) getUp(svc *route.Service) (*upConn, error) {
-	if a := svc.Pick(); a != nil {
+// getUp returns a connection to the upstream the balancer picks for this
+// request (not one of tried, unless no other is left): one of its pooled
+// connections when a live one is there, else a new one (to the next
+// upstream when that one cannot be reached). Picking per request, not per
+// connection, spreads requests over replicas even when one would do.
+func (sp *svcProxy) getUp(ctx context.Context, svc *route.Service, clientIP string, tried []*route.Upstream) (*upConn, error) {
+	var lastErr error
+	busy := false
+	for range 8 {
+		up := svc.Pick(clientIP, tried...)
+		if up == nil && len(tried) > 0 && lastErr == nil && !busy {
+			// Every upstream was tried once already (a stale pooled
+			// connection, say): a fresh connection may still work.
+			up = svc.Pick(clientIP)
+		}
+		if up == nil {
+			break
+		}
 		for {
 			sp.mu.Lock()
-			list := sp.idle[a]
+			list := sp.idle[up]
 			n := len(list)
 			if n == 0 {
 				sp.mu.Unlock()
@@ -304,32 +321,53 @@ func (sp *svcProxy) getUp(svc *route.Service) (*upConn, error) {
 			}
 			u := list[n-1]
 			list[n-1] = nil
-			sp.idle[a] = list[:n-1]
+			sp.idle[up] = list[:n-1]
 			sp.nidle--
 			sp.mu.Unlock()
-			// A stream idle only briefly is taken as is (a failure then is
-			// retried); one idle longer is checked, as its backend may have
-			// closed its keep-alive connection.
-			if !a.Draining() && !a.Gone() && (time.Since(u.idleSince) < freshIdle || u.alive()) {
+			// A connection idle only briefly is taken as is (a failure
+			// then is retried); one idle longer is checked, as its
+			// backend may have closed its keep-alive connection.
+			if !up.Draining() && !up.Gone() && (time.Since(u.idleSince) < freshIdle || u.alive()) {
+				u.pooled = true
 				return u, nil
 			}
 			u.close()
 		}
-		c, got, err := svc.DialPrefer(a, sp.hdr)
-		if err != nil {
-			return nil, err
+		dctx := ctx
+		if dctx == nil {
+			dctx = context.Background()
 		}
-		return newUpConn(c, got), nil
+		dctx, cancel := context.WithTimeout(dctx, dialTimeout)
+		c, err := up.Dial(dctx, sp.hdr)
+		cancel()
+		if err == nil {
+			return newUpConn(c, up), nil
+		}
+		if errors.Is(err, route.ErrBusy) {
+			busy = true
+		} else {
+			up.Report(false)
+			lastErr = err
+		}
+		tried = append(tried, up)
+		if ctx != nil && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 	}
-	c, got, err := svc.Dial(sp.hdr)
-	if err != nil {
-		return nil, err
+	switch {
+	case lastErr != nil:
+		return nil, fmt.Errorf("%w: %w", route.ErrNoUpstream, lastErr)
+	case busy:
+		return nil, route.ErrBusy
 	}
-	return newUpConn(c, got), nil
+	return nil, route.ErrNoUpstream
 }
 
-func newUpConn(c net.Conn, a *route.Agent) *upConn {
-	return &upConn{c: c, br: bufio.NewReaderSize(c, h1BufSize), bw: bufio.NewWriterSize(c, h1BufSize), agent: a}
+// dialTimeout bounds connecting to one upstream.
+const dialTimeout = 10 * time.Second
+
+func newUpConn(c net.Conn, up *route.Upstream) *upConn {
+	return &upConn{c: c, br: bufio.NewReaderSize(c, h1BufSize), bw: bufio.NewWriterSize(c, h1BufSize), up: up}
 }
 
 // alive reports whether an idle stream still looks usable: nothing has
@@ -352,13 +390,14 @@ const freshIdle = 100 * time.Millisecond
 
 func (sp *svcProxy) putUp(u *upConn) {
 	u.idleSince = time.Now()
-	a := u.agent
+	u.pooled = false
+	a := u.up
 	sp.mu.Lock()
 	// A draining agent's streams are closed as their exchanges end, so it
 	// gets no new request and its drain completes.
 	if sp.nidle < sp.maxIdle && !a.Draining() && !a.Gone() {
 		if sp.idle == nil {
-			sp.idle = make(map[*route.Agent][]*upConn)
+			sp.idle = make(map[*route.Upstream][]*upConn)
 		}
 		sp.idle[a] = append(sp.idle[a], u)
 		sp.nidle++
@@ -370,8 +409,8 @@ func (sp *svcProxy) putUp(u *upConn) {
 	u.close()
 }
 
-// sweepLocked drops the pooled streams of agents that are gone or draining
-// (the balancer no longer picks them).
+// sweepLocked drops the pooled connections of upstreams that are gone or
+// draining (the balancer no longer picks them).
 func (sp *svcProxy) sweepLocked() {
 	for a, list := range sp.idle {
 		if len(list) == 0 || a.Gone() || a.Draining() {
@@ -401,11 +440,14 @@ func (sp *svcProxy) closeIdle() {
 func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool) {
 	keep := !req.Close
 	if !svc.Live() {
-		h.writeError(req, http.StatusServiceUnavailable, "No agent is connected for this service right now.", keep && bodyless(req))
+		h.writeError(req, http.StatusServiceUnavailable, "No agent is connected and no upstream is available for this service right now.", keep && bodyless(req))
 		return http.StatusServiceUnavailable, 0, keep && bodyless(req)
 	}
 	sp := h.p.proxyFor(svc)
 	u, resp, werrc, err := sp.roundTrip(nil, svc, req, h.clientIP, h.writeInformational)
+	if err == nil {
+		defer u.up.End()
+	}
 	if err != nil {
 		status, msg := upstreamError(err)
 		ok := keep && bodyless(req) && status == http.StatusServiceUnavailable
@@ -437,11 +479,13 @@ func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool)
 // agent closed just as it was taken).
 // When ctx is not nil, its end closes the stream (a client that went away).
 func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http.Request, clientIP string, info func(*http.Response) error) (*upConn, *http.Response, chan error, error) {
+	var tried []*route.Upstream
 	for attempt := 1; ; attempt++ {
-		u, err := sp.getUp(svc)
+		u, err := sp.getUp(ctx, svc, clientIP, tried)
 		if err != nil {
 			return nil, nil, nil, err
 		}
+		u.up.Begin()
 		if ctx != nil {
 			c := u.c
 			// A stream's Close only ends our sending side; the deadline
@@ -477,8 +521,10 @@ func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http
 			resp, err = readResponse(u.br, req, info)
 		}
 		if err == nil {
+			u.up.ReportStatus(resp.StatusCode)
 			return u, resp, werrc, nil
 		}
+		u.up.End()
 		u.close()
 		if u.stop != nil {
 			u.stop()
@@ -489,9 +535,17 @@ func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http
 		if werrc != nil {
 			<-werrc
 		}
+		// A fresh connection that broke is the upstream's failure; a pooled
+		// one may just have been closed by its backend meanwhile.
+		if !u.pooled || u.up.Gone() {
+			if !u.up.Gone() {
+				u.up.Report(false)
+			}
+			tried = append(tried, u.up)
+		}
 		retry := !sent || (werrc == nil && replayable(req))
 		if !retry || attempt >= maxAttempts {
-			return nil, nil, nil, fmt.Errorf("exchange with agent: %w", err)
+			return nil, nil, nil, fmt.Errorf("exchange with upstream: %w", err)
 		}
 	}
 }
@@ -557,9 +611,9 @@ func upstreamError(err error) (int, string) {
 	case errors.Is(err, route.ErrBusy):
 		return http.StatusServiceUnavailable, "Every agent of this service is at its stream limit."
 	case errors.Is(err, route.ErrNoUpstream):
-		return http.StatusServiceUnavailable, "No agent is connected for this service right now."
+		return http.StatusServiceUnavailable, "No agent is connected and no upstream is available for this service right now."
 	}
-	return http.StatusBadGateway, "The service's agent could not be reached or closed the connection."
+	return http.StatusBadGateway, "The service's upstream could not be reached or closed the connection."
 }
 
 // hopHeaders are dropped in both directions (RFC 9110 section 7.6.1), with
@@ -781,6 +835,11 @@ func (h *h1conn) writeResponse(req *http.Request, resp *http.Response) (int64, b
 	chunked, closeDelimited := false, false
 	writeStatusLine(bw, code, resp.Status)
 	writeHeaderLines(bw, resp.Header, mergeSkip(hopHeaders, connectionTokens(resp.Header)), nil)
+	if h.p.AltSvc != "" && resp.Header["Alt-Svc"] == nil {
+		bw.WriteString("Alt-Svc: ")
+		bw.WriteString(h.p.AltSvc)
+		bw.WriteString("\r\n")
+	}
 	switch {
 	case noBody:
 		if cl := resp.Header.Get("Content-Length"); cl != "" && req.Method == http.MethodHead {
@@ -944,6 +1003,11 @@ func (h *h1conn) writeError(req *http.Request, status int, msg string, keep bool
 		status, http.StatusText(status), len(body))
 	if status == http.StatusServiceUnavailable {
 		bw.WriteString("Retry-After: 1\r\n")
+	}
+	if h.p.AltSvc != "" {
+		bw.WriteString("Alt-Svc: ")
+		bw.WriteString(h.p.AltSvc)
+		bw.WriteString("\r\n")
 	}
 	if !keep {
 		bw.WriteString("Connection: close\r\n")

@@ -40,6 +40,9 @@ type HTTP struct {
 	IdleConnTimeout time.Duration
 	// MaxIdlePerService bounds pooled idle streams per service; 0 means 256.
 	MaxIdlePerService int
+	// AltSvc is sent as the Alt-Svc header of every response (HTTP/3
+	// advertisement), unless the service sends its own; "" sends none.
+	AltSvc string
 }
 
 type svcProxy struct {
@@ -50,7 +53,7 @@ type svcProxy struct {
 	hdr     *tunnel.Header
 	maxIdle int
 	mu      sync.Mutex
-	idle    map[*route.Agent][]*upConn // pooled streams per agent, most recently used last; guarded by mu
+	idle    map[*route.Upstream][]*upConn // pooled connections per upstream, most recently used last; guarded by mu
 	nidle   int                        // streams in idle; guarded by mu
 }
 
@@ -125,7 +128,7 @@ func (p *HTTP) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, route.ErrNoUpstream):
 		status = http.StatusServiceUnavailable
-		msg = "No agent is connected for this service right now."
+		msg = "No agent is connected and no upstream is available for this service right now."
 		w.Header().Set("Retry-After", "1")
 	case errors.Is(err, route.ErrBusy):
 		status = http.StatusServiceUnavailable
@@ -176,6 +179,9 @@ func HostName(hostport string) string {
 
 func (p *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	if p.AltSvc != "" {
+		w.Header().Set("Alt-Svc", p.AltSvc)
+	}
 	host := HostName(r.Host)
 	svc := p.Lookup(host)
 	if svc == nil || !svc.Protocol.Terminates() {
@@ -187,7 +193,7 @@ func (p *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	whole := true
 	if !svc.Live() {
 		w.Header().Set("Retry-After", "1")
-		ErrorPage(rw, http.StatusServiceUnavailable, "No agent is connected for this service right now.")
+		ErrorPage(rw, http.StatusServiceUnavailable, "No agent is connected and no upstream is available for this service right now.")
 	} else if _, up := isUpgrade(r.Header); svc.Protocol == model.ProtoHTTP && !up {
 		whole = p.serveDirect(rw, r, svc)
 	} else {

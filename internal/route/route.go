@@ -5,8 +5,10 @@
 package route
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sort"
 	"sync"
@@ -46,6 +48,9 @@ type Agent struct {
 	Session  Opener
 	// MaxStreams bounds concurrent streams the gateway opens to this agent; 0 means no bound.
 	MaxStreams int64
+	// Weights are the agent's load-balancing weights per service name; a
+	// missing or 0 entry means 1. Set before it is attached.
+	Weights map[string]int
 
 	draining atomic.Bool
 	gone     atomic.Bool  // detached: its session ended or was replaced
@@ -80,7 +85,9 @@ type Service struct {
 	// Metrics are this service's metric children, resolved once.
 	Metrics *ServiceMetrics
 
-	agents   atomic.Pointer[[]*Agent] // copy-on-write; written under Table.mu
+	table    *Table                    // the table it belongs to; nil in some tests
+	ups      atomic.Pointer[upList]    // copy-on-write; written under Table.mu
+	cfg      atomic.Pointer[svcConfig] // routing settings; written under Table.mu
 	next     atomic.Uint32
 	emptyAt  atomic.Int64 // unix nanos when the last agent left; 0 while agents are attached
 	requests atomic.Int64
@@ -89,18 +96,67 @@ type Service struct {
 	ext   atomic.Pointer[any] // owned by the proxy layer (its per-service state); set once under extMu
 }
 
-// Agents returns the agents attached now. The slice must not be modified.
-func (s *Service) Agents() []*Agent {
-	if p := s.agents.Load(); p != nil {
-		return *p
-	}
-	return nil
+// svcConfig is a service's routing settings from the store.
+type svcConfig struct {
+	lb     model.LBPolicy
+	policy HealthPolicy
+	spec   model.Service // as stored: upstreams, health, passive
+	// checks stops the active health checks; nil when none run.
+	checks context.CancelFunc
 }
 
-// Live reports whether at least one non-draining agent is attached.
+var defaultConfig = &svcConfig{policy: PolicyFor(nil, nil)}
+
+func (s *Service) config() *svcConfig {
+	if c := s.cfg.Load(); c != nil {
+		return c
+	}
+	return defaultConfig
+}
+
+func (s *Service) lb() model.LBPolicy    { return s.config().lb }
+func (s *Service) policy() *HealthPolicy { return &s.config().policy }
+
+// LB is the service's load-balancing policy.
+func (s *Service) LB() model.LBPolicy {
+	if lb := s.lb(); lb != "" {
+		return lb
+	}
+	return model.LBRoundRobin
+}
+
+// Spec is the service's stored routing settings (upstreams, lb, health).
+func (s *Service) Spec() model.Service { return s.config().spec }
+
+func (s *Service) list() *upList {
+	if l := s.ups.Load(); l != nil {
+		return l
+	}
+	return &upList{}
+}
+
+// Upstreams returns the upstreams attached now: agents' tunnel sessions and
+// direct upstreams. The slice must not be modified.
+func (s *Service) Upstreams() []*Upstream { return s.list().all }
+
+// Agents returns the agents attached now.
+func (s *Service) Agents() []*Agent {
+	var out []*Agent
+	for _, u := range s.list().all {
+		if u.Agent != nil {
+			out = append(out, u.Agent)
+		}
+	}
+	return out
+}
+
+// Live reports whether at least one upstream may take a request now: an
+// agent not draining, or a direct upstream, that health checks have not
+// taken out.
 func (s *Service) Live() bool {
-	for _, a := range s.Agents() {
-		if !a.Draining() {
+	now := time.Now()
+	for _, u := range s.list().all {
+		if u.Usable(now) {
 			return true
 		}
 	}
@@ -128,89 +184,18 @@ func (s *Service) Ext(init func() any) any {
 	return v
 }
 
-// Dial opens a data stream to one of the service's agents (round robin among
-// those not draining), writes the stream header, and returns the stream,
-// counting its bytes. It tries each agent once before giving up.
-func (s *Service) Dial(h *tunnel.Header) (net.Conn, *Agent, error) {
-	return s.dialFrom(s.Agents(), int(s.next.Add(1)), h)
-}
-
-// Pick returns the next agent in round-robin order that is neither draining
-// nor gone, or nil: the agent a request should go to.
-func (s *Service) Pick() *Agent {
-	agents := s.Agents()
-	n := len(agents)
-	start := int(s.next.Add(1))
-	for i := 0; i < n; i++ {
-		if a := agents[(start+i)%n]; !a.Draining() && !a.Gone() {
-			return a
-		}
+func (s *Service) dialTimeout() time.Duration {
+	if s.table != nil && s.table.DialTimeout > 0 {
+		return s.table.DialTimeout
 	}
-	return nil
-}
-
-// DialPrefer is Dial trying agent first before the others.
-func (s *Service) DialPrefer(first *Agent, h *tunnel.Header) (net.Conn, *Agent, error) {
-	agents := s.Agents()
-	for i, a := range agents {
-		if a == first {
-			return s.dialFrom(agents, i, h)
-		}
-	}
-	return s.dialFrom(agents, int(s.next.Add(1)), h)
-}
-
-// dialFrom tries agents in order from index start, wrapping around.
-func (s *Service) dialFrom(agents []*Agent, start int, h *tunnel.Header) (net.Conn, *Agent, error) {
-	n := len(agents)
-	if n == 0 {
-		return nil, nil, ErrNoUpstream
-	}
-	busy := false
-	var lastErr error
-	for i := 0; i < n; i++ {
-		a := agents[(start+i)%n]
-		if a.Draining() {
-			continue
-		}
-		// Reserve the slot before opening, so concurrent dials cannot
-		// together exceed MaxStreams.
-		if n := a.streams.Add(1); a.MaxStreams > 0 && n > a.MaxStreams {
-			a.streams.Add(-1)
-			busy = true
-			continue
-		}
-		c, err := a.Session.Open()
-		if err != nil {
-			a.streams.Add(-1)
-			lastErr = err
-			continue
-		}
-		if err := tunnel.WriteHeader(c, h); err != nil {
-			c.Close()
-			a.streams.Add(-1)
-			lastErr = err
-			continue
-		}
-		if s.Metrics != nil {
-			s.Metrics.Streams.Inc()
-		}
-		return &countedConn{Conn: c, agent: a, svc: s}, a, nil
-	}
-	if busy {
-		return nil, nil, ErrBusy
-	}
-	if lastErr != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrNoUpstream, lastErr)
-	}
-	return nil, nil, ErrNoUpstream
+	return 10 * time.Second
 }
 
 // countedConn counts a stream's bytes into its agent and service, and the
 // open-stream numbers down once on Close.
 type countedConn struct {
 	net.Conn
-	agent  *Agent
+	up     *Upstream
 	svc    *Service
 	closed atomic.Bool
 }
@@ -218,7 +203,9 @@ type countedConn struct {
 func (c *countedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
-		c.agent.bytesOut.Add(int64(n))
+		if a := c.up.Agent; a != nil {
+			a.bytesOut.Add(int64(n))
+		}
 		if m := c.svc.Metrics; m != nil {
 			m.BytesOut.Add(float64(n))
 		}
@@ -229,7 +216,9 @@ func (c *countedConn) Read(p []byte) (int, error) {
 func (c *countedConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	if n > 0 {
-		c.agent.bytesIn.Add(int64(n))
+		if a := c.up.Agent; a != nil {
+			a.bytesIn.Add(int64(n))
+		}
 		if m := c.svc.Metrics; m != nil {
 			m.BytesIn.Add(float64(n))
 		}
@@ -249,7 +238,9 @@ func (c *countedConn) CloseWrite() error {
 
 func (c *countedConn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
-		c.agent.streams.Add(-1)
+		if a := c.up.Agent; a != nil {
+			a.streams.Add(-1)
+		}
 		if m := c.svc.Metrics; m != nil {
 			m.Streams.Dec()
 		}
@@ -257,17 +248,40 @@ func (c *countedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// Table maps service names to services.
+// Table maps service names to services. Exported fields are set before
+// the table is used and not changed after.
 type Table struct {
+	// DialDirect dials direct upstreams; nil means services cannot use them.
+	DialDirect DirectDialer
+	// DialTimeout bounds dialling an upstream in Dial; 0 means 10 s.
+	DialTimeout time.Duration
+	// Domain is the gateway domain, for the Host header of health checks.
+	Domain string
+	// Log receives health changes; nil discards.
+	Log *slog.Logger
+
 	metrics *Metrics // may be nil
 
 	mu       sync.RWMutex
 	services map[string]*Service // guarded by mu
+	closed   bool                // guarded by mu: no more health checks start
 }
 
 // NewTable returns an empty table reporting into m (which may be nil).
 func NewTable(m *Metrics) *Table {
 	return &Table{metrics: m, services: make(map[string]*Service)}
+}
+
+func (t *Table) log() *slog.Logger {
+	if t.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return t.Log
+}
+
+func (t *Table) logEjection(u *Upstream) {
+	t.log().Warn("upstream ejected after failed requests", "service", u.svc.Name, "upstream", u.String(),
+		"cooldown", u.svc.policy().Cooldown.String())
 }
 
 // Lookup returns the service called name, or nil.
@@ -295,9 +309,13 @@ func (t *Table) List() []*Service {
 func (t *Table) Upsert(name, tenant string, proto model.Protocol, stored bool) *Service {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.upsertLocked(name, tenant, proto, stored)
+}
+
+func (t *Table) upsertLocked(name, tenant string, proto model.Protocol, stored bool) *Service {
 	s := t.services[name]
 	if s == nil {
-		s = &Service{Name: name, Tenant: tenant, Protocol: proto, Stored: stored}
+		s = &Service{Name: name, Tenant: tenant, Protocol: proto, Stored: stored, table: t}
 		if t.metrics != nil {
 			s.Metrics = t.metrics.forService(name)
 		}
@@ -306,15 +324,115 @@ func (t *Table) Upsert(name, tenant string, proto model.Protocol, stored bool) *
 		return s
 	}
 	if s.Tenant != tenant || s.Protocol != proto || s.Stored != stored {
-		// Replace the entry so readers holding the old one see consistent fields.
-		ns := &Service{Name: name, Tenant: tenant, Protocol: proto, Stored: stored, Metrics: s.Metrics}
-		ns.agents.Store(s.agents.Load())
+		// Replace the entry so readers holding the old one see consistent
+		// fields; its upstreams move over as new values of the new entry.
+		ns := &Service{Name: name, Tenant: tenant, Protocol: proto, Stored: stored, Metrics: s.Metrics, table: t}
 		ns.emptyAt.Store(s.emptyAt.Load())
 		ns.requests.Store(s.requests.Load())
+		if c := s.cfg.Load(); c != nil {
+			if c.checks != nil {
+				c.checks()
+			}
+			ns.cfg.Store(&svcConfig{lb: c.lb, policy: c.policy, spec: c.spec})
+		}
+		var ups []*Upstream
+		for _, u := range s.list().all {
+			if u.Agent != nil {
+				ups = append(ups, ns.newAgentUpstream(u.Agent))
+			} else {
+				u.removed.Store(true)
+			}
+		}
+		ns.ups.Store(newUpList(ups))
 		t.services[name] = ns
+		if c := ns.cfg.Load(); c != nil {
+			t.setDirectLocked(ns, c.spec)
+		}
 		return ns
 	}
 	return s
+}
+
+// Configure applies a stored service record: owner, protocol, direct
+// upstreams, policy and health settings, keeping the health state of
+// upstreams that did not change. It returns the entry.
+func (t *Table) Configure(sv model.Service) *Service {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.upsertLocked(sv.Name, sv.Tenant, sv.Protocol, true)
+	old := s.cfg.Load()
+	if old != nil && old.checks != nil {
+		old.checks()
+	}
+	s.cfg.Store(&svcConfig{lb: sv.LB, policy: PolicyFor(sv.Health, sv.Passive), spec: sv})
+	t.setDirectLocked(s, sv)
+	return s
+}
+
+// setDirectLocked replaces s's direct upstreams by those of sv, keeping
+// the Upstream values of unchanged ones, and (re)starts active checks.
+func (t *Table) setDirectLocked(s *Service, sv model.Service) {
+	cur := s.list().all
+	keep := map[model.Upstream]*Upstream{}
+	var ups []*Upstream
+	for _, u := range cur {
+		if u.Agent != nil {
+			ups = append(ups, u)
+		} else {
+			keep[u.Direct.Spec] = u
+		}
+	}
+	for _, spec := range sv.Upstreams {
+		if u := keep[spec]; u != nil {
+			delete(keep, spec)
+			ups = append(ups, u)
+			continue
+		}
+		p, err := model.ParseUpstreamURL(spec.URL, sv.Protocol)
+		if err != nil {
+			t.log().Warn("stored upstream skipped", "service", s.Name, "url", spec.URL, "err", err)
+			continue
+		}
+		w := spec.Weight
+		if w <= 0 {
+			w = 1
+		}
+		ups = append(ups, &Upstream{
+			Direct: &Direct{Spec: spec, Parsed: p, TLS: p.Scheme == "https" && sv.Protocol.Terminates()},
+			key:    spec.URL, weight: w, svc: s,
+		})
+	}
+	for _, u := range keep {
+		u.removed.Store(true)
+	}
+	s.ups.Store(newUpList(ups))
+	t.updateEmptyLocked(s)
+	c := s.cfg.Load()
+	if c != nil && c.policy.Active && !t.closed {
+		ctx, cancel := context.WithCancel(context.Background())
+		c.checks = cancel
+		go t.runChecks(ctx, s, c.policy)
+	}
+}
+
+// updateEmptyLocked keeps the agent gauge and the emptiness clock.
+func (t *Table) updateEmptyLocked(s *Service) {
+	n := 0
+	for _, u := range s.list().all {
+		if u.Agent != nil {
+			n++
+		}
+	}
+	if len(s.list().all) == 0 {
+		if s.emptyAt.Load() == 0 {
+			s.emptyAt.Store(time.Now().UnixNano())
+		}
+	} else {
+		s.emptyAt.Store(0)
+	}
+	if s.Metrics != nil {
+		s.Metrics.Agents.Set(float64(n))
+	}
 }
 
 // Remove deletes the service called name.
@@ -323,11 +441,42 @@ func (t *Table) Remove(name string) {
 	defer t.mu.Unlock()
 	s := t.services[name]
 	delete(t.services, name)
+	if s == nil {
+		return
+	}
+	if c := s.cfg.Load(); c != nil && c.checks != nil {
+		c.checks()
+	}
+	for _, u := range s.list().all {
+		if u.Direct != nil {
+			u.removed.Store(true)
+		}
+	}
 	// Drop the series under mu: a concurrent Upsert of the same name must
 	// not have its new children deleted.
-	if s != nil && t.metrics != nil {
+	if t.metrics != nil {
 		t.metrics.dropService(name)
 	}
+}
+
+// Close stops every service's health checks.
+func (t *Table) Close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closed = true
+	for _, s := range t.services {
+		if c := s.cfg.Load(); c != nil && c.checks != nil {
+			c.checks()
+		}
+	}
+}
+
+func (s *Service) newAgentUpstream(a *Agent) *Upstream {
+	w := a.Weights[s.Name]
+	if w <= 0 {
+		w = 1
+	}
+	return &Upstream{Agent: a, key: a.Tenant + "/" + a.ID, weight: w, svc: s}
 }
 
 // Attach adds agent a to the service called name, which must exist.
@@ -338,15 +487,12 @@ func (t *Table) Attach(name string, a *Agent) error {
 	if s == nil {
 		return fmt.Errorf("attach agent to %q: no such service", name)
 	}
-	old := s.Agents()
-	nl := make([]*Agent, 0, len(old)+1)
+	old := s.list().all
+	nl := make([]*Upstream, 0, len(old)+1)
 	nl = append(nl, old...)
-	nl = append(nl, a)
-	s.agents.Store(&nl)
-	s.emptyAt.Store(0)
-	if s.Metrics != nil {
-		s.Metrics.Agents.Set(float64(len(nl)))
-	}
+	nl = append(nl, s.newAgentUpstream(a))
+	s.ups.Store(newUpList(nl))
+	t.updateEmptyLocked(s)
 	return nil
 }
 
@@ -356,10 +502,10 @@ func (t *Table) Detach(a *Agent) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, s := range t.services {
-		old := s.Agents()
+		old := s.list().all
 		idx := -1
 		for i, x := range old {
-			if x == a {
+			if x.Agent == a {
 				idx = i
 				break
 			}
@@ -367,16 +513,11 @@ func (t *Table) Detach(a *Agent) {
 		if idx < 0 {
 			continue
 		}
-		nl := make([]*Agent, 0, len(old)-1)
+		nl := make([]*Upstream, 0, len(old)-1)
 		nl = append(nl, old[:idx]...)
 		nl = append(nl, old[idx+1:]...)
-		s.agents.Store(&nl)
-		if len(nl) == 0 {
-			s.emptyAt.Store(time.Now().UnixNano())
-		}
-		if s.Metrics != nil {
-			s.Metrics.Agents.Set(float64(len(nl)))
-		}
+		s.ups.Store(newUpList(nl))
+		t.updateEmptyLocked(s)
 	}
 }
 

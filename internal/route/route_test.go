@@ -266,7 +266,7 @@ func TestDialRoundRobin(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		seen[a]++
+		seen[a.Agent]++
 		c.Close()
 	}
 	for i, o := range ops {
@@ -298,7 +298,7 @@ func TestDialSkipsDraining(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if a == agents[1] {
+		if a.Agent == agents[1] {
 			t.Fatal("Dial picked a draining agent")
 		}
 		c.Close()
@@ -337,7 +337,7 @@ func TestDialErrors(t *testing.T) {
 			c, a, err := svc.Dial(hdr)
 			if err == nil {
 				c.Close()
-				t.Fatalf("Dial succeeded with agent %s", a.ID)
+				t.Fatalf("Dial succeeded with agent %s", a.Agent.ID)
 			}
 			if !errors.Is(err, ErrNoUpstream) {
 				t.Errorf("Dial error %v is not ErrNoUpstream", err)
@@ -372,8 +372,8 @@ func TestDialSkipsDeadSession(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Dial with one live agent: %v", err)
 			}
-			if a.Session != live {
-				t.Fatalf("Dial returned agent %s, not the live one", a.ID)
+			if a.Agent.Session != live {
+				t.Fatalf("Dial returned agent %s, not the live one", a.Agent.ID)
 			}
 			c.Close()
 		}
@@ -400,7 +400,7 @@ func TestDialBusy(t *testing.T) {
 			t.Fatalf("dial %d: %v", i, err)
 		}
 		conns = append(conns, c)
-		owners = append(owners, a)
+		owners = append(owners, a.Agent)
 	}
 	for _, a := range agents {
 		if a.Streams() != 1 {
@@ -418,8 +418,8 @@ func TestDialBusy(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Dial after a stream closed: %v", err)
 	}
-	if a != owners[1] {
-		t.Errorf("Dial picked agent %s, want the one with room (%s)", a.ID, owners[1].ID)
+	if a.Agent != owners[1] {
+		t.Errorf("Dial picked agent %s, want the one with room (%s)", a.Agent.ID, owners[1].ID)
 	}
 	conns[1] = c
 	for _, c := range conns {

@@ -162,6 +162,108 @@ func deleteIf(ctx context.Context, s Store, key string, match func([]byte) (bool
 	}
 }
 
+// maxUpdateAttempts bounds the read-modify-write rounds of UpdateService
+// and DeleteService when other writers keep changing the record.
+const maxUpdateAttempts = 16
+
+// GetService returns the service named name and its revision, or an error
+// wrapping ErrNotFound.
+func GetService(ctx context.Context, s Store, name string) (model.Service, int64, error) {
+	var svc model.Service
+	rev, err := GetJSON(ctx, s, ServiceKey(name), &svc)
+	if err != nil {
+		return model.Service{}, 0, fmt.Errorf("get service %s: %w", name, err)
+	}
+	return svc, rev, nil
+}
+
+// CreateService stores a new service record and returns its revision. If
+// the name is taken (by any tenant) it returns an error wrapping ErrConflict.
+// It checks the name, not the routing settings (model.Service.ValidateRouting).
+func CreateService(ctx context.Context, s Store, svc model.Service) (int64, error) {
+	if err := model.ValidateName(svc.Name); err != nil {
+		return 0, fmt.Errorf("create service: %w", err)
+	}
+	rev, err := PutJSON(ctx, s, ServiceKey(svc.Name), svc, 0)
+	if errors.Is(err, ErrConflict) {
+		return 0, fmt.Errorf("create service %s: name already taken: %w", svc.Name, err)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("create service %s: %w", svc.Name, err)
+	}
+	return rev, nil
+}
+
+// UpdateService changes the service named name with a compare-and-swap: it
+// reads the record, calls update with it, and writes the result only if
+// nobody wrote the record in between; otherwise it reads again and calls
+// update again (so update must not have other side effects). An error from
+// update aborts and is returned wrapped. The record's name is kept whatever
+// update does.
+//
+// With ifRev > 0 the update applies only to that revision of the record (an
+// optimistic lock held by the caller since an earlier read): another
+// revision returns an error wrapping ErrConflict at once, without retrying.
+// A missing record returns an error wrapping ErrNotFound. UpdateService
+// returns the record written and its new revision.
+func UpdateService(ctx context.Context, s Store, name string, ifRev int64, update func(*model.Service) error) (model.Service, int64, error) {
+	for attempt := 0; attempt < maxUpdateAttempts; attempt++ {
+		svc, rev, err := GetService(ctx, s, name)
+		if err != nil {
+			return model.Service{}, 0, fmt.Errorf("update service %s: %w", name, errors.Unwrap(err))
+		}
+		if ifRev > 0 && rev != ifRev {
+			return model.Service{}, 0, fmt.Errorf("update service %s: at revision %d, not %d: %w", name, rev, ifRev, ErrConflict)
+		}
+		if err := update(&svc); err != nil {
+			return model.Service{}, 0, fmt.Errorf("update service %s: %w", name, err)
+		}
+		svc.Name = name
+		nrev, err := PutJSON(ctx, s, ServiceKey(name), svc, rev)
+		switch {
+		case err == nil:
+			return svc, nrev, nil
+		case errors.Is(err, ErrConflict) && ifRev <= 0:
+			continue
+		default:
+			return model.Service{}, 0, fmt.Errorf("update service %s: %w", name, err)
+		}
+	}
+	return model.Service{}, 0, fmt.Errorf("update service %s: still changing after %d attempts: %w", name, maxUpdateAttempts, ErrConflict)
+}
+
+// DeleteService removes the service named name if check (nil: any) accepts
+// its current record; an error from check aborts and is returned wrapped.
+// A change between the read and the delete makes it read and check again;
+// with ifRev > 0 only that revision is deleted, as for UpdateService. A
+// missing record returns an error wrapping ErrNotFound.
+func DeleteService(ctx context.Context, s Store, name string, ifRev int64, check func(model.Service) error) error {
+	for attempt := 0; attempt < maxUpdateAttempts; attempt++ {
+		svc, rev, err := GetService(ctx, s, name)
+		if err != nil {
+			return fmt.Errorf("delete service %s: %w", name, errors.Unwrap(err))
+		}
+		if ifRev > 0 && rev != ifRev {
+			return fmt.Errorf("delete service %s: at revision %d, not %d: %w", name, rev, ifRev, ErrConflict)
+		}
+		if check != nil {
+			if err := check(svc); err != nil {
+				return fmt.Errorf("delete service %s: %w", name, err)
+			}
+		}
+		err = s.Delete(ctx, ServiceKey(name), rev)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ErrConflict) && ifRev <= 0:
+			continue
+		default:
+			return fmt.Errorf("delete service %s: %w", name, err)
+		}
+	}
+	return fmt.Errorf("delete service %s: still changing after %d attempts: %w", name, maxUpdateAttempts, ErrConflict)
+}
+
 // TenantByToken returns the tenant whose token is token, or an error
 // wrapping ErrNotFound. Errors never contain the token.
 func TenantByToken(ctx context.Context, s Store, token string) (model.Tenant, error) {

@@ -3,6 +3,8 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -37,7 +39,7 @@ func TestJSON(t *testing.T) {
 	if err != nil {
 		t.Fatalf("GetJSON: %v", err)
 	}
-	if got != rev || out != in {
+	if got != rev || !reflect.DeepEqual(out, in) {
 		t.Fatalf("GetJSON = %+v at rev %d, want %+v at rev %d", out, got, in, rev)
 	}
 	if _, err := store.PutJSON(ctx, s, store.ServiceKey("shop"), in, 0); !errors.Is(err, store.ErrConflict) {
@@ -265,5 +267,115 @@ func TestListRecords(t *testing.T) {
 	}
 	if want := []string{"svc-alpha", "svc-mid", "svc-zeta"}; !slices.Equal(names, want) {
 		t.Errorf("ListServices names = %q, want %q", names, want)
+	}
+}
+
+func TestServiceRecords(t *testing.T) {
+	ctx := testContext(t)
+	s := openBolt(t)
+	created := time.Unix(1700000000, 0).UTC()
+	shop := model.Service{Name: "shop", Tenant: "acme", Protocol: model.ProtoHTTP, Created: created}
+	rev, err := store.CreateService(ctx, s, shop)
+	if err != nil {
+		t.Fatalf("CreateService: %v", err)
+	}
+	if _, err := store.CreateService(ctx, s, model.Service{Name: "shop", Tenant: "other"}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("CreateService of a taken name = %v, want ErrConflict", err)
+	}
+	for _, bad := range []string{"", "Bad", "admin", "-x"} {
+		if _, err := store.CreateService(ctx, s, model.Service{Name: bad, Tenant: "acme"}); err == nil || errors.Is(err, store.ErrConflict) {
+			t.Errorf("CreateService(%q) = %v, want a name error", bad, err)
+		}
+	}
+	got, grev, err := store.GetService(ctx, s, "shop")
+	if err != nil || grev != rev || got.Tenant != "acme" || !got.Created.Equal(created) {
+		t.Fatalf("GetService = %+v at %d, %v; want shop at %d", got, grev, err, rev)
+	}
+	if _, _, err := store.GetService(ctx, s, "none"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("GetService of a missing name = %v, want ErrNotFound", err)
+	}
+
+	// Update: the name is kept whatever the function does.
+	up := []model.Upstream{{URL: "http://[2001:db8::10]:8080", Weight: 3}}
+	got, nrev, err := store.UpdateService(ctx, s, "shop", 0, func(sv *model.Service) error {
+		sv.Upstreams = up
+		sv.LB = model.LBLeastRequest
+		sv.Name = "renamed"
+		return nil
+	})
+	if err != nil || nrev <= rev || got.Name != "shop" || got.LB != model.LBLeastRequest || len(got.Upstreams) != 1 {
+		t.Fatalf("UpdateService = %+v at %d, %v", got, nrev, err)
+	}
+	if _, _, err := store.GetService(ctx, s, "renamed"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("UpdateService renamed the record: %v", err)
+	}
+	// An error from the function aborts and is returned wrapped.
+	errNo := errors.New("not yours")
+	if _, _, err := store.UpdateService(ctx, s, "shop", 0, func(*model.Service) error { return errNo }); !errors.Is(err, errNo) {
+		t.Errorf("UpdateService with a refusing function = %v, want it wrapped", err)
+	}
+	// With an old revision: conflict, no retry.
+	calls := 0
+	if _, _, err := store.UpdateService(ctx, s, "shop", rev, func(*model.Service) error { calls++; return nil }); !errors.Is(err, store.ErrConflict) || calls != 0 {
+		t.Errorf("UpdateService at an old revision = %v after %d calls, want ErrConflict and no call", err, calls)
+	}
+	if _, r2, err := store.UpdateService(ctx, s, "shop", nrev, func(sv *model.Service) error { sv.LB = ""; return nil }); err != nil || r2 <= nrev {
+		t.Errorf("UpdateService at the current revision = %d, %v", r2, err)
+	} else {
+		nrev = r2
+	}
+	if _, _, err := store.UpdateService(ctx, s, "none", 0, func(*model.Service) error { return nil }); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("UpdateService of a missing name = %v, want ErrNotFound", err)
+	}
+
+	// Delete: check refuses, old revision conflicts, then it goes.
+	if err := store.DeleteService(ctx, s, "shop", 0, func(model.Service) error { return errNo }); !errors.Is(err, errNo) {
+		t.Errorf("DeleteService with a refusing check = %v", err)
+	}
+	if err := store.DeleteService(ctx, s, "shop", rev, nil); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("DeleteService at an old revision = %v, want ErrConflict", err)
+	}
+	if err := store.DeleteService(ctx, s, "shop", nrev, func(sv model.Service) error {
+		if sv.Tenant != "acme" {
+			return errNo
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("DeleteService: %v", err)
+	}
+	if err := store.DeleteService(ctx, s, "shop", 0, nil); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("DeleteService of a missing name = %v, want ErrNotFound", err)
+	}
+}
+
+// TestUpdateServiceConcurrent: concurrent read-modify-writes lose no update.
+func TestUpdateServiceConcurrent(t *testing.T) {
+	ctx := testContext(t)
+	s := openBolt(t)
+	if _, err := store.CreateService(ctx, s, model.Service{Name: "shop", Tenant: "acme", Protocol: model.ProtoHTTP}); err != nil {
+		t.Fatal(err)
+	}
+	const writers = 8
+	errc := make(chan error, writers)
+	for i := 0; i < writers; i++ {
+		go func() {
+			_, _, err := store.UpdateService(ctx, s, "shop", 0, func(sv *model.Service) error {
+				sv.Upstreams = append(sv.Upstreams, model.Upstream{URL: fmt.Sprintf("http://10.0.0.%d:80", len(sv.Upstreams)+1)})
+				return nil
+			})
+			errc <- err
+		}()
+	}
+	for i := 0; i < writers; i++ {
+		if err := <-errc; err != nil {
+			t.Errorf("UpdateService: %v", err)
+		}
+	}
+	got, _, err := store.GetService(ctx, s, "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Upstreams) != writers {
+		t.Errorf("%d upstreams after %d concurrent appends: %+v", len(got.Upstreams), writers, got.Upstreams)
 	}
 }

@@ -1,0 +1,346 @@
+package route
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"math"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/webgw/webgw/internal/model"
+	"github.com/webgw/webgw/internal/tunnel"
+)
+
+// DirectDialer dials a direct upstream; the gateway's checks the address
+// against the operator's allowed networks (no SSRF) and speaks TLS for an
+// https upstream of an http service.
+type DirectDialer func(ctx context.Context, u model.ParsedUpstream, spec model.Upstream, tls bool) (net.Conn, error)
+
+// Upstream is one place a service's traffic can go: an agent's tunnel
+// session, or a direct upstream the gateway dials itself. Each service has
+// its own Upstream values, so health and counters are per service.
+type Upstream struct {
+	// Agent is set for a tunnel upstream.
+	Agent *Agent
+	// Direct is set for a direct upstream.
+	Direct *Direct
+
+	key    string // identity for consistent hashing: the agent id, or the URL
+	weight int
+	svc    *Service
+	// Health is the upstream's health state.
+	Health Health
+
+	kh          atomic.Uint64 // hash of key, computed once (keyHash)
+	outstanding atomic.Int64  // requests in flight (least_request)
+	removed     atomic.Bool   // a direct upstream taken out of the service's list
+}
+
+// Direct is a direct upstream's address and settings.
+type Direct struct {
+	Spec   model.Upstream
+	Parsed model.ParsedUpstream
+	// TLS is set when the gateway speaks TLS to it (https for an http service).
+	TLS bool
+}
+
+// Key is the upstream's identity: the agent id for a tunnel upstream (all
+// connections of one agent share it), the URL for a direct one.
+func (u *Upstream) Key() string { return u.key }
+
+// Weight is the upstream's share of traffic relative to the others.
+func (u *Upstream) Weight() int { return u.weight }
+
+// String names the upstream for logs and status.
+func (u *Upstream) String() string {
+	if u.Agent != nil {
+		return "agent " + shortID(u.Agent.ID)
+	}
+	return u.Direct.Spec.URL
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// Gone reports whether the upstream left the service (its tunnel ended, or
+// it was removed from the service): pooled connections to it are useless.
+func (u *Upstream) Gone() bool {
+	if u.Agent != nil {
+		return u.Agent.Gone()
+	}
+	return u.removed.Load()
+}
+
+// Draining reports whether the upstream's agent is draining.
+func (u *Upstream) Draining() bool { return u.Agent != nil && u.Agent.Draining() }
+
+// Usable reports whether the upstream may get new requests at now.
+func (u *Upstream) Usable(now time.Time) bool {
+	return !u.Draining() && !u.Gone() && u.Health.Usable(now)
+}
+
+// Outstanding is the number of requests in flight to the upstream.
+func (u *Upstream) Outstanding() int64 { return u.outstanding.Load() }
+
+// Begin counts a request to the upstream as in flight; End ends it.
+func (u *Upstream) Begin() { u.outstanding.Add(1) }
+
+// End ends a request counted by Begin.
+func (u *Upstream) End() { u.outstanding.Add(-1) }
+
+// Report records a request's outcome for passive ejection: ok false for a
+// connect error, a broken exchange, or (unless the service ignores them) a
+// 5xx answer.
+func (u *Upstream) Report(ok bool) {
+	p := u.svc.policy()
+	if u.Health.RequestResult(p, ok, time.Now()) && u.svc.table != nil {
+		u.svc.table.logEjection(u)
+	}
+}
+
+// ReportStatus records an HTTP answer's status for passive ejection.
+func (u *Upstream) ReportStatus(code int) {
+	p := u.svc.policy()
+	u.Report(!(p.Count5xx && code >= 500))
+}
+
+// Dial opens a connection to the upstream: a tunnel stream starting with h,
+// or a connection to the direct upstream. A tunnel stream counts against
+// the agent's stream limit (ErrBusy).
+func (u *Upstream) Dial(ctx context.Context, h *tunnel.Header) (net.Conn, error) {
+	s := u.svc
+	if u.Direct != nil {
+		t := s.table
+		if t == nil || t.DialDirect == nil {
+			return nil, fmt.Errorf("dial upstream %s: no direct dialer", u.Direct.Spec.URL)
+		}
+		c, err := t.DialDirect(ctx, u.Direct.Parsed, u.Direct.Spec, u.Direct.TLS)
+		if err != nil {
+			return nil, err
+		}
+		if s.Metrics != nil {
+			s.Metrics.Streams.Inc()
+		}
+		return &countedConn{Conn: c, up: u, svc: s}, nil
+	}
+	a := u.Agent
+	// Reserve the slot before opening, so concurrent dials cannot
+	// together exceed MaxStreams.
+	if n := a.streams.Add(1); a.MaxStreams > 0 && n > a.MaxStreams {
+		a.streams.Add(-1)
+		return nil, ErrBusy
+	}
+	c, err := a.Session.Open()
+	if err != nil {
+		a.streams.Add(-1)
+		return nil, err
+	}
+	if err := tunnel.WriteHeader(c, h); err != nil {
+		c.Close()
+		a.streams.Add(-1)
+		return nil, err
+	}
+	if s.Metrics != nil {
+		s.Metrics.Streams.Inc()
+	}
+	return &countedConn{Conn: c, up: u, svc: s}, nil
+}
+
+// upList is a service's upstreams with the round-robin schedule built for
+// their weights. Immutable once published.
+type upList struct {
+	all []*Upstream
+	// sched lists indexes into all, each upstream as often as its weight,
+	// interleaved (smooth weighted round robin).
+	sched []int
+}
+
+func newUpList(all []*Upstream) *upList {
+	l := &upList{all: all}
+	total := 0
+	for _, u := range all {
+		total += u.weight
+	}
+	if total == 0 {
+		return l
+	}
+	// Scale down very large weight sums to keep the schedule short.
+	const maxSched = 4096
+	w := make([]int, len(all))
+	for i, u := range all {
+		w[i] = u.weight
+		if total > maxSched {
+			w[i] = max(1, u.weight*maxSched/total)
+		}
+	}
+	sum := 0
+	for _, x := range w {
+		sum += x
+	}
+	cur := make([]int, len(all))
+	l.sched = make([]int, 0, sum)
+	for range sum {
+		best := 0
+		for i := range w {
+			cur[i] += w[i]
+			if cur[i] > cur[best] {
+				best = i
+			}
+		}
+		cur[best] -= sum
+		l.sched = append(l.sched, best)
+	}
+	return l
+}
+
+var hashSeed = maphash.MakeSeed()
+
+// mix64 is splitmix64's finaliser: it makes the scores of upstreams whose
+// keys differ in one byte independent (a plain hash of key+client is not).
+func mix64(z uint64) uint64 {
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return z ^ (z >> 31)
+}
+
+func (u *Upstream) keyHash() uint64 {
+	if h := u.kh.Load(); h != 0 {
+		return h
+	}
+	h := mix64(maphash.String(hashSeed, u.key)) | 1
+	u.kh.Store(h)
+	return h
+}
+
+// pick returns a usable upstream by the service's policy, skipping those in
+// tried, or nil.
+func (s *Service) pick(l *upList, clientIP string, tried []*Upstream, now time.Time) *Upstream {
+	n := len(l.all)
+	if n == 0 {
+		return nil
+	}
+	ok := func(u *Upstream) bool {
+		if !u.Usable(now) {
+			return false
+		}
+		for _, t := range tried {
+			if t == u {
+				return false
+			}
+		}
+		return true
+	}
+	switch s.lb() {
+	case model.LBLeastRequest:
+		var best *Upstream
+		start := int(s.next.Add(1))
+		for i := range n {
+			u := l.all[(start+i)%n]
+			if !ok(u) {
+				continue
+			}
+			// fewest outstanding per unit of weight: o1/w1 < o2/w2
+			if best == nil || (u.Outstanding()+1)*int64(best.weight) < (best.Outstanding()+1)*int64(u.weight) {
+				best = u
+			}
+		}
+		return best
+	case model.LBIPHash:
+		if clientIP != "" {
+			// Weighted rendezvous hashing: each upstream scores
+			// -w/ln(h), h uniform in (0,1) from hash(key, client); the
+			// highest score wins. Removing an upstream moves only the
+			// clients it had.
+			var best *Upstream
+			bestScore := math.Inf(-1)
+			hc := maphash.String(hashSeed, clientIP)
+			for _, u := range l.all {
+				if !ok(u) {
+					continue
+				}
+				x := (float64(mix64(hc^u.keyHash())>>11) + 0.5) / (1 << 53)
+				score := -float64(u.weight) / math.Log(x)
+				if score > bestScore {
+					best, bestScore = u, score
+				}
+			}
+			return best
+		}
+	}
+	if len(l.sched) == 0 {
+		return nil
+	}
+	start := int(s.next.Add(1) - 1)
+	m := len(l.sched)
+	for i := range m {
+		if u := l.all[l.sched[(start+i)%m]]; ok(u) {
+			return u
+		}
+	}
+	return nil
+}
+
+// Pick returns the upstream a new request from clientIP should go to, not
+// one of tried, or nil when no usable upstream is left.
+func (s *Service) Pick(clientIP string, tried ...*Upstream) *Upstream {
+	return s.pick(s.list(), clientIP, tried, time.Now())
+}
+
+// Dial opens a connection to an upstream picked for h's client (see Pick),
+// trying the others when one cannot be reached.
+func (s *Service) Dial(h *tunnel.Header) (net.Conn, *Upstream, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.dialTimeout())
+	defer cancel()
+	return s.DialContext(ctx, h, clientHost(h.Client))
+}
+
+// DialContext is Dial with a context and the client IP for hashing.
+func (s *Service) DialContext(ctx context.Context, h *tunnel.Header, clientIP string) (net.Conn, *Upstream, error) {
+	var (
+		tried   []*Upstream
+		busy    bool
+		lastErr error
+	)
+	l := s.list()
+	for range len(l.all) {
+		u := s.pick(l, clientIP, tried, time.Now())
+		if u == nil {
+			break
+		}
+		tried = append(tried, u)
+		c, err := u.Dial(ctx, h)
+		if err == nil {
+			return c, u, nil
+		}
+		if errors.Is(err, ErrBusy) {
+			busy = true
+			continue
+		}
+		u.Report(false)
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if busy {
+		return nil, nil, ErrBusy
+	}
+	if lastErr != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrNoUpstream, lastErr)
+	}
+	return nil, nil, ErrNoUpstream
+}
+
+func clientHost(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
+}
