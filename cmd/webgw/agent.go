@@ -17,8 +17,10 @@ import (
 
 func exposeCmd() *cobra.Command {
 	var (
-		gw, ca, token, name, fingerprint, dataDir, logLevel string
-		drain                                               time.Duration
+		gateways                                                   []string
+		ca, token, name, fingerprint, dataDir, logLevel, transport string
+		connections, weight                                        int
+		drain                                                      time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "expose [flags] TARGET",
@@ -29,9 +31,14 @@ h2c://HOST:PORT (cleartext HTTP/2, e.g. gRPC). The public URL is printed as one
 line on stdout once traffic can flow; logs go to stderr.
 
 Without --ca or --fingerprint the agent trusts <data-dir>/ca.pem when it exists
-(a local zero-config gateway), else the system roots.`,
-		Example: "  webgw expose --gateway 127.0.0.1:8443 --ca webgw-data/ca.pem http://127.0.0.1:3000",
-		Args:    argsUsage(cobra.ExactArgs(1)),
+(a local zero-config gateway), else the system roots.
+
+--gateway may be repeated: the agent serves through every gateway given, over
+--connections tunnel connections to each (the gateway spreads requests over
+all of them; one that drops is replaced while the others serve).`,
+		Example: "  webgw expose --gateway 127.0.0.1:8443 --ca webgw-data/ca.pem http://127.0.0.1:3000\n" +
+			"  webgw expose --gateway gw1.example.org:443 --gateway gw2.example.org:443 --token wgw_... --name shop http://127.0.0.1:3000",
+		Args: argsUsage(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			for flag, env := range map[string]string{"gateway": "WEBGW_GATEWAY", "ca": "WEBGW_CA", "token": "WEBGW_TOKEN", "data-dir": "WEBGW_DATA_DIR", "fingerprint": "WEBGW_FINGERPRINT"} {
 				if err := envDefault(c, flag, env); err != nil {
@@ -41,6 +48,23 @@ Without --ca or --fingerprint the agent trusts <data-dir>/ca.pem when it exists
 			if _, _, err := agent.ParseTarget(args[0]); err != nil {
 				return usagef("TARGET: %v", err)
 			}
+			if connections < 1 || connections > agent.MaxConnections {
+				return usagef("--connections: %d not accepted; use 1-%d", connections, agent.MaxConnections)
+			}
+			if weight < 1 || weight > agent.MaxWeight {
+				return usagef("--weight: %d not accepted; use 1-%d", weight, agent.MaxWeight)
+			}
+			if err := agent.ValidateTransport(transport); err != nil {
+				return usagef("--transport: %v", err)
+			}
+			if len(gateways) == 0 {
+				return usagef("--gateway: at least one HOST:PORT is needed")
+			}
+			for _, gw := range gateways {
+				if err := agent.ValidateGatewayAddr(gw); err != nil {
+					return usagef("--gateway: %v", err)
+				}
+			}
 			if ca == "" && fingerprint == "" {
 				if p := filepath.Join(dataDir, "ca.pem"); fileExists(p) {
 					ca = p
@@ -48,9 +72,13 @@ Without --ca or --fingerprint the agent trusts <data-dir>/ca.pem when it exists
 			}
 			cfg := &agent.Config{
 				Token:        token,
-				Gateways:     []agent.GatewayConfig{{Addr: gw, CA: ca, Fingerprint: fingerprint}},
-				Services:     []agent.ServiceConfig{{Name: name, Target: args[0]}},
+				Services:     []agent.ServiceConfig{{Name: name, Target: args[0], Weight: weight}},
 				DrainTimeout: drain,
+				Connections:  connections,
+				Transport:    transport,
+			}
+			for _, gw := range gateways {
+				cfg.Gateways = append(cfg.Gateways, agent.GatewayConfig{Addr: gw, CA: ca, Fingerprint: fingerprint})
 			}
 			var once sync.Once
 			return runAgent(c, cfg, logLevel, func(_ string, grants []tunnel.ServiceGrant) {
@@ -62,7 +90,7 @@ Without --ca or --fingerprint the agent trusts <data-dir>/ca.pem when it exists
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&gw, "gateway", "127.0.0.1:8443", "gateway HTTPS address HOST:PORT [$WEBGW_GATEWAY]")
+	f.StringSliceVar(&gateways, "gateway", []string{"127.0.0.1:8443"}, "gateway HTTPS address HOST:PORT; repeat (or separate with commas) to serve through several gateways [$WEBGW_GATEWAY]")
 	f.StringVar(&ca, "ca", "", "CA certificate file to verify the gateway [$WEBGW_CA]")
 	f.StringVar(&fingerprint, "fingerprint", "", "pin the gateway key instead of a CA: sha256:<hex> as the gateway prints [$WEBGW_FINGERPRINT]")
 	f.StringVar(&token, "token", "", "tenant token (none: an anonymous quick tunnel, if the gateway allows it) [$WEBGW_TOKEN]")
@@ -70,6 +98,9 @@ Without --ca or --fingerprint the agent trusts <data-dir>/ca.pem when it exists
 	f.StringVar(&dataDir, "data-dir", "webgw-data", "local gateway data dir, where ca.pem is looked for [$WEBGW_DATA_DIR]")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.DurationVar(&drain, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, wait this long for in-flight streams")
+	f.IntVar(&connections, "connections", 2, fmt.Sprintf("tunnel connections to each gateway, 1-%d", agent.MaxConnections))
+	f.IntVar(&weight, "weight", 1, fmt.Sprintf("this agent's share of the service's traffic against other agents serving it, 1-%d", agent.MaxWeight))
+	f.StringVar(&transport, "transport", "auto", "how to reach the gateway: auto, tcp (TLS over TCP) or quic")
 	return c
 }
 
@@ -90,7 +121,10 @@ func agentCmd() *cobra.Command {
       target: http://127.0.0.1:3000
     - name: grpc
       target: h2c://127.0.0.1:50051
+      weight: 2                  # share against other agents serving grpc (1-1000)
   drain_timeout: 30s
+  connections: 2                 # tunnel connections to each gateway (1-16)
+  transport: auto                # auto, tcp or quic
 
 Each service's public URL is printed on stdout as "NAME URL" once it is served.`,
 		Args: argsUsage(cobra.NoArgs),

@@ -1,7 +1,8 @@
-// Package agent is the runtime beside a private backend: it dials out to one
-// or more gateways over TLS, registers its services, and serves each stream
-// the gateway opens by dialling the local target. It reconnects forever with
-// capped exponential backoff and drains in-flight streams on stop.
+// Package agent is the runtime beside a private backend: it keeps several
+// tunnel connections to each of one or more gateways, registers its services,
+// and serves each stream the gateway opens by dialling the local target. Each
+// connection reconnects forever with capped exponential backoff; on stop all
+// of them drain in-flight streams together.
 package agent
 
 import (
@@ -40,6 +41,13 @@ type Agent struct {
 	mu       sync.Mutex
 	services []*service          // guarded by mu (names filled in when assigned)
 	byName   map[string]*service // guarded by mu
+	pick     picker              // auto's memory of which transport works per gateway
+	dialer   dialFunc            // replaces the real transports in tests; nil otherwise
+
+	// granted holds, per gateway (cfg.Gateways order), the name each service
+	// was granted there, so every connection to that gateway asks for the
+	// same one; guarded by mu.
+	granted []map[*service]string
 }
 
 // Options are New's optional arguments.
@@ -70,6 +78,7 @@ func New(cfg *Config, opt Options) (*Agent, error) {
 			return nil, err
 		}
 		a.tls = append(a.tls, tc)
+		a.granted = append(a.granted, map[*service]string{})
 	}
 	for _, s := range svcs {
 		if s.name != "" {
@@ -85,10 +94,10 @@ type PermanentError struct{ Msg string }
 
 func (e *PermanentError) Error() string { return e.Msg }
 
-// Run connects to every gateway and serves until ctx ends, then drains and
-// returns nil. It returns a *PermanentError when a gateway refuses the agent
-// for good; the other gateways' sessions are then drained and closed too.
-// Run may be called once.
+// Run keeps cfg.Connections connections to every gateway and serves until
+// ctx ends, then drains all of them at once and returns nil. It returns a
+// *PermanentError when a gateway refuses the agent for good; the other
+// sessions are then drained and closed too. Run may be called once.
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -98,14 +107,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		first error
 	)
 	for i, g := range a.cfg.Gateways {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := a.runGateway(ctx, i, g); err != nil {
-				once.Do(func() { first = err })
-				cancel()
-			}
-		}()
+		for conn := range a.cfg.Connections {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := a.runConn(ctx, i, conn, g); err != nil {
+					once.Do(func() { first = err })
+					cancel()
+				}
+			}()
+		}
 	}
 	wg.Wait()
 	return first
@@ -113,7 +124,8 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // agentID is the id sent to gateway i. Each gateway entry gets its own, so two
 // entries that reach the same gateway (say by IPv4 and IPv6) are two agents
-// there, not one agent whose every reconnect replaces the other.
+// there, not one agent whose every reconnect replaces the other. The
+// connections of one entry share the id and differ by their index.
 func (a *Agent) agentID(i int) string {
 	if len(a.cfg.Gateways) == 1 {
 		return a.id
@@ -159,14 +171,15 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + time.Duration(n.Int64())
 }
 
-func (a *Agent) runGateway(ctx context.Context, i int, g GatewayConfig) error {
-	log := a.log.With("gateway", g.Addr)
-	tc := a.tls[i]
-	id := a.agentID(i)
+// runConn keeps connection conn (0 to cfg.Connections-1) to gateway i up
+// until ctx ends. Each connection has its own loop, so one that drops is
+// replaced while its siblings keep serving.
+func (a *Agent) runConn(ctx context.Context, i, conn int, g GatewayConfig) error {
+	log := a.log.With("gateway", g.Addr, "conn", conn)
 	backoff := backoffMin
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := a.session(ctx, log, g, tc, id)
+		err := a.session(ctx, log, i, conn, g)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -175,11 +188,12 @@ func (a *Agent) runGateway(ctx context.Context, i int, g GatewayConfig) error {
 			log.Error("gateway refused the agent", "err", pe.Msg)
 			return pe
 		}
+		// A session that served a while was healthy: replace it at once.
 		if time.Since(start) > 10*time.Second {
 			backoff = backoffMin
 		}
 		wait := jitter(backoff)
-		log.Warn("tunnel down, reconnecting", "err", err, "in", wait.Round(time.Millisecond).String())
+		log.Warn("tunnel down, reconnecting", "reason", err, "in", wait.Round(time.Millisecond).String())
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -192,45 +206,34 @@ func (a *Agent) runGateway(ctx context.Context, i int, g GatewayConfig) error {
 	return nil
 }
 
-// session runs one tunnel session to g until it fails or ctx ends.
-func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, tc *tls.Config, id string) error {
-	d := &net.Dialer{Timeout: a.cfg.DialTimeout, KeepAlive: 15 * time.Second}
-	raw, err := d.DialContext(ctx, "tcp", g.Addr)
+// session runs connection conn to gateway i until it fails or ctx ends.
+func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g GatewayConfig) error {
+	d, err := a.dial(ctx, a.cfg.Transport, i)
 	if err != nil {
-		return fmt.Errorf("dial gateway: %w", err)
-	}
-	conn := tls.Client(raw, tc)
-	hctx, hcancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
-	err = conn.HandshakeContext(hctx)
-	hcancel()
-	if err != nil {
-		raw.Close()
-		var ce *tls.CertificateVerificationError
-		if errors.As(err, &ce) {
-			return fmt.Errorf("gateway certificate not trusted (check --ca or --fingerprint): %w", err)
-		}
-		return fmt.Errorf("tls handshake: %w", err)
-	}
-	if conn.ConnectionState().NegotiatedProtocol != tunnel.ALPN {
-		raw.Close()
-		return fmt.Errorf("gateway does not speak %s (is %s a webgw gateway's HTTPS port?)", tunnel.ALPN, g.Addr)
-	}
-	sess, err := tunnel.Client(conn, nil)
-	if err != nil {
-		raw.Close()
 		return err
 	}
+	sess, transport := d.sess, d.transport
 	defer sess.Close()
+	if d.tcp != nil && a.cfg.Transport == TransportAuto {
+		// Watch the link's loss, so auto can prefer QUIC on a lossy one.
+		go a.watchTCP(sess, g.Addr, d.tcp)
+	}
+	start := time.Now()
 	ctrl, err := sess.Open()
 	if err != nil {
 		return err
 	}
 
 	a.mu.Lock()
-	hello := &tunnel.Hello{Version: tunnel.ProtocolVersion, Token: g.Token, AgentID: id, AgentVersion: a.version}
+	hello := &tunnel.Hello{Version: tunnel.ProtocolVersion, Token: g.Token, AgentID: a.agentID(i), AgentVersion: a.version,
+		Conn: conn, Transport: transport}
 	asked := append([]*service(nil), a.services...)
 	for _, s := range asked {
-		hello.Services = append(hello.Services, tunnel.ServiceSpec{Name: s.name, Protocol: string(s.protocol)})
+		name := a.granted[i][s]
+		if name == "" {
+			name = s.name
+		}
+		hello.Services = append(hello.Services, tunnel.ServiceSpec{Name: name, Protocol: string(s.protocol), Weight: s.weight})
 	}
 	a.mu.Unlock()
 	// A refusal can end the session so fast that yamux reports the hello's
@@ -258,11 +261,11 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, 
 	}
 	var granted []tunnel.ServiceGrant
 	a.mu.Lock()
-	for i, gr := range w.Services {
-		if i >= len(asked) {
+	for j, gr := range w.Services {
+		if j >= len(asked) {
 			break
 		}
-		s := asked[i]
+		s := asked[j]
 		if gr.Error != "" {
 			log.Error("service refused", "service", s.name, "target", s.target, "err", gr.Error)
 			continue
@@ -273,13 +276,15 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, 
 		}
 		if gr.Name != "" {
 			// Another gateway may have granted another random name to the
-			// same service (both asked before either answered): serve both.
+			// same service (both asked before either answered): serve both,
+			// and ask each gateway again for the name it gave.
 			a.byName[gr.Name] = s
+			a.granted[i][s] = gr.Name
 		}
 		granted = append(granted, gr)
 	}
 	a.mu.Unlock()
-	log.Info("tunnel up", "gateway_id", w.GatewayID, "services", len(granted))
+	log.Info("tunnel up", "gateway_id", w.GatewayID, "services", len(granted), "transport", transport)
 	if a.onReady != nil {
 		a.onReady(g.Addr, granted)
 	}
@@ -288,8 +293,9 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, 
 	// streams tracks the stream goroutines (Add only in the accept loop, Wait
 	// only after it ended); active tells the drain when none is left.
 	var (
-		streams sync.WaitGroup
-		active  inflight
+		streams   sync.WaitGroup
+		active    inflight
+		acceptErr error // set before done is closed
 	)
 	sctx, stopStreams := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
@@ -298,6 +304,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, 
 		for {
 			st, err := sess.Accept()
 			if err != nil {
+				acceptErr = err
 				return
 			}
 			streams.Add(1)
@@ -318,7 +325,9 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, g GatewayConfig, 
 	}()
 	select {
 	case <-done:
-		return errors.New("session closed by gateway")
+		// The gateway closed the session, or the connection died (a missed
+		// keepalive, a reset).
+		return fmt.Errorf("session ended after %v: %w", time.Since(start).Round(time.Second), acceptErr)
 	case <-ctx.Done():
 	}
 	tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgDrain})
@@ -396,6 +405,10 @@ func (a *Agent) serveStream(ctx context.Context, log *slog.Logger, st net.Conn) 
 		st.Close()
 		return
 	}
+	if h.Kind == tunnel.KindProbe {
+		probe(ctx, st, s.addr, a.cfg.DialTimeout)
+		return
+	}
 	if h.Kind != tunnel.KindHTTP && h.Kind != tunnel.KindH2C && h.Kind != tunnel.KindTLS {
 		log.Warn("stream kind not served by this agent", "service", h.Service, "kind", h.Kind.String())
 		st.Close()
@@ -412,6 +425,24 @@ func (a *Agent) serveStream(ctx context.Context, log *slog.Logger, st net.Conn) 
 		return
 	}
 	proxy.Splice(st, back, 0)
+}
+
+// probe answers a health-check stream (spec.md 5.2, kind probe): it dials
+// the local target, answers one byte, tunnel.ProbeOK when the dial succeeded
+// or tunnel.ProbeFailed when not, closes the target connection without
+// sending anything, and closes the stream.
+func probe(ctx context.Context, st net.Conn, addr string, timeout time.Duration) {
+	defer st.Close()
+	d := net.Dialer{Timeout: timeout}
+	answer := tunnel.ProbeOK
+	back, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		answer = tunnel.ProbeFailed
+	} else {
+		back.Close()
+	}
+	st.SetWriteDeadline(time.Now().Add(timeout))
+	st.Write([]byte{answer})
 }
 
 // answerUnreachable answers the HTTP/1.1 request on st with a 502 that says

@@ -443,11 +443,12 @@ func TestTwoEntriesForOneGateway(t *testing.T) {
 		if err := cl.Do(t.Context(), "GET", "/v1/services", nil, &svcs); err != nil {
 			t.Fatal(err)
 		}
-		if len(svcs) == 1 && svcs[0].Agents == 2 {
+		// Two entries of two connections each (the default).
+		if len(svcs) == 1 && svcs[0].Agents == 4 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("services %+v, want shop with 2 agents", svcs)
+			t.Fatalf("services %+v, want shop with 4 agent sessions", svcs)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

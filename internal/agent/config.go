@@ -33,7 +33,28 @@ type Config struct {
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
 	// DialTimeout bounds dialling a gateway or a local target; 0 means 10 s.
 	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// Connections is how many tunnel connections the agent keeps to each
+	// gateway, 1-MaxConnections; 0 means 2. The gateway spreads streams over
+	// all of them, and one that drops is replaced while the others serve.
+	Connections int `yaml:"connections"`
+	// Transport is how to reach gateways: "tcp" (TLS over TCP), "quic", or
+	// "auto" (whichever works); "" means auto.
+	Transport string `yaml:"transport"`
 }
+
+// MaxConnections bounds Config.Connections (the gateway accepts at most 16
+// connections per agent).
+const MaxConnections = 16
+
+// Transports accepted in Config.Transport.
+const (
+	TransportAuto = "auto"
+	TransportTCP  = "tcp"
+	TransportQUIC = "quic"
+)
+
+// MaxWeight bounds ServiceConfig.Weight.
+const MaxWeight = 1000
 
 // GatewayConfig is one gateway to connect to.
 type GatewayConfig struct {
@@ -55,6 +76,9 @@ type ServiceConfig struct {
 	Name string `yaml:"name"`
 	// Target is http://, https:// (TLS passthrough) or h2c:// HOST:PORT.
 	Target string `yaml:"target"`
+	// Weight is this agent's share of the service's traffic relative to
+	// other agents serving it, 1-MaxWeight; 0 means 1.
+	Weight int `yaml:"weight"`
 }
 
 // ConfigError is bad configuration; the CLI exits 2 for it.
@@ -73,7 +97,7 @@ func LoadConfig(path string) (*Config, error) {
 	var c Config
 	// An empty file decodes to nothing: validation then says what is missing.
 	if err := yamlconf.Decode(data, &c); err != nil {
-		return nil, cfgErr("config %s: %v (accepted keys: version, token, ca, gateways[addr, ca, fingerprint, token, server_name], services[name, target], drain_timeout, dial_timeout)", path, err)
+		return nil, cfgErr("config %s: %v (accepted keys: version, token, ca, gateways[addr, ca, fingerprint, token, server_name], services[name, target, weight], drain_timeout, dial_timeout, connections, transport)", path, err)
 	}
 	return &c, nil
 }
@@ -84,6 +108,7 @@ type service struct {
 	protocol model.Protocol
 	addr     string // HOST:PORT to dial
 	target   string
+	weight   int // 1-MaxWeight
 }
 
 // ParseTarget validates a target URL and returns its protocol and address.
@@ -136,8 +161,8 @@ func (c *Config) validate() ([]*service, error) {
 	}
 	for i := range c.Gateways {
 		g := &c.Gateways[i]
-		if host, port, err := net.SplitHostPort(g.Addr); err != nil || host == "" || !validPort(port) {
-			return nil, cfgErr("gateways[%d].addr: %q is not HOST:PORT (a port 1-65535)", i, g.Addr)
+		if err := ValidateGatewayAddr(g.Addr); err != nil {
+			return nil, cfgErr("gateways[%d].addr: %v", i, err)
 		}
 		if g.Fingerprint != "" {
 			if err := certs.ValidatePin(g.Fingerprint); err != nil {
@@ -175,7 +200,11 @@ func (c *Config) validate() ([]*service, error) {
 			}
 			seen[sc.Name] = true
 		}
-		out = append(out, &service{name: sc.Name, protocol: proto, addr: addr, target: sc.Target})
+		if sc.Weight < 0 || sc.Weight > MaxWeight {
+			return nil, cfgErr("services[%d].weight: %d not accepted; use 1-%d (0 means 1)", i, sc.Weight, MaxWeight)
+		}
+		weight := max(sc.Weight, 1)
+		out = append(out, &service{name: sc.Name, protocol: proto, addr: addr, target: sc.Target, weight: weight})
 	}
 	if c.DrainTimeout < 0 {
 		return nil, cfgErr("drain_timeout: must not be negative")
@@ -189,7 +218,36 @@ func (c *Config) validate() ([]*service, error) {
 	if c.DialTimeout == 0 {
 		c.DialTimeout = 10 * time.Second
 	}
+	if c.Connections < 0 || c.Connections > MaxConnections {
+		return nil, cfgErr("connections: %d not accepted; use 1-%d (0 means 2)", c.Connections, MaxConnections)
+	}
+	if c.Connections == 0 {
+		c.Connections = 2
+	}
+	if err := ValidateTransport(c.Transport); err != nil {
+		return nil, cfgErr("transport: %v", err)
+	}
+	if c.Transport == "" {
+		c.Transport = TransportAuto
+	}
 	return out, nil
+}
+
+// ValidateGatewayAddr checks a gateway address, HOST:PORT.
+func ValidateGatewayAddr(addr string) error {
+	if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || !validPort(port) {
+		return fmt.Errorf("%q is not HOST:PORT (a port 1-65535)", addr)
+	}
+	return nil
+}
+
+// ValidateTransport checks a transport name; "" is accepted (auto).
+func ValidateTransport(t string) error {
+	switch t {
+	case "", TransportAuto, TransportTCP, TransportQUIC:
+		return nil
+	}
+	return fmt.Errorf("%q not accepted; use auto, tcp or quic", t)
 }
 
 // IsConfigError reports whether err is bad configuration.

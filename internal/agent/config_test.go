@@ -119,6 +119,17 @@ func TestValidate(t *testing.T) {
 		}, ""},
 		{"negative drain", func(c *Config) { c.DrainTimeout = -time.Second }, "drain_timeout"},
 		{"negative dial", func(c *Config) { c.DialTimeout = -time.Second }, "dial_timeout"},
+		{"one connection", func(c *Config) { c.Connections = 1 }, ""},
+		{"16 connections", func(c *Config) { c.Connections = 16 }, ""},
+		{"17 connections", func(c *Config) { c.Connections = 17 }, "connections: 17 not accepted; use 1-16"},
+		{"negative connections", func(c *Config) { c.Connections = -1 }, "connections: -1"},
+		{"transport tcp", func(c *Config) { c.Transport = "tcp" }, ""},
+		{"transport quic", func(c *Config) { c.Transport = "quic" }, ""},
+		{"transport auto", func(c *Config) { c.Transport = "auto" }, ""},
+		{"transport udp", func(c *Config) { c.Transport = "udp" }, `transport: "udp" not accepted; use auto, tcp or quic`},
+		{"weight 1000", func(c *Config) { c.Services[0].Weight = 1000 }, ""},
+		{"weight 1001", func(c *Config) { c.Services[0].Weight = 1001 }, "services[0].weight: 1001 not accepted; use 1-1000"},
+		{"negative weight", func(c *Config) { c.Services[0].Weight = -1 }, "services[0].weight"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -162,7 +173,7 @@ func TestValidateDefaults(t *testing.T) {
 		Services: []ServiceConfig{
 			{Name: "shop", Target: "http://127.0.0.1:3000"},
 			{Target: "https://127.0.0.1:8443"},
-			{Name: "grpc", Target: "h2c://127.0.0.1:50051"},
+			{Name: "grpc", Target: "h2c://127.0.0.1:50051", Weight: 7},
 		},
 	}
 	svcs, err := c.validate()
@@ -179,9 +190,9 @@ func TestValidateDefaults(t *testing.T) {
 		t.Errorf("gateway 1 %+v: want its own CA and token kept", g)
 	}
 	want := []service{
-		{name: "shop", protocol: model.ProtoHTTP, addr: "127.0.0.1:3000", target: "http://127.0.0.1:3000"},
-		{name: "", protocol: model.ProtoTLS, addr: "127.0.0.1:8443", target: "https://127.0.0.1:8443"},
-		{name: "grpc", protocol: model.ProtoH2C, addr: "127.0.0.1:50051", target: "h2c://127.0.0.1:50051"},
+		{name: "shop", protocol: model.ProtoHTTP, addr: "127.0.0.1:3000", target: "http://127.0.0.1:3000", weight: 1},
+		{name: "", protocol: model.ProtoTLS, addr: "127.0.0.1:8443", target: "https://127.0.0.1:8443", weight: 1},
+		{name: "grpc", protocol: model.ProtoH2C, addr: "127.0.0.1:50051", target: "h2c://127.0.0.1:50051", weight: 7},
 	}
 	for i, s := range svcs {
 		if *s != want[i] {
@@ -247,6 +258,9 @@ services:
 drain_timeout: 5s
 dial_timeout: 1m
 `, checkValid: func(t *testing.T, c *Config) {
+			if c.Connections != 2 || c.Transport != "auto" {
+				t.Errorf("defaults: connections %d, transport %q; want 2, auto", c.Connections, c.Transport)
+			}
 			if c.Token != "wgw_abc" || len(c.Gateways) != 2 || len(c.Services) != 2 || c.DrainTimeout != 5*time.Second || c.DialTimeout != time.Minute {
 				t.Errorf("decoded %+v", c)
 			}
@@ -254,6 +268,19 @@ dial_timeout: 1m
 				t.Errorf("gateway 1 %+v", g)
 			}
 		}},
+		{name: "ha keys", yaml: `
+connections: 4
+transport: tcp
+gateways: [{addr: 'gw:443'}]
+services:
+  - target: http://127.0.0.1:1
+    weight: 10
+`, checkValid: func(t *testing.T, c *Config) {
+			if c.Connections != 4 || c.Transport != "tcp" || c.Services[0].Weight != 10 {
+				t.Errorf("decoded %+v", c)
+			}
+		}},
+		{name: "bad transport", yaml: "transport: udp\ngateways: [{addr: 'gw:443'}]\nservices: [{target: 'http://127.0.0.1:1'}]\n", validErr: "transport"},
 		{name: "empty file", yaml: "", validErr: "gateways: at least one gateway"},
 		{name: "no services", yaml: "gateways: [{addr: 'gw:443'}]\n", validErr: "services: at least one service"},
 		{name: "unknown key", yaml: "gateway:\n  - addr: gw:443\n", loadErr: `unknown key "gateway"`},

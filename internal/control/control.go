@@ -35,11 +35,12 @@ type Server struct {
 	Open bool
 	// GatewayID names this gateway in welcomes.
 	GatewayID string
-	// MaxAgentsPerTenant bounds concurrent agent sessions per tenant (and for
-	// all anonymous agents together); 0 means 100.
+	// MaxAgentsPerTenant bounds concurrent agents per tenant (and for all
+	// anonymous agents together); 0 means 100. An agent is an agent id: its
+	// sibling sessions (hello.conn 0 to MaxConnsPerAgent-1) count once.
 	MaxAgentsPerTenant int
-	// MaxAnonymousPerIP bounds concurrent anonymous (quick-tunnel) sessions
-	// from one remote IP address; 0 means 10.
+	// MaxAnonymousPerIP bounds concurrent anonymous (quick-tunnel) agents
+	// from one remote IP address, counted as MaxAgentsPerTenant; 0 means 10.
 	MaxAnonymousPerIP int
 	// MaxStreamsPerAgent bounds concurrent streams to one agent; 0 means 1024.
 	MaxStreamsPerAgent int64
@@ -60,10 +61,10 @@ type Server struct {
 	pendingOnce sync.Once
 	pending     chan struct{} // a slot per connection waiting for admission; made once
 
-	mu       sync.Mutex         // serialises claims and the counts below
-	sessions map[string]int     // sessions per tenant ("" = anonymous); guarded by mu
-	anonByIP map[string]int     // anonymous sessions per remote IP; guarded by mu
-	byID     map[agentKey]*conn // live sessions by tenant and agent id; guarded by mu
+	mu       sync.Mutex                 // serialises claims and the counts below
+	agents   map[string]int             // agents per tenant ("" = anonymous); guarded by mu
+	anonByIP map[string]int             // anonymous agents per remote IP; guarded by mu
+	byID     map[agentKey]*siblingConns // live agents by tenant and agent id; guarded by mu
 }
 
 // agentKey names one agent process as seen by one tenant. An agent id is
@@ -71,9 +72,21 @@ type Server struct {
 // anonymously) is another agent and must never replace or uncount this one.
 type agentKey struct{ tenant, id string }
 
+// siblingConns are the live sessions of one agent, by hello.conn. They
+// count as one agent; a new session with the index of a live one replaces it.
+type siblingConns struct {
+	ip    string        // remote IP of the session that made the entry, for anonByIP
+	conns map[int]*conn // 1 to MaxConnsPerAgent entries
+}
+
 type conn struct {
 	agent *route.Agent
 	sess  *tunnel.Session
+	index int                  // hello.conn
+	specs []tunnel.ServiceSpec // as asked in the hello
+	// grants answers specs, in order: a sibling that asks for a random name
+	// where this one did gets the same name.
+	grants []tunnel.ServiceGrant
 }
 
 func (s *Server) log() *slog.Logger {
@@ -83,10 +96,33 @@ func (s *Server) log() *slog.Logger {
 	return s.Log
 }
 
+// MaxConnsPerAgent bounds the sibling sessions of one agent (hello.conn is
+// 0 to MaxConnsPerAgent-1).
+const MaxConnsPerAgent = 16
+
 // ServeConn runs one agent session over c, an established TLS connection that
 // negotiated tunnel.ALPN. It returns when the session ends.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
-	log := s.log().With("remote", c.RemoteAddr().String())
+	cfg := s.Tunnel
+	if cfg == nil {
+		// Agents open only the control stream; anything more is refused
+		// by yamux's backlog before it can buffer much.
+		cfg = &tunnel.Config{AcceptBacklog: 2}
+	}
+	sess, err := tunnel.Server(c, cfg)
+	if err != nil {
+		s.log().Warn("agent session", "remote", c.RemoteAddr().String(), "err", err)
+		c.Close()
+		return
+	}
+	s.serveSession(ctx, sess, c.RemoteAddr().String())
+}
+
+// serveSession runs one agent session, whatever its transport, from the
+// hello to its end. It closes sess before it returns.
+func (s *Server) serveSession(ctx context.Context, sess *tunnel.Session, remote string) {
+	log := s.log().With("remote", remote)
+	defer sess.Close()
 	// Connections not yet admitted are a stranger's: bound how many there are.
 	s.pendingOnce.Do(func() {
 		n := s.MaxPending
@@ -99,7 +135,6 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	case s.pending <- struct{}{}:
 	default:
 		log.Warn("too many agent connections waiting for admission; refused")
-		c.Close()
 		return
 	}
 	admitted := false
@@ -108,19 +143,6 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 			<-s.pending
 		}
 	}()
-	cfg := s.Tunnel
-	if cfg == nil {
-		// Agents open only the control stream; anything more is refused
-		// by yamux's backlog before it can buffer much.
-		cfg = &tunnel.Config{AcceptBacklog: 2}
-	}
-	sess, err := tunnel.Server(c, cfg)
-	if err != nil {
-		log.Warn("agent session", "err", err)
-		c.Close()
-		return
-	}
-	defer sess.Close()
 
 	hto := s.HandshakeTimeout
 	if hto == 0 {
@@ -149,9 +171,9 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	h := msg.Hello
 	// For quick tunnels the agent id is what lets a reconnect replace a
 	// stale session, so logs show only its start.
-	log = log.With("agent", shortID(h.AgentID))
+	log = log.With("agent", shortID(h.AgentID), "conn", h.Conn)
 
-	welcome, agent, release := s.admit(ctx, h, sess, c.RemoteAddr().String())
+	welcome, agent, release := s.admit(ctx, h, sess, remote)
 	if err := tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgWelcome, Welcome: welcome}); err != nil {
 		log.Info("agent welcome failed", "err", err)
 	}
@@ -162,7 +184,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	defer release()
 	admitted = true
 	<-s.pending
-	log.Info("agent connected", "tenant", agent.Tenant, "services", agent.Services, "version", h.AgentVersion)
+	log.Info("agent connected", "tenant", agent.Tenant, "services", agent.Services, "version", h.AgentVersion, "transport", h.Transport)
 
 	// Streams are the gateway's to open: an agent that opens one more
 	// breaks the protocol (spec.md) and loses its session.
@@ -230,6 +252,11 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 		w.Permanent = true
 		return w, nil, nil
 	}
+	if h.Conn < 0 || h.Conn >= MaxConnsPerAgent {
+		w.Error = fmt.Sprintf("conn %d not accepted; an agent numbers its connections to one gateway 0-%d", h.Conn, MaxConnsPerAgent-1)
+		w.Permanent = true
+		return w, nil, nil
+	}
 	maxSvc := s.MaxServicesPerAgent
 	if maxSvc == 0 {
 		maxSvc = 64
@@ -269,46 +296,58 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.sessions == nil {
-		s.sessions = make(map[string]int)
+	if s.agents == nil {
+		s.agents = make(map[string]int)
 		s.anonByIP = make(map[string]int)
-		s.byID = make(map[agentKey]*conn)
+		s.byID = make(map[agentKey]*siblingConns)
 	}
 	key := agentKey{tenant: tenant, id: h.AgentID}
-	// The same agent process reconnecting replaces its stale session.
-	if old := s.byID[key]; old != nil {
-		s.Table.Detach(old.agent)
-		s.dropLocked(old)
-		// Not under mu: closing lets pending frames out for up to a second,
-		// and a stale peer is exactly one that may not be reading. Its
-		// ServeConn ends when the close completes.
-		go old.sess.Close()
-	}
-	maxAgents := s.MaxAgentsPerTenant
-	if maxAgents == 0 {
-		maxAgents = 100
-	}
-	if s.sessions[tenant] >= maxAgents {
-		who := "tenant " + tenant + " already holds"
-		if tenant == "" {
-			who = "anonymous agents already hold"
+	// The same connection of the same agent process reconnecting replaces
+	// its stale session; its siblings (other indexes) stay.
+	if sib := s.byID[key]; sib != nil {
+		if old := sib.conns[h.Conn]; old != nil {
+			s.Table.Detach(old.agent)
+			s.dropLocked(old)
+			// Not under mu: closing lets pending frames out for up to a second,
+			// and a stale peer is exactly one that may not be reading. Its
+			// ServeConn ends when the close completes.
+			go old.sess.Close()
 		}
-		w.Error = fmt.Sprintf("%s %d agent sessions, the limit", who, maxAgents)
-		return w, nil, nil
 	}
 	ip := remoteIP(remote)
-	maxAnon := s.MaxAnonymousPerIP
-	if maxAnon == 0 {
-		maxAnon = 10
-	}
-	if tenant == "" && s.anonByIP[ip] >= maxAnon {
-		// One stranger must not take every quick-tunnel slot.
-		w.Error = fmt.Sprintf("address %s already holds %d quick-tunnel sessions, the limit; use a tenant token (--token)", ip, maxAnon)
-		return w, nil, nil
+	sib := s.byID[key]
+	if sib == nil {
+		// A new agent: siblings of a live one were counted with it.
+		maxAgents := s.MaxAgentsPerTenant
+		if maxAgents == 0 {
+			maxAgents = 100
+		}
+		if s.agents[tenant] >= maxAgents {
+			who := "tenant " + tenant + " already holds"
+			if tenant == "" {
+				who = "anonymous agents already hold"
+			}
+			w.Error = fmt.Sprintf("%s %d agent sessions, the limit", who, maxAgents)
+			return w, nil, nil
+		}
+		maxAnon := s.MaxAnonymousPerIP
+		if maxAnon == 0 {
+			maxAnon = 10
+		}
+		if tenant == "" && s.anonByIP[ip] >= maxAnon {
+			// One stranger must not take every quick-tunnel slot.
+			w.Error = fmt.Sprintf("address %s already holds %d quick-tunnel sessions, the limit; use a tenant token (--token)", ip, maxAnon)
+			return w, nil, nil
+		}
 	}
 
 	var claimed []string
-	for _, spec := range h.Services {
+	for i, spec := range h.Services {
+		if spec.Name == "" && sib != nil {
+			// Siblings connect side by side, each asking for a random
+			// name before any has one: give them all the first one's.
+			spec.Name = sib.randomName(i, spec)
+		}
 		g := s.claimLocked(ctx, spec, tenant, h.AgentID)
 		w.Services = append(w.Services, g)
 		if g.Error == "" {
@@ -334,12 +373,16 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 			s.log().Error("attach agent", "err", err)
 		}
 	}
-	c := &conn{agent: a, sess: sess}
-	s.byID[key] = c
-	s.sessions[tenant]++
-	if tenant == "" {
-		s.anonByIP[ip]++
+	c := &conn{agent: a, sess: sess, index: h.Conn, specs: h.Services, grants: w.Services}
+	if sib == nil {
+		sib = &siblingConns{ip: ip, conns: make(map[int]*conn)}
+		s.byID[key] = sib
+		s.agents[tenant]++
+		if tenant == "" {
+			s.anonByIP[ip]++
+		}
 	}
+	sib.conns[h.Conn] = c
 	release := func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -349,21 +392,38 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 	return w, a, release
 }
 
-// dropLocked forgets c and uncounts it, unless it was already dropped (a
-// reconnect of the same agent replaced it).
+// randomName is the name granted to a sibling that asked for a random name
+// as spec at position i of its hello, or "" when none did.
+func (sc *siblingConns) randomName(i int, spec tunnel.ServiceSpec) string {
+	for _, c := range sc.conns {
+		if i < len(c.specs) && i < len(c.grants) && c.specs[i].Name == "" &&
+			c.specs[i].Protocol == spec.Protocol && c.grants[i].Error == "" {
+			return c.grants[i].Name
+		}
+	}
+	return ""
+}
+
+// dropLocked forgets c, and uncounts its agent when c was its last session;
+// nothing when c was already dropped (a reconnect of the same connection
+// replaced it).
 func (s *Server) dropLocked(c *conn) {
 	key := agentKey{tenant: c.agent.Tenant, id: c.agent.ID}
-	if s.byID[key] == c {
-		delete(s.byID, key)
-		s.sessions[c.agent.Tenant]--
-		if s.sessions[c.agent.Tenant] <= 0 {
-			delete(s.sessions, c.agent.Tenant)
-		}
-		if c.agent.Tenant == "" {
-			ip := remoteIP(c.agent.Remote)
-			if s.anonByIP[ip]--; s.anonByIP[ip] <= 0 {
-				delete(s.anonByIP, ip)
-			}
+	sib := s.byID[key]
+	if sib == nil || sib.conns[c.index] != c {
+		return
+	}
+	delete(sib.conns, c.index)
+	if len(sib.conns) > 0 {
+		return
+	}
+	delete(s.byID, key)
+	if s.agents[c.agent.Tenant]--; s.agents[c.agent.Tenant] <= 0 {
+		delete(s.agents, c.agent.Tenant)
+	}
+	if c.agent.Tenant == "" {
+		if s.anonByIP[sib.ip]--; s.anonByIP[sib.ip] <= 0 {
+			delete(s.anonByIP, sib.ip)
 		}
 	}
 }

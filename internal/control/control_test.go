@@ -896,3 +896,185 @@ func TestMaxAnonymousPerIP(t *testing.T) {
 	tok := h.addTenant(t, "alpha")
 	wantAdmitted(t, h.connect(t, hello("tenant-agent", tok, spec("shop", model.ProtoHTTP))))
 }
+
+func helloConn(id, token string, conn int, specs ...tunnel.ServiceSpec) *tunnel.Hello {
+	h := hello(id, token, specs...)
+	h.Conn = conn
+	h.Transport = "tcp"
+	return h
+}
+
+// Sessions of one agent with different conn indexes serve side by side;
+// streams go over all of them.
+func TestSiblingConnections(t *testing.T) {
+	h := newHarness(t, nil)
+	tok := h.addTenant(t, "alpha")
+	c0 := h.connect(t, helloConn("a", tok, 0, spec("shop", model.ProtoHTTP)))
+	c1 := h.connect(t, helloConn("a", tok, 1, spec("shop", model.ProtoHTTP)))
+	wantAdmitted(t, c0)
+	wantAdmitted(t, c1)
+	select {
+	case <-c0.sess.CloseChan():
+		t.Fatal("a sibling connection closed the first session")
+	case <-time.After(50 * time.Millisecond):
+	}
+	svc := wantAgents(t, h, "shop", 2)
+	for _, a := range svc.Agents() {
+		if a.ID != "a" {
+			t.Errorf("agent id %q, want a", a.ID)
+		}
+	}
+	got0, got1 := make(chan string, 10), make(chan string, 10)
+	acceptStreams(c0, got0)
+	acceptStreams(c1, got1)
+	for range 4 {
+		c, _, err := svc.Dial(&tunnel.Header{Kind: tunnel.KindHTTP, Service: "shop"})
+		if err != nil {
+			t.Fatalf("Dial: %v", err)
+		}
+		defer c.Close()
+	}
+	n0, n1 := 0, 0
+	deadline := time.After(waitFor)
+	for n0+n1 < 4 {
+		select {
+		case <-got0:
+			n0++
+		case <-got1:
+			n1++
+		case <-deadline:
+			t.Fatalf("%d of 4 streams arrived", n0+n1)
+		}
+	}
+	if n0 == 0 || n1 == 0 {
+		t.Errorf("streams per connection %d and %d, want both used", n0, n1)
+	}
+
+	// One connection ending leaves the other serving.
+	c0.sess.Close()
+	c0.waitDone(t)
+	svc = wantAgents(t, h, "shop", 1)
+	if !svc.Live() {
+		t.Error("service not live with one sibling left")
+	}
+}
+
+// A new session with the conn index of a live one replaces it; the other
+// indexes stay.
+func TestSiblingReplacedBySameIndex(t *testing.T) {
+	h := newHarness(t, nil)
+	tok := h.addTenant(t, "alpha")
+	c0 := h.connect(t, helloConn("a", tok, 0, spec("shop", model.ProtoHTTP)))
+	c1 := h.connect(t, helloConn("a", tok, 1, spec("shop", model.ProtoHTTP)))
+	wantAdmitted(t, c0)
+	wantAdmitted(t, c1)
+	wantAgents(t, h, "shop", 2)
+
+	c1b := h.connect(t, helloConn("a", tok, 1, spec("shop", model.ProtoHTTP)))
+	wantAdmitted(t, c1b)
+	select {
+	case <-c1.sess.CloseChan():
+	case <-time.After(waitFor):
+		t.Fatal("the stale session of conn 1 was not closed")
+	}
+	c1.waitDone(t)
+	svc := wantAgents(t, h, "shop", 2)
+	select {
+	case <-c0.sess.CloseChan():
+		t.Fatal("replacing conn 1 closed conn 0")
+	default:
+	}
+	for _, a := range svc.Agents() {
+		if a.Session == nil || a.Gone() {
+			t.Errorf("agent %+v attached but gone", a)
+		}
+	}
+}
+
+// Sibling sessions count as one agent against MaxAgentsPerTenant and
+// MaxAnonymousPerIP; the agent is uncounted when its last session ends.
+func TestSiblingsCountOnce(t *testing.T) {
+	h := newHarness(t, func(s *control.Server) { s.MaxAgentsPerTenant = 1; s.MaxAnonymousPerIP = 1 })
+	tok := h.addTenant(t, "alpha")
+	var sibs []*fakeAgent
+	for i := range control.MaxConnsPerAgent {
+		fa := h.connect(t, helloConn("a", tok, i, spec("shop", model.ProtoHTTP)))
+		wantAdmitted(t, fa)
+		sibs = append(sibs, fa)
+	}
+	wantAgents(t, h, "shop", control.MaxConnsPerAgent)
+	wantRefused(t, h.connect(t, helloConn("b", tok, 0, spec("shop", model.ProtoHTTP))), false, "tenant alpha already holds 1 agent sessions")
+
+	// Anonymous: the same, per IP.
+	q0 := h.connect(t, helloConn("q", "", 0, spec("", model.ProtoHTTP)))
+	q1 := h.connect(t, helloConn("q", "", 1, spec("", model.ProtoHTTP)))
+	wantAdmitted(t, q0)
+	wantAdmitted(t, q1)
+	wantRefused(t, h.connect(t, helloConn("q2", "", 0, spec("", model.ProtoHTTP))), false, "anonymous agents already hold 1")
+
+	// All but one sibling leave: still counted.
+	for _, fa := range sibs[1:] {
+		fa.sess.Close()
+		fa.waitDone(t)
+	}
+	wantAgents(t, h, "shop", 1)
+	wantRefused(t, h.connect(t, helloConn("b", tok, 0, spec("shop", model.ProtoHTTP))), false, "already holds 1")
+	// The last one leaves: the slot is free.
+	sibs[0].sess.Close()
+	sibs[0].waitDone(t)
+	wantAdmitted(t, h.connect(t, helloConn("b", tok, 0, spec("shop", model.ProtoHTTP))))
+
+	q0.sess.Close()
+	q0.waitDone(t)
+	q1.sess.Close()
+	q1.waitDone(t)
+	wantAdmitted(t, h.connect(t, helloConn("q2", "", 0, spec("", model.ProtoHTTP))))
+}
+
+// Siblings asking for a random name at once all get the same one, and do
+// not conflict over it.
+func TestSiblingsShareQuickName(t *testing.T) {
+	for _, anonymous := range []bool{true, false} {
+		t.Run(fmt.Sprintf("anonymous=%v", anonymous), func(t *testing.T) {
+			h := newHarness(t, nil)
+			tok := ""
+			if !anonymous {
+				tok = h.addTenant(t, "alpha")
+			}
+			c0 := h.connect(t, helloConn("a", tok, 0, spec("", model.ProtoHTTP), spec("", model.ProtoTLS)))
+			c1 := h.connect(t, helloConn("a", tok, 1, spec("", model.ProtoHTTP), spec("", model.ProtoTLS)))
+			wantAdmitted(t, c0)
+			wantAdmitted(t, c1)
+			for i := range 2 {
+				n0, n1 := c0.welcome.Services[i].Name, c1.welcome.Services[i].Name
+				if n0 == "" || n0 != n1 {
+					t.Errorf("service %d: siblings got names %q and %q, want the same", i, n0, n1)
+				}
+				wantAgents(t, h, n0, 2)
+			}
+			if c0.welcome.Services[0].Name == c0.welcome.Services[1].Name {
+				t.Error("two services got one name")
+			}
+			// A sibling asking by the name (a reconnect) gets it too.
+			c2 := h.connect(t, helloConn("a", tok, 2, spec(c0.welcome.Services[0].Name, model.ProtoHTTP)))
+			wantAdmitted(t, c2)
+			wantAgents(t, h, c0.welcome.Services[0].Name, 3)
+			// Another agent does not get it.
+			if anonymous {
+				wantRefused(t, h.connect(t, helloConn("b", "", 0, spec(c0.welcome.Services[0].Name, model.ProtoHTTP))), false, "in use by another quick tunnel")
+			}
+		})
+	}
+}
+
+func TestConnIndexRange(t *testing.T) {
+	for _, conn := range []int{-1, control.MaxConnsPerAgent, 1000} {
+		t.Run(fmt.Sprint(conn), func(t *testing.T) {
+			h := newHarness(t, nil)
+			wantRefused(t, h.connect(t, helloConn("a", "", conn, spec("", model.ProtoHTTP))), true, "conn")
+			if n := len(h.table.AgentsOf()); n != 0 {
+				t.Errorf("%d agents attached after a refusal", n)
+			}
+		})
+	}
+}
