@@ -352,6 +352,12 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 		w.Services = append(w.Services, g)
 		if g.Error == "" {
 			claimed = append(claimed, g.Name)
+			if spec.Weight > 0 {
+				if a.Weights == nil {
+					a.Weights = map[string]int{}
+				}
+				a.Weights[g.Name] = min(spec.Weight, model.MaxWeight)
+			}
 		}
 	}
 	if len(claimed) == 0 {

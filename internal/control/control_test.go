@@ -1078,3 +1078,22 @@ func TestConnIndexRange(t *testing.T) {
 		})
 	}
 }
+
+// TestAgentWeights: a weight asked in the hello becomes the agent's
+// upstream weight for that service; none means 1.
+func TestAgentWeights(t *testing.T) {
+	h := newHarness(t, nil)
+	tok := h.addTenant(t, "alpha")
+	heavy := spec("shop", model.ProtoHTTP)
+	heavy.Weight = 3
+	wantAdmitted(t, h.connect(t, hello("r1", tok, heavy)))
+	wantAdmitted(t, h.connect(t, hello("r2", tok, spec("shop", model.ProtoHTTP))))
+	svc := wantAgents(t, h, "shop", 2)
+	got := map[string]int{}
+	for _, u := range svc.Upstreams() {
+		got[u.Agent.ID] = u.Weight()
+	}
+	if got["r1"] != 3 || got["r2"] != 1 {
+		t.Errorf("weights %v, want r1 3 and r2 1", got)
+	}
+}
