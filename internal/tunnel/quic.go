@@ -89,7 +89,8 @@ func QUICConfig(cfg *Config, server bool) *quic.Config {
 
 // ServerQUIC runs the gateway side of a session over c, a QUIC connection
 // accepted with QUICConfig(cfg, true) that negotiated ALPN. Its keepalive is
-// QUIC's own (see QUICConfig).
+// QUIC's own (see QUICConfig). Session.Close closes c, not the
+// quic.Transport (UDP socket) under it.
 func ServerQUIC(c *quic.Conn, cfg *Config) (*Session, error) {
 	m, err := newQUICMux(c, cfg)
 	if err != nil {
@@ -142,7 +143,7 @@ func (m *quicMux) open() (net.Conn, error) {
 		if errors.Is(err, context.DeadlineExceeded) && m.conn.Context().Err() == nil {
 			return nil, fmt.Errorf("open tunnel stream: peer's stream limit reached for %v: %w", m.openTimeout, err)
 		}
-		return nil, m.streamErr("open", err)
+		return nil, m.streamErr(err)
 	}
 	return m.newStream(st), nil
 }
@@ -150,22 +151,20 @@ func (m *quicMux) open() (net.Conn, error) {
 func (m *quicMux) accept() (net.Conn, error) {
 	st, err := m.conn.AcceptStream(context.Background())
 	if err != nil {
-		return nil, m.streamErr("accept", err)
+		return nil, m.streamErr(err)
 	}
 	return m.newStream(st), nil
 }
 
-// streamErr maps an error of open or accept: ErrSessionClosed once the
-// connection has ended, wrapping the cause when it is not a local close.
-func (m *quicMux) streamErr(op string, err error) error {
-	ctx := m.conn.Context()
-	if ctx.Err() == nil {
-		return fmt.Errorf("%s tunnel stream: %w", op, err)
-	}
+// streamErr maps an error of open or accept, which both fail only when the
+// connection has ended (open's own timeout aside): ErrSessionClosed,
+// wrapping the cause when it is not a local close. quic-go may return the
+// error just before the connection's context is done.
+func (m *quicMux) streamErr(err error) error {
 	if m.localClose.Load() {
 		return ErrSessionClosed
 	}
-	if cause := context.Cause(ctx); cause != nil {
+	if cause := context.Cause(m.conn.Context()); cause != nil {
 		err = cause
 	}
 	return fmt.Errorf("%w: %w", ErrSessionClosed, err)
@@ -187,7 +186,7 @@ func (m *quicMux) transport() string     { return "quic" }
 // KeepAliveInterval.
 func (m *quicMux) ping() (time.Duration, error) {
 	if m.isClosed() {
-		return 0, m.streamErr("ping", context.Cause(m.conn.Context()))
+		return 0, m.streamErr(context.Cause(m.conn.Context()))
 	}
 	return m.conn.ConnectionStats().SmoothedRTT, nil
 }
