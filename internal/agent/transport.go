@@ -288,6 +288,11 @@ type linkState struct {
 	probed        time.Time    // last race of both transports
 	tcpOK, quicOK bool         // the last dial of each worked
 	samples       []lossSample // TCP counter deltas of the last lossWindow
+	// wasLossy is the last verdict drawn from enough samples, at lossyAt.
+	// It stands while no TCP session gives new samples (auto moved to
+	// QUIC), for reprobeEvery.
+	wasLossy bool
+	lossyAt  time.Time
 }
 
 // lossSample is one reading of a TCP session's counters, as deltas.
@@ -381,7 +386,11 @@ func (st *linkState) lossyLocked(now time.Time) bool {
 			segs += uint64(s.segs)
 		}
 	}
-	return segs >= lossMinSegs && float64(retrans) > lossRate*float64(segs)
+	if segs >= lossMinSegs {
+		st.wasLossy, st.lossyAt = float64(retrans) > lossRate*float64(segs), now
+		return st.wasLossy
+	}
+	return st.wasLossy && now.Sub(st.lossyAt) < reprobeEvery
 }
 
 // watchTCP feeds the loss counters of a TCP session's connection to the
