@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sync"
 	"time"
 
@@ -72,7 +71,7 @@ func (a *Agent) dialOne(ctx context.Context, transport string, i int) (*dialed, 
 // dialQUIC opens a tunnel session to gateway i over QUIC: UDP to the same
 // HOST:PORT as TCP, the same TLS settings (ALPN tunnel.ALPN).
 func (a *Agent) dialQUIC(ctx context.Context, i int) (*dialed, error) {
-	quietQUICBufferWarning()
+	tunnel.QuietQUICBufferWarning()
 	g, tc := a.cfg.Gateways[i], a.tls[i]
 	dctx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
 	defer cancel()
@@ -96,20 +95,6 @@ func (a *Agent) dialQUIC(ctx context.Context, i int) (*dialed, error) {
 	return &dialed{sess: sess, transport: TransportQUIC}, nil
 }
 
-var quietOnce sync.Once
-
-// quietQUICBufferWarning stops quic-go from printing, with the standard
-// logger, that it could not enlarge a UDP socket's buffers: an agent's
-// connections carry little next to a gateway's listener. A value already
-// set in the environment is kept.
-func quietQUICBufferWarning() {
-	quietOnce.Do(func() {
-		const env = "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING"
-		if _, set := os.LookupEnv(env); !set {
-			os.Setenv(env, "true")
-		}
-	})
-}
 
 // dialTCP opens a tunnel session to gateway i over TLS on TCP.
 func (a *Agent) dialTCP(ctx context.Context, i int) (*dialed, error) {

@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -53,7 +51,7 @@ type udpState struct {
 // fails, having stopped accepting. It owns pc: open QUIC connections keep
 // using it until CloseUDP closes it.
 func (e *HTTPS) ServeUDP(ctx context.Context, pc net.PacketConn) error {
-	quietQUICBufferWarning()
+	tunnel.QuietQUICBufferWarning()
 	idle := e.IdleTimeout
 	if idle == 0 {
 		idle = 120 * time.Second
@@ -211,19 +209,6 @@ func (e *HTTPS) CloseUDP() error {
 // quicWantBuffer is the UDP buffer size quic-go asks for (7 MiB).
 const quicWantBuffer = 7 << 20
 
-var quietOnce sync.Once
-
-// quietQUICBufferWarning stops quic-go from printing its UDP buffer warning
-// with the standard logger; checkUDPBuffers says it through slog instead.
-// A value already set in the environment is kept.
-func quietQUICBufferWarning() {
-	quietOnce.Do(func() {
-		const env = "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING"
-		if _, set := os.LookupEnv(env); !set {
-			os.Setenv(env, "true")
-		}
-	})
-}
 
 // checkUDPBuffers logs once per socket when quic-go could not get the UDP
 // buffers it wants (it tries when the listener starts).

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -323,3 +324,18 @@ func (s *quicStream) RemoteAddr() net.Addr               { return s.m.conn.Remot
 func (s *quicStream) SetDeadline(t time.Time) error      { return s.st.SetDeadline(t) }
 func (s *quicStream) SetReadDeadline(t time.Time) error  { return s.st.SetReadDeadline(t) }
 func (s *quicStream) SetWriteDeadline(t time.Time) error { return s.st.SetWriteDeadline(t) }
+
+var quietOnce sync.Once
+
+// QuietQUICBufferWarning stops quic-go from printing, with the standard
+// logger, that it could not enlarge a UDP socket's buffers; callers say it
+// through slog where it matters (the gateway's listener). A value already
+// set in the environment is kept.
+func QuietQUICBufferWarning() {
+	quietOnce.Do(func() {
+		const env = "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING"
+		if _, set := os.LookupEnv(env); !set {
+			os.Setenv(env, "true")
+		}
+	})
+}

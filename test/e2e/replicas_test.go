@@ -7,7 +7,6 @@ import (
 	"github.com/gorilla/websocket"
 	"io"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -64,78 +63,28 @@ func TestReplicaKilledUnderLoad(t *testing.T) {
 		return code == "200" && ba.hits.Load() > 0 && bb.hits.Load() > 0
 	})
 
-	client := g.client(t, caPool(t, g.caFile))
-	var (
-		next      atomic.Int64
-		mu        sync.Mutex
-		failedGET []string
-		failedPOS []string
-		okCount   atomic.Int64
-	)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	const workers = 8
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				n := next.Add(1)
-				id := fmt.Sprint(n)
-				method := http.MethodGet
-				var body io.Reader
-				if n%2 == 0 {
-					method, body = http.MethodPost, strings.NewReader("payload "+id)
-				}
-				req, _ := http.NewRequest(method, url+"/load", body)
-				req.Header.Set("X-Req", id)
-				resp, err := client.Do(req)
-				ok := err == nil && resp.StatusCode == 200
-				if err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-				if ok {
-					okCount.Add(1)
-					continue
-				}
-				mu.Lock()
-				if method == http.MethodGet {
-					failedGET = append(failedGET, fmt.Sprintf("%s (err %v)", id, err))
-				} else {
-					failedPOS = append(failedPOS, id)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
+	l := startLoad(g.client(t, caPool(t, g.caFile)), url+"/load", workers)
 	// Let load run on both replicas, kill A, keep the load going on B.
-	before := okCount.Load()
-	waitFor(t, 10*time.Second, "load flowing", func() bool { return okCount.Load() > before+200 })
+	l.waitOK(t, 200, "load flowing")
 	agentA.kill(t)
-	afterKill := okCount.Load()
-	waitFor(t, 10*time.Second, "load flowing after the kill", func() bool { return okCount.Load() > afterKill+500 })
-	close(stop)
-	wg.Wait()
+	l.waitOK(t, 500, "load flowing after the kill")
+	fails := l.stop()
 
-	if len(failedGET) > 0 {
-		t.Errorf("%d GETs failed across the kill, want 0: %v", len(failedGET), failedGET)
+	if got := split(fails, 0, http.MethodGet); len(got) > 0 {
+		t.Errorf("%d GETs failed across the kill, want 0: %v", len(got), got)
 	}
+	failedPOS := split(fails, 0, http.MethodPost)
 	if len(failedPOS) > workers {
 		t.Errorf("%d POSTs failed across the kill, want at most the %d in flight: %v", len(failedPOS), workers, failedPOS)
 	}
 	reached := 0
-	for _, id := range failedPOS {
-		if ba.saw(id) {
+	for _, f := range failedPOS {
+		if ba.saw(f.id) {
 			reached++
 		}
 	}
-	t.Logf("%d requests ok; %d POSTs failed (%d of them had reached the killed agent's backend)", okCount.Load(), len(failedPOS), reached)
+	t.Logf("%d requests ok; %d POSTs failed (%d of them had reached the killed agent's backend)", l.ok.Load(), len(failedPOS), reached)
 }
 
 // wsNamedBackend answers plain requests with name (recording them) and
@@ -207,53 +156,12 @@ func TestReplicaDrainUnderLoad(t *testing.T) {
 	}
 	defer ws.Close()
 
-	client := g.client(t, caPool(t, g.caFile))
-	var (
-		next   atomic.Int64
-		okN    atomic.Int64
-		mu     sync.Mutex
-		failed []string
-	)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				n := next.Add(1)
-				method, body := http.MethodGet, io.Reader(nil)
-				if n%2 == 0 {
-					method, body = http.MethodPost, strings.NewReader("payload")
-				}
-				req, _ := http.NewRequest(method, url+"/drain", body)
-				req.Header.Set("X-Req", fmt.Sprint(n))
-				resp, err := client.Do(req)
-				if err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-				if err != nil || resp.StatusCode != 200 {
-					mu.Lock()
-					failed = append(failed, fmt.Sprintf("%s %d: %v", method, n, err))
-					mu.Unlock()
-					continue
-				}
-				okN.Add(1)
-			}
-		}()
-	}
-	o := okN.Load()
-	waitFor(t, 10*time.Second, "load flowing", func() bool { return okN.Load() > o+200 })
+	l := startLoad(g.client(t, caPool(t, g.caFile)), url+"/drain", 8)
+	l.waitOK(t, 200, "load flowing")
 
 	agentA.signal(t, syscall.SIGTERM)
-	o, a := okN.Load(), ba.hits.Load()
-	waitFor(t, 10*time.Second, "load flowing while A drains", func() bool { return okN.Load() > o+500 })
+	a := ba.hits.Load()
+	l.waitOK(t, 500, "load flowing while A drains")
 	if extra := ba.hits.Load() - a; extra > 8 {
 		t.Errorf("a draining replica got %d new requests, want at most the 8 in flight", extra)
 	}
@@ -280,10 +188,8 @@ func TestReplicaDrainUnderLoad(t *testing.T) {
 	a = ba.hits.Load()
 	g.expose(t, "--token", tok, "--name", "shop", ba.url)
 	waitFor(t, 10*time.Second, "the restarted replica taking traffic", func() bool { return ba.hits.Load() > a+50 })
-	close(stop)
-	wg.Wait()
-	if len(failed) > 0 {
-		t.Errorf("%d of %d requests failed across a replica's drain and return, want 0: %v", len(failed), int(okN.Load())+len(failed), failed[:min(10, len(failed))])
+	if fails := l.stop(); len(fails) > 0 {
+		t.Errorf("%d of %d requests failed across a replica's drain and return, want 0: %v", len(fails), int(l.ok.Load())+len(fails), fails[:min(10, len(fails))])
 	}
-	t.Logf("%d requests ok across the drain", okN.Load())
+	t.Logf("%d requests ok across the drain", l.ok.Load())
 }

@@ -3,7 +3,6 @@ package e2e
 import (
 	"crypto/tls"
 	"encoding/pem"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -108,57 +107,7 @@ func TestUpstreamsLiveChange(t *testing.T) {
 	url := strings.TrimSpace(mustRun(t, append([]string{"service", "add", "shop", "--tenant", "acme", "--upstream", upA,
 		"--health-path", "/", "--health-interval", "200ms", "--unhealthy-threshold", "1"}, g.admin()...)...))
 
-	client := g.client(t, caPool(t, g.caFile))
-	var (
-		mu      sync.Mutex
-		failed  []string // failures while upstreams are added and removed
-		killed  []string // POST failures once A is killed
-		okN     atomic.Int64
-		next    atomic.Int64
-		killing atomic.Bool
-	)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				n := next.Add(1)
-				method, body := http.MethodGet, io.Reader(nil)
-				if n%2 == 0 {
-					method, body = http.MethodPost, strings.NewReader("payload")
-				}
-				req, _ := http.NewRequest(method, url+"/live", body)
-				resp, err := client.Do(req)
-				if err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-				if err != nil || resp.StatusCode != 200 {
-					st := 0
-					if resp != nil {
-						st = resp.StatusCode
-					}
-					mu.Lock()
-					f := fmt.Sprintf("%s %d %v", method, st, err)
-					if killing.Load() && method == http.MethodPost {
-						killed = append(killed, f)
-					} else {
-						failed = append(failed, f)
-					}
-					mu.Unlock()
-					continue
-				}
-				okN.Add(1)
-			}
-		}()
-	}
+	l := startLoad(g.client(t, caPool(t, g.caFile)), url+"/live", 4)
 	waitFor(t, 10*time.Second, "load on A", func() bool { return hitsA.Load() > 50 })
 
 	// Add B: it gets traffic within a moment of the command's return.
@@ -180,21 +129,24 @@ func TestUpstreamsLiveChange(t *testing.T) {
 	mustRun(t, append([]string{"service", "set", "shop", "--add-upstream", upA}, g.admin()...)...)
 	a0 := hitsA.Load()
 	waitFor(t, 5*time.Second, "A to take traffic again", func() bool { return hitsA.Load() > a0 })
-	killing.Store(true)
+	l.phase.Store(1)
 	stopA() // closes its connections, requests in flight included
 	b0 := hitsB.Load()
 	waitFor(t, 10*time.Second, "load on B after A died", func() bool { return hitsB.Load() > b0+200 })
-	close(stop)
-	wg.Wait()
-	if len(failed) > 0 {
-		t.Errorf("%d of %d requests failed across upstream changes and a dead upstream, want 0: %v", len(failed), int(okN.Load())+len(failed), failed[:min(len(failed), 10)])
+	fails := l.stop()
+	if got := split(fails, 0, ""); len(got) > 0 {
+		t.Errorf("%d of %d requests failed across upstream changes, want 0: %v", len(got), int(l.ok.Load())+len(fails), got[:min(len(got), 10)])
+	}
+	if got := split(fails, 1, http.MethodGet); len(got) > 0 {
+		t.Errorf("%d GETs failed when A died, want 0: %v", len(got), got)
 	}
 	// A POST in flight on a connection the dying backend closed cannot be
 	// replayed safely: at most one per worker.
+	killed := split(fails, 1, http.MethodPost)
 	if len(killed) > 4 {
 		t.Errorf("%d POSTs failed when A died, want at most the 4 in flight: %v", len(killed), killed)
 	}
-	t.Logf("%d requests ok; %d POSTs in flight failed when A was killed", okN.Load(), len(killed))
+	t.Logf("%d requests ok; %d POSTs in flight failed when A was killed", l.ok.Load(), len(killed))
 
 	// Every upstream down: 503 with Retry-After, at once.
 	stopB()
