@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -217,8 +218,11 @@ func (m *quicMux) close() error {
 //   - The peer's Accept sees the stream only when its first frame arrives
 //     (data or FIN), not at Open.
 //   - A stream counts in NumStreams until both directions have ended here:
-//     sending by CloseWrite, Close or a failed Write; receiving by Close or
-//     a Read that returned an error (EOF included).
+//     sending by CloseWrite, Close or a Write that failed for good;
+//     receiving by Close or a Read that returned an error other than a
+//     deadline (EOF included). A stream whose data the application never
+//     reads to the end stays counted (until HalfCloseTimeout after its
+//     CloseWrite), where yamux frees it on the peer's FIN.
 type quicStream struct {
 	st *quic.Stream // safe for concurrent Read and Write; Write and Close serialised by wmu
 	m  *quicMux     // read-only
@@ -241,7 +245,7 @@ var _ net.Conn = (*quicStream)(nil)
 
 func (s *quicStream) Read(p []byte) (int, error) {
 	n, err := s.st.Read(p)
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		s.endRecv()
 	}
 	return n, err

@@ -1054,3 +1054,44 @@ func TestSessionHalfCloseTimeout(t *testing.T) {
 		})
 	}
 }
+
+// TestSessionReadDeadline: a Read that times out leaves the stream usable.
+func TestSessionReadDeadline(t *testing.T) {
+	for _, tr := range sessionTransports {
+		t.Run(tr.name, func(t *testing.T) {
+			agent, gw, _, _ := sessionPair(t, tr, nil)
+			c, err := gw.Open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			s, err := agent.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if _, err := io.ReadFull(s, make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			var ne net.Error
+			if _, err := c.Read(make([]byte, 1)); !errors.As(err, &ne) || !ne.Timeout() {
+				t.Fatalf("Read past the deadline = %v, want a timeout", err)
+			}
+			c.SetReadDeadline(time.Time{})
+			if _, err := s.Write([]byte("y")); err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, 1)
+			if _, err := io.ReadFull(c, b); err != nil || b[0] != 'y' {
+				t.Fatalf("Read after the deadline was cleared = %q, %v", b, err)
+			}
+			if n := gw.NumStreams(); n != 1 {
+				t.Errorf("NumStreams = %d after a read timeout, want 1", n)
+			}
+		})
+	}
+}
