@@ -20,6 +20,8 @@ package tunnel
 //	RoundTrip, 64 streams          4.7 µs/op, 5.9 µs CPU        8.9 µs/op, 12.2 µs CPU
 //	Bulk, 1 stream                 1764 MB/s, 0.97 CPU-s/GiB    521 MB/s, 2.90 CPU-s/GiB
 //	Bulk, 8 streams                1456 MB/s, 1.11 CPU-s/GiB    431 MB/s, 3.22 CPU-s/GiB
+//	IdleStreams: open + 16 B echo  30 µs/stream                 23 µs/stream
+//	IdleStreams: heap, both ends   3.8 KiB/stream               1.7 KiB/stream (1.4-2.6)
 //
 // Bulk figures varied by up to ±30% between runs on the shared machine.
 
