@@ -29,11 +29,16 @@ import (
 // Window sizes of QUIC connections (see QUICConfig).
 const (
 	// quicInitialStreamWindow is where a stream's receive window starts;
-	// quic-go grows it up to Config.MaxStreamWindow while the reader keeps up.
-	quicInitialStreamWindow = 2 << 20
+	// quic-go grows it up to Config.MaxStreamWindow while the reader keeps
+	// up, so a stream whose reader is slow (a slow client behind the
+	// gateway) holds at most this much unread.
+	quicInitialStreamWindow = 512 << 10
 	// quicConnWindowFactor times the stream window is the connection window,
-	// so a few bulk streams can each use a full stream window.
-	quicConnWindowFactor = 4
+	// fixed from the start. It is only a bound on the memory of unread data:
+	// when the streams' unread data fills it, every stream of the
+	// connection stalls (yamux has no such window), so it is large: 16 full
+	// bulk streams, or 256 slow ones.
+	quicConnWindowFactor = 16
 	// quicServerMaxStreams is how many bidirectional streams the gateway
 	// lets a peer hold open. An agent needs one (its control stream), but the
 	// gateway's UDP listener also serves HTTP/3 browsers, which use up to
@@ -61,8 +66,10 @@ const (
 //     closed. A peer that froze or whose packets are dropped is noticed at
 //     most 10 s after its last packet arrived (quic-go raises the idle
 //     timeout to 3 probe timeouts on a path with a very long RTT).
-//   - Stream receive windows start at 2 MiB and grow to MaxStreamWindow
-//     (8 MiB, like yamux's); the connection window is 4 times that.
+//   - Stream receive windows start at 512 KiB and grow to MaxStreamWindow
+//     (8 MiB, like yamux's) while the reader keeps up; the connection
+//     window is 16 times that (128 MiB) from the start, a bound on unread
+//     data only.
 //   - MaxIncomingStreams: on the agent side AcceptBacklog (1024), the
 //     streams the gateway may have open to it at once; on the gateway
 //     side 100, as the listener also serves HTTP/3 (an agent opens one).
@@ -74,7 +81,7 @@ func QUICConfig(cfg *Config, server bool) *quic.Config {
 		MaxIdleTimeout:                 d.KeepAliveInterval + d.PingTimeout,
 		InitialStreamReceiveWindow:     min(quicInitialStreamWindow, uint64(d.MaxStreamWindow)),
 		MaxStreamReceiveWindow:         uint64(d.MaxStreamWindow),
-		InitialConnectionReceiveWindow: quicConnWindowFactor * min(quicInitialStreamWindow, uint64(d.MaxStreamWindow)),
+		InitialConnectionReceiveWindow: quicConnWindowFactor * uint64(d.MaxStreamWindow),
 		MaxConnectionReceiveWindow:     quicConnWindowFactor * uint64(d.MaxStreamWindow),
 		MaxIncomingStreams:             int64(d.AcceptBacklog),
 		EnableDatagrams:                true,
@@ -211,8 +218,11 @@ func (m *quicMux) close() error {
 //   - The peer's Accept sees the stream only when its first frame arrives
 //     (data or FIN), not at Open.
 //   - A stream counts in NumStreams until both directions have ended here:
-//     sending by CloseWrite, Close or a failed Write; receiving by Close or
-//     a Read that returned an error (EOF included).
+//     sending by CloseWrite, Close or a Write that failed for good;
+//     receiving by Close or a Read that returned an error other than a
+//     deadline (EOF included). A stream whose data the application never
+//     reads to the end stays counted (until HalfCloseTimeout after its
+//     CloseWrite), where yamux frees it on the peer's FIN.
 type quicStream struct {
 	st *quic.Stream // safe for concurrent Read and Write; Write and Close serialised by wmu
 	m  *quicMux     // read-only
@@ -235,7 +245,7 @@ var _ net.Conn = (*quicStream)(nil)
 
 func (s *quicStream) Read(p []byte) (int, error) {
 	n, err := s.st.Read(p)
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		s.endRecv()
 	}
 	return n, err

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -330,8 +331,8 @@ func TestQUICConfig(t *testing.T) {
 				wantStreams = 100
 			}
 			if q.KeepAlivePeriod != 5*time.Second || q.MaxIdleTimeout != 10*time.Second ||
-				q.MaxStreamReceiveWindow != 8<<20 || q.MaxConnectionReceiveWindow != 32<<20 ||
-				q.InitialStreamReceiveWindow != 2<<20 || q.MaxIncomingStreams != wantStreams ||
+				q.MaxStreamReceiveWindow != 8<<20 || q.MaxConnectionReceiveWindow != 128<<20 ||
+				q.InitialConnectionReceiveWindow != 128<<20 || q.InitialStreamReceiveWindow != 512<<10 || q.MaxIncomingStreams != wantStreams ||
 				!q.EnableDatagrams {
 				t.Errorf("QUICConfig(%#v, %v) = %+v", cfg, server, q)
 			}
@@ -342,7 +343,7 @@ func TestQUICConfig(t *testing.T) {
 	}
 	q := QUICConfig(&Config{KeepAliveInterval: time.Second, PingTimeout: 2 * time.Second, AcceptBacklog: 7, MaxStreamWindow: 1 << 20}, false)
 	if q.KeepAlivePeriod != time.Second || q.MaxIdleTimeout != 3*time.Second || q.MaxIncomingStreams != 7 ||
-		q.MaxStreamReceiveWindow != 1<<20 || q.InitialStreamReceiveWindow != 1<<20 {
+		q.MaxStreamReceiveWindow != 1<<20 || q.InitialStreamReceiveWindow != 512<<10 || q.MaxConnectionReceiveWindow != 16<<20 {
 		t.Errorf("overrides not applied: %+v", q)
 	}
 }
@@ -371,5 +372,47 @@ func TestQUICWrongALPN(t *testing.T) {
 	if s, err := ClientQUIC(c, nil); err == nil {
 		s.Close()
 		t.Fatal("ClientQUIC accepted a connection with ALPN h3")
+	}
+}
+
+// TestQUICStreamClose: over QUIC a stream's Close ends both directions.
+// The peer still reads what was written, then EOF; its own writes then
+// fail (STOP_SENDING), and the closer's Read fails at once.
+func TestQUICStreamClose(t *testing.T) {
+	agent, gw, _ := quicSessions(t, nil, nil)
+	c, err := gw.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	s, err := agent.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("Read after Close succeeded")
+	}
+	if _, err := c.Write([]byte("x")); err == nil {
+		t.Error("Write after Close succeeded")
+	}
+	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(s); err != nil || string(b) != "request" {
+		t.Fatalf("peer read %q, %v; want the request, then EOF", b, err)
+	}
+	if !waitFor(5*time.Second, func() bool {
+		_, err := s.Write([]byte("answer"))
+		return err != nil
+	}) {
+		t.Error("peer's Write still succeeds after the stream was closed")
+	}
+	s.Close()
+	if !waitFor(5*time.Second, func() bool { return gw.NumStreams() == 0 && agent.NumStreams() == 0 }) {
+		t.Errorf("streams left: gateway %d, agent %d", gw.NumStreams(), agent.NumStreams())
 	}
 }

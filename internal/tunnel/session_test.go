@@ -15,6 +15,7 @@ import (
 	"math/big"
 	mrand "math/rand/v2"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"testing"
@@ -1012,6 +1013,84 @@ func TestSessionTransport(t *testing.T) {
 			}
 			if agent.Transport() != want || gw.Transport() != want {
 				t.Errorf("Transport = %q, %q; want %q", agent.Transport(), gw.Transport(), want)
+			}
+		})
+	}
+}
+
+// TestSessionHalfCloseTimeout: a stream closed for writing whose peer never
+// ends its own direction is freed after HalfCloseTimeout.
+func TestSessionHalfCloseTimeout(t *testing.T) {
+	for _, tr := range sessionTransports {
+		t.Run(tr.name, func(t *testing.T) {
+			agent, gw, _, _ := sessionPair(t, tr, &Config{HalfCloseTimeout: 100 * time.Millisecond})
+			c, err := gw.Open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			s, err := agent.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			// The agent reads the request and its EOF but never answers.
+			if b, err := io.ReadAll(s); err != nil || string(b) != "x" {
+				t.Fatalf("agent read %q, %v", b, err)
+			}
+			if !waitFor(5*time.Second, func() bool { return gw.NumStreams() == 0 }) {
+				t.Fatalf("half-closed stream not freed: %d streams", gw.NumStreams())
+			}
+			// The opener's reader is told the stream is gone.
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("Read on the timed-out stream = %v, want a reset", err)
+			}
+		})
+	}
+}
+
+// TestSessionReadDeadline: a Read that times out leaves the stream usable.
+func TestSessionReadDeadline(t *testing.T) {
+	for _, tr := range sessionTransports {
+		t.Run(tr.name, func(t *testing.T) {
+			agent, gw, _, _ := sessionPair(t, tr, nil)
+			c, err := gw.Open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			s, err := agent.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if _, err := io.ReadFull(s, make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			var ne net.Error
+			if _, err := c.Read(make([]byte, 1)); !errors.As(err, &ne) || !ne.Timeout() {
+				t.Fatalf("Read past the deadline = %v, want a timeout", err)
+			}
+			c.SetReadDeadline(time.Time{})
+			if _, err := s.Write([]byte("y")); err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, 1)
+			if _, err := io.ReadFull(c, b); err != nil || b[0] != 'y' {
+				t.Fatalf("Read after the deadline was cleared = %q, %v", b, err)
+			}
+			if n := gw.NumStreams(); n != 1 {
+				t.Errorf("NumStreams = %d after a read timeout, want 1", n)
 			}
 		})
 	}
