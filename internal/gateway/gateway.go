@@ -209,7 +209,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		Store: st, Table: g.table, Log: log, Open: *cfg.Open, GatewayID: g.ID,
 		MaxAgentsPerTenant: cfg.Limits.MaxAgentsPerTenant, MaxStreamsPerAgent: cfg.Limits.MaxStreamsPerAgent,
 		MaxAnonymousPerIP: cfg.Limits.MaxQuickTunnelsPerIP,
-		OnDrain:           px.CloseIdle,
+		OnDrain:           px.DrainIdle,
 		URL: func(name string, _ model.Protocol) string {
 			return "https://" + hostPort(name+"."+cfg.Domain, httpsPort)
 		},

@@ -47,7 +47,7 @@ type HTTP struct {
 
 type svcProxy struct {
 	rp        *httputil.ReverseProxy
-	transport *http.Transport
+	transport *balancedTransport
 
 	// The HTTP/1.1 fast path's stream pool (h1.go).
 	hdr     *tunnel.Header
@@ -77,25 +77,25 @@ func (p *HTTP) newSvcProxy(svc *route.Service) *svcProxy {
 	if maxIdle == 0 {
 		maxIdle = 256
 	}
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			c, _, err := svc.Dial(hdr)
-			return c, err
-		},
-		MaxIdleConns:          maxIdle,
-		MaxIdleConnsPerHost:   maxIdle,
-		IdleConnTimeout:       idle,
-		DisableCompression:    true,
-		ExpectContinueTimeout: time.Second,
-		ResponseHeaderTimeout: 0, // a backend may think long; the client decides
-		WriteBufferSize:       16 << 10,
-		ReadBufferSize:        16 << 10,
+	base := func() *http.Transport {
+		tr := &http.Transport{
+			MaxIdleConns:          maxIdle,
+			MaxIdleConnsPerHost:   maxIdle,
+			IdleConnTimeout:       idle,
+			DisableCompression:    true,
+			ExpectContinueTimeout: time.Second,
+			ResponseHeaderTimeout: 0, // a backend may think long; the client decides
+			WriteBufferSize:       16 << 10,
+			ReadBufferSize:        16 << 10,
+		}
+		if kind == tunnel.KindH2C {
+			var protos http.Protocols
+			protos.SetUnencryptedHTTP2(true)
+			tr.Protocols = &protos
+		}
+		return tr
 	}
-	if kind == tunnel.KindH2C {
-		var protos http.Protocols
-		protos.SetUnencryptedHTTP2(true)
-		tr.Protocols = &protos
-	}
+	bt := &balancedTransport{svc: svc, hdr: hdr, base: base}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"
@@ -106,20 +106,31 @@ func (p *HTTP) newSvcProxy(svc *route.Service) *svcProxy {
 			pr.SetXForwarded()
 			pr.Out.Header.Set("X-Forwarded-Proto", "https")
 		},
-		Transport:     tr,
+		Transport:     bt,
 		FlushInterval: 0, // ReverseProxy still flushes at once for SSE and unknown-length (chunked) bodies
 		BufferPool:    bufPool{},
 		ErrorHandler:  p.errorHandler,
 		ErrorLog:      nil,
 	}
-	return &svcProxy{rp: rp, transport: tr, hdr: hdr, maxIdle: maxIdle}
+	return &svcProxy{rp: rp, transport: bt, hdr: hdr, maxIdle: maxIdle}
 }
 
-// CloseIdle closes the pooled idle streams of svc (used when an agent drains).
+// CloseIdle closes every pooled idle connection of svc.
 func (p *HTTP) CloseIdle(svc *route.Service) {
 	sp := p.proxyFor(svc)
-	sp.transport.CloseIdleConnections()
+	sp.transport.closeIdle(false)
 	sp.closeIdle()
+}
+
+// DrainIdle closes the pooled idle connections of svc's draining or gone
+// upstreams, so a draining agent's streams end as their requests do (the
+// control server calls it while an agent drains).
+func (p *HTTP) DrainIdle(svc *route.Service) {
+	sp := p.proxyFor(svc)
+	sp.transport.closeIdle(true)
+	sp.mu.Lock()
+	sp.sweepLocked()
+	sp.mu.Unlock()
 }
 
 func (p *HTTP) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
