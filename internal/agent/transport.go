@@ -95,7 +95,6 @@ func (a *Agent) dialQUIC(ctx context.Context, i int) (*dialed, error) {
 	return &dialed{sess: sess, transport: TransportQUIC}, nil
 }
 
-
 // dialTCP opens a tunnel session to gateway i over TLS on TCP.
 func (a *Agent) dialTCP(ctx context.Context, i int) (*dialed, error) {
 	g, tc := a.cfg.Gateways[i], a.tls[i]

@@ -209,7 +209,6 @@ func (e *HTTPS) CloseUDP() error {
 // quicWantBuffer is the UDP buffer size quic-go asks for (7 MiB).
 const quicWantBuffer = 7 << 20
 
-
 // checkUDPBuffers logs once per socket when quic-go could not get the UDP
 // buffers it wants (it tries when the listener starts).
 func (e *HTTPS) checkUDPBuffers(pc net.PacketConn) {
