@@ -388,3 +388,25 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// BenchmarkPick measures one pick per policy among 4 upstreams, in parallel
+// as the request path does.
+func BenchmarkPick(b *testing.B) {
+	for _, lb := range []model.LBPolicy{model.LBRoundRobin, model.LBLeastRequest, model.LBIPHash} {
+		b.Run(string(lb), func(b *testing.B) {
+			sv := model.Service{Name: "web", Tenant: "acme", Protocol: model.ProtoHTTP, LB: lb}
+			for i := range 4 {
+				sv.Upstreams = append(sv.Upstreams, model.Upstream{URL: fmt.Sprintf("http://[2001:db8::%d]:80", i+1), Weight: i + 1})
+			}
+			s := NewTable(nil).Configure(sv)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if u := s.Pick("198.51.100.7"); u == nil {
+						b.Fatal("no upstream")
+					}
+				}
+			})
+		})
+	}
+}
