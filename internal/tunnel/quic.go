@@ -60,11 +60,17 @@ const (
 // !server for the agent's dial. Both sides must use it, as the idle timeout
 // is negotiated (the smaller one wins) and ends the session of a dead peer.
 //
-//   - KeepAlivePeriod is KeepAliveInterval (5 s) and MaxIdleTimeout is
-//     KeepAliveInterval+PingTimeout (10 s): an idle connection sends a PING
-//     every 5 s, and a connection that has received no packet for 10 s is
-//     closed. A peer that froze or whose packets are dropped is noticed at
-//     most 10 s after its last packet arrived (quic-go raises the idle
+//   - KeepAlivePeriod is a fifth of KeepAliveInterval (1 s) and
+//     MaxIdleTimeout is (KeepAliveInterval+PingTimeout)*2/5 (4 s): an idle
+//     connection sends a PING every second, and a connection that has
+//     received no packet for 4 s is closed. UDP carries no reset when a
+//     peer's process dies, so this timeout is all that tells the gateway
+//     that a killed agent is gone (bench/README.md: with 10 s, requests sent
+//     to a killed agent hung for 10 s). Unlike a yamux ping, which waits
+//     behind queued data, QUIC's PINGs and ACKs are not delayed by the
+//     streams' data, so a short timeout does not end a busy healthy
+//     connection. A peer that froze or whose packets are dropped is noticed
+//     at most 4 s after its last packet arrived (quic-go raises the idle
 //     timeout to 3 probe timeouts on a path with a very long RTT).
 //   - Stream receive windows start at 512 KiB and grow to MaxStreamWindow
 //     (8 MiB, like yamux's) while the reader keeps up; the connection
@@ -77,8 +83,8 @@ const (
 func QUICConfig(cfg *Config, server bool) *quic.Config {
 	d := cfg.complete()
 	q := &quic.Config{
-		KeepAlivePeriod:                d.KeepAliveInterval,
-		MaxIdleTimeout:                 d.KeepAliveInterval + d.PingTimeout,
+		KeepAlivePeriod:                d.KeepAliveInterval / 5,
+		MaxIdleTimeout:                 (d.KeepAliveInterval + d.PingTimeout) * 2 / 5,
 		InitialStreamReceiveWindow:     min(quicInitialStreamWindow, uint64(d.MaxStreamWindow)),
 		MaxStreamReceiveWindow:         uint64(d.MaxStreamWindow),
 		InitialConnectionReceiveWindow: quicConnWindowFactor * uint64(d.MaxStreamWindow),

@@ -330,7 +330,7 @@ func TestQUICConfig(t *testing.T) {
 			if server {
 				wantStreams = 100
 			}
-			if q.KeepAlivePeriod != 5*time.Second || q.MaxIdleTimeout != 10*time.Second ||
+			if q.KeepAlivePeriod != time.Second || q.MaxIdleTimeout != 4*time.Second ||
 				q.MaxStreamReceiveWindow != 8<<20 || q.MaxConnectionReceiveWindow != 128<<20 ||
 				q.InitialConnectionReceiveWindow != 128<<20 || q.InitialStreamReceiveWindow != 512<<10 || q.MaxIncomingStreams != wantStreams ||
 				!q.EnableDatagrams {
@@ -342,7 +342,7 @@ func TestQUICConfig(t *testing.T) {
 		}
 	}
 	q := QUICConfig(&Config{KeepAliveInterval: time.Second, PingTimeout: 2 * time.Second, AcceptBacklog: 7, MaxStreamWindow: 1 << 20}, false)
-	if q.KeepAlivePeriod != time.Second || q.MaxIdleTimeout != 3*time.Second || q.MaxIncomingStreams != 7 ||
+	if q.KeepAlivePeriod != 200*time.Millisecond || q.MaxIdleTimeout != 1200*time.Millisecond || q.MaxIncomingStreams != 7 ||
 		q.MaxStreamReceiveWindow != 1<<20 || q.InitialStreamReceiveWindow != 512<<10 || q.MaxConnectionReceiveWindow != 16<<20 {
 		t.Errorf("overrides not applied: %+v", q)
 	}
