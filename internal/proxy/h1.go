@@ -536,13 +536,14 @@ func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http
 			<-werrc
 		}
 		// A fresh connection that broke is the upstream's failure; a pooled
-		// one may just have been closed by its backend meanwhile.
-		if !u.pooled || u.up.Gone() {
-			if !u.up.Gone() {
-				u.up.Report(false)
-			}
-			tried = append(tried, u.up)
+		// one may just have been closed by its backend meanwhile. Either
+		// way the next try prefers another upstream (another agent: its
+		// process may have died and its other tunnels not be seen dead
+		// yet); getUp comes back to this one when there is no other.
+		if !u.pooled && !u.up.Gone() {
+			u.up.Report(false)
 		}
+		tried = append(tried, u.up)
 		retry := !sent || (werrc == nil && replayable(req))
 		if !retry || attempt >= maxAttempts {
 			return nil, nil, nil, fmt.Errorf("exchange with upstream: %w", err)
@@ -551,7 +552,7 @@ func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http
 }
 
 // maxAttempts bounds the tries of one request (see roundTrip).
-const maxAttempts = 3
+const maxAttempts = 4
 
 // replayable reports whether a request may be sent twice (as net/http's
 // Transport decides): a safe method, or one carrying an idempotency key.

@@ -251,7 +251,10 @@ func (s *Service) pick1(l *upList, clientIP string, tried []*Upstream, now time.
 			return false
 		}
 		for _, t := range tried {
-			if t == u {
+			// The same key is the same agent process (another of its
+			// connections) or the same URL: a failure there says little
+			// good about the sibling.
+			if t == u || t.key == u.key {
 				return false
 			}
 		}
@@ -308,7 +311,8 @@ func (s *Service) pick1(l *upList, clientIP string, tried []*Upstream, now time.
 }
 
 // Pick returns the upstream a new request from clientIP should go to, not
-// one of tried, or nil when no usable upstream is left.
+// one of tried nor another connection of the same agent, or nil when no
+// usable upstream is left.
 func (s *Service) Pick(clientIP string, tried ...*Upstream) *Upstream {
 	return s.pick(s.list(), clientIP, tried, time.Now())
 }
