@@ -39,6 +39,8 @@ func TestHarnessSmoke(t *testing.T) {
 		IdleConns: 20,
 		BulkSize:  4 << 20,
 		Progress:  &progress,
+		// The scenarios: 4 workers, 1 s observation after the kill.
+		ScenarioConns: 4,
 	})
 	if err != nil {
 		t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())
@@ -91,9 +93,31 @@ func TestHarnessSmoke(t *testing.T) {
 		t.Errorf("%d goals, want 3", len(rep.Goals))
 	}
 
+	for key, names := range map[string][]string{
+		"failover_tcp": {"failed_get", "failed_post", "last_fail_ms", "takeover_ms", "slowest_ms", "rps_before", "rps_after", "requests"},
+		"new_upstream": {"cli_from_start_ms", "cli_from_return_ms", "cli_call_ms", "api_from_start_ms", "api_from_return_ms", "api_call_ms", "failed", "requests"},
+	} {
+		runs := rep.Scenarios[key]
+		if len(runs) != 1 {
+			t.Errorf("scenario %s: %d runs, want 1", key, len(runs))
+			continue
+		}
+		for _, name := range names {
+			if _, ok := runs[0][name]; !ok {
+				t.Errorf("scenario %s: no figure %s", key, name)
+			}
+		}
+		if runs[0]["requests"] <= 0 {
+			t.Errorf("scenario %s: no request succeeded", key)
+		}
+	}
+	if n := rep.Scenarios["new_upstream"][0]["failed"]; n != 0 {
+		t.Errorf("new upstream: %v failed requests, want 0", n)
+	}
+
 	var table bytes.Buffer
 	rep.WriteTable(&table)
-	for _, s := range []string{"req/s, 1 KiB body", "bulk MiB/s", "RSS KB per held conn", "goals (issue 2)"} {
+	for _, s := range []string{"req/s, 1 KiB body", "bulk MiB/s", "RSS KB per held conn", "goals (issue 2)", "failover:", "new upstream:", "goals (scenarios)"} {
 		if !strings.Contains(table.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, table.String())
 		}

@@ -41,6 +41,7 @@ func benchMain(args []string) int {
 	}
 	var cfg Config
 	bulk := sizeFlag(defaultBulkSize)
+	var parts string
 	var asJSON bool
 	var save string
 	fs.IntVar(&cfg.Rounds, "rounds", defaultRounds, "interleaved rounds (direct, webgw, direct, webgw, ...); the median is reported")
@@ -52,6 +53,8 @@ func benchMain(args []string) int {
 	fs.BoolVar(&cfg.H2, "h2", false, "load with HTTP/2 (h2 over TLS, h2c to the plain backend) instead of HTTP/1.1")
 	fs.StringVar(&cfg.Webgw, "webgw", "", "use this webgw binary instead of building ./cmd/webgw")
 	fs.StringVar(&cfg.PprofDir, "pprof", "", "build webgw with a pprof listener (harness-side overlay) and write gateway/agent CPU and heap profiles of the last round here")
+	fs.StringVar(&parts, "parts", strings.Join(allParts, ","), "what to run, comma-separated: "+partMain+" (req/s, latency, CPU, bulk, idle RSS), "+partFailover+" (an agent killed under load), "+partUpstream+" (a direct upstream added under load)")
+	fs.IntVar(&cfg.ScenarioConns, "scenario-conns", defaultScenarioConns, "workers of the steady load in the failover and upstream parts")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON instead of a table")
 	fs.StringVar(&save, "save", "", "also write the JSON report to this file")
 	if err := fs.Parse(args); err != nil {
@@ -65,6 +68,7 @@ func benchMain(args []string) int {
 		return 2
 	}
 	cfg.BulkSize = int64(bulk)
+	cfg.Parts = splitList(parts)
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 2
@@ -96,6 +100,17 @@ func benchMain(args []string) int {
 	}
 	rep.WriteTable(os.Stdout)
 	return 0
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	out := []string{}
+	for f := range strings.SplitSeq(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // sizeFlag is a byte count written as 268435456, 256MiB, 4MiB, 1GiB or 64KiB.

@@ -180,11 +180,22 @@ type backend struct {
 }
 
 func (h *harness) startBackend(ctx context.Context, dir string) (*backend, error) {
+	return h.startTaggedBackend(ctx, dir, "")
+}
+
+// startTaggedBackend starts a backend; a non-empty id tags its answers
+// (backendIDHeader, backendRecvHeader) and names its log backend-ID.log.
+func (h *harness) startTaggedBackend(ctx context.Context, dir, id string) (*backend, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	argv := append(append([]string(nil), h.backend...), "-cert", h.certFile, "-key", h.keyFile)
-	p, err := h.start("backend", dir, argv, []string{backendRoleEnv + "=backend"}, true)
+	name := "backend"
+	if id != "" {
+		argv = append(argv, "-id", id)
+		name += "-" + id
+	}
+	p, err := h.start(name, dir, argv, []string{backendRoleEnv + "=backend"}, true)
 	if err != nil {
 		return nil, err
 	}
@@ -210,6 +221,119 @@ func (b *backend) target(key string, roots *x509.CertPool) *target {
 		return &target{key: key, base: "https://" + b.httpsAddr, dialAddr: b.httpsAddr, tlsName: hostOnly(b.httpsAddr), roots: roots}
 	}
 	return &target{key: key, base: "http://" + b.httpAddr, dialAddr: b.httpAddr}
+}
+
+// gateway is a running `webgw gateway`, with what its banner says.
+type gateway struct {
+	proc      *proc
+	dataDir   string
+	httpsAddr string // HTTPS, tunnel (TCP) and, with QUIC, the UDP port of the same number
+	apiAddr   string // admin API, host:port
+	caFile    string
+	caRoots   *x509.CertPool
+}
+
+// startGateway starts a gateway on 127.0.0.1 with its data in dir/name-data
+// and reads its banner. extra are more flags (e.g. --upstream-allow).
+func (h *harness) startGateway(ctx context.Context, dir, name string, env []string, extra ...string) (*gateway, error) {
+	g := &gateway{dataDir: filepath.Join(dir, name+"-data")}
+	args := append([]string{h.bin, "gateway",
+		"--data-dir", g.dataDir,
+		"--https-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+		"--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
+		"--access-log=false", "--log-level", "warn",
+	}, extra...)
+	p, err := h.start(name, dir, args, env, false)
+	if err != nil {
+		return nil, err
+	}
+	g.proc = p
+	// The banner: "  https+tunnel  ADDR", "  admin api     http://ADDR (...)" and "  ca            FILE".
+	err = p.readLines(ctx, 30*time.Second, func(line string) bool {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 2 && f[0] == "https+tunnel":
+			g.httpsAddr = f[1]
+		case len(f) >= 3 && f[0] == "admin" && f[1] == "api":
+			g.apiAddr = strings.TrimPrefix(f[2], "http://")
+		case len(f) >= 2 && f[0] == "ca":
+			g.caFile = f[1]
+		}
+		return g.httpsAddr != "" && g.caFile != "" && g.apiAddr != ""
+	})
+	if err != nil {
+		p.stop()
+		return nil, err
+	}
+	pem, err := os.ReadFile(g.caFile)
+	if err != nil {
+		p.stop()
+		return nil, fmt.Errorf("gateway CA: %w", err)
+	}
+	g.caRoots = x509.NewCertPool()
+	if !g.caRoots.AppendCertsFromPEM(pem) {
+		p.stop()
+		return nil, fmt.Errorf("gateway CA %s holds no certificate", g.caFile)
+	}
+	return g, nil
+}
+
+// admin is the flags that point an admin command at g.
+func (g *gateway) admin() []string {
+	return []string{"--api-addr", g.apiAddr, "--data-dir", g.dataDir}
+}
+
+// adminToken is the gateway's admin API token.
+func (g *gateway) adminToken() (string, error) {
+	b, err := os.ReadFile(filepath.Join(g.dataDir, "admin.token"))
+	if err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// cli runs `webgw ARGS... <admin flags>` and returns its stdout.
+func (h *harness) cli(ctx context.Context, g *gateway, args ...string) (string, error) {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, h.bin, append(args, g.admin()...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("webgw %s: %w\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out), nil
+}
+
+// startAgent starts `webgw expose` through g with args (flags, then the
+// target) and waits for the public URL it prints.
+func (h *harness) startAgent(ctx context.Context, dir, name string, g *gateway, env []string, args ...string) (*proc, *url.URL, error) {
+	p, err := h.start(name, dir, append([]string{h.bin, "expose",
+		"--gateway", g.httpsAddr, "--ca", g.caFile, "--log-level", "warn"}, args...), env, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	var public *url.URL
+	err = p.readLines(ctx, 30*time.Second, func(line string) bool {
+		u, err := url.Parse(strings.TrimSpace(line))
+		if err == nil && u.Scheme == "https" && u.Host != "" {
+			public = u
+			return true
+		}
+		return false
+	})
+	if err != nil {
+		p.stop()
+		return nil, nil, err
+	}
+	return p, public, nil
+}
+
+// publicTarget reaches public (a service URL of g) through g's HTTPS address.
+func (g *gateway) publicTarget(key string, public *url.URL) *target {
+	return &target{key: key, base: public.Scheme + "://" + public.Host, dialAddr: g.httpsAddr,
+		tlsName: public.Hostname(), roots: g.caRoots, host: public.Host}
 }
 
 // stack is a backend, a gateway and an agent exposing the backend.
@@ -244,62 +368,20 @@ func (h *harness) startStack(ctx context.Context, dir string) (_ *stack, err err
 	if s.backend, err = h.startBackend(ctx, filepath.Join(dir, "stack")); err != nil {
 		return nil, err
 	}
-	gwDir := filepath.Join(dir, "gateway-data")
 	var env []string
 	if h.pprof {
 		env = []string{pprofEnv + "=" + filepath.Join(dir, "gateway.pprof-addr")}
 	}
-	s.gateway, err = h.start("gateway", dir, []string{h.bin, "gateway",
-		"--data-dir", gwDir,
-		"--https-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-		"--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
-		"--access-log=false", "--log-level", "warn",
-	}, env, false)
+	g, err := h.startGateway(ctx, dir, "gateway", env)
 	if err != nil {
 		return nil, err
 	}
-	// The banner: "  https+tunnel  ADDR" and "  ca            FILE".
-	err = s.gateway.readLines(ctx, 30*time.Second, func(line string) bool {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == "https+tunnel" {
-			s.httpsAddr = f[1]
-		}
-		if len(f) >= 2 && f[0] == "ca" {
-			s.caFile = f[1]
-		}
-		return s.httpsAddr != "" && s.caFile != ""
-	})
-	if err != nil {
-		return nil, err
-	}
-	pem, err := os.ReadFile(s.caFile)
-	if err != nil {
-		return nil, fmt.Errorf("gateway CA: %w", err)
-	}
-	s.caRoots = x509.NewCertPool()
-	if !s.caRoots.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("gateway CA %s holds no certificate", s.caFile)
-	}
+	s.gateway, s.httpsAddr, s.caFile, s.caRoots = g.proc, g.httpsAddr, g.caFile, g.caRoots
 
 	if h.pprof {
 		env = []string{pprofEnv + "=" + filepath.Join(dir, "agent.pprof-addr")}
 	}
-	s.agent, err = h.start("agent", dir, []string{h.bin, "expose",
-		"--gateway", s.httpsAddr, "--ca", s.caFile, "--log-level", "warn",
-		"http://" + s.backend.httpAddr,
-	}, env, false)
-	if err != nil {
-		return nil, err
-	}
-	err = s.agent.readLines(ctx, 30*time.Second, func(line string) bool {
-		u, err := url.Parse(strings.TrimSpace(line))
-		if err == nil && u.Scheme == "https" && u.Host != "" {
-			s.publicURL = u
-			return true
-		}
-		return false
-	})
-	if err != nil {
+	if s.agent, s.publicURL, err = h.startAgent(ctx, dir, "agent", g, env, "http://"+s.backend.httpAddr); err != nil {
 		return nil, err
 	}
 	if err := s.ready(ctx); err != nil {

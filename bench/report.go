@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"runtime"
@@ -67,6 +68,34 @@ type Report struct {
 	Rounds []Round `json:"rounds"`
 	Median Round   `json:"median"`
 	Goals  []Goal  `json:"goals"`
+	// Scenarios holds each run of the scenarios (failover_tcp,
+	// failover_quic, new_upstream; see failover.go and upstream.go), and
+	// ScenarioMedian their per-figure medians. ScenarioGoals are judged on
+	// the worst run.
+	Scenarios      map[string][]Figures `json:"scenarios,omitempty"`
+	ScenarioMedian map[string]Figures   `json:"scenario_median,omitempty"`
+	ScenarioGoals  []Goal               `json:"scenario_goals,omitempty"`
+}
+
+// addScenario records one run of scenario key.
+func (r *Report) addScenario(key string, f Figures) {
+	if r.Scenarios == nil {
+		r.Scenarios = map[string][]Figures{}
+	}
+	r.Scenarios[key] = append(r.Scenarios[key], f)
+}
+
+// worst is the worst value of name over the runs of scenario key: the
+// lowest for rates and shares (rps_*, *_pct_*), else the highest.
+func (r *Report) worst(key, name string) float64 {
+	low := strings.HasPrefix(name, "rps") || strings.Contains(name, "_pct_")
+	var w float64
+	for i, f := range r.Scenarios[key] {
+		if v := f[name]; i == 0 || (!low && v > w) || (low && v < w) {
+			w = v
+		}
+	}
+	return w
 }
 
 // Settings are the run's parameters.
@@ -78,6 +107,9 @@ type Settings struct {
 	IdleConns int     `json:"idle_conns"`
 	BulkBytes int64   `json:"bulk_bytes"`
 	Protocol  string  `json:"protocol"`
+	// Parts run (main, failover, upstream); ScenarioConns the steady load's workers.
+	Parts         []string `json:"parts"`
+	ScenarioConns int      `json:"scenario_conns"`
 }
 
 // Goal is one goal of issue 2 and whether the median met it.
@@ -102,13 +134,18 @@ func newReport(cfg Config) *Report {
 		CPUModel: cpuModel(), Kernel: firstLine("/proc/sys/kernel/osrelease"), GoVersion: runtime.Version(),
 		Source: gitSource(), LoadAvgStart: loadAvg(),
 		Settings: Settings{Rounds: cfg.Rounds, DurationS: cfg.Duration.Seconds(), WarmupS: cfg.Warmup.Seconds(),
-			Conns: cfg.Conns, IdleConns: cfg.IdleConns, BulkBytes: cfg.BulkSize, Protocol: proto},
+			Conns: cfg.Conns, IdleConns: cfg.IdleConns, BulkBytes: cfg.BulkSize, Protocol: proto,
+			Parts: cfg.Parts, ScenarioConns: cfg.ScenarioConns},
 	}
 }
 
 // finish computes the medians and the goals.
 func (r *Report) finish() {
 	r.LoadAvgEnd = loadAvg()
+	r.finishScenarios()
+	if len(r.Rounds) == 0 {
+		return
+	}
 	for _, rd := range r.Rounds {
 		for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {
 			for name, v := range rd[key] {
@@ -147,6 +184,43 @@ func (r *Report) finish() {
 	}
 }
 
+// finishScenarios computes the scenarios' medians and goals.
+func (r *Report) finishScenarios() {
+	if len(r.Scenarios) == 0 {
+		return
+	}
+	r.ScenarioMedian = map[string]Figures{}
+	for key, runs := range r.Scenarios {
+		f := Figures{}
+		for name := range runs[0] {
+			var vs []float64
+			for _, run := range runs {
+				vs = append(vs, run[name])
+			}
+			f[name] = median(vs)
+		}
+		r.ScenarioMedian[key] = f
+	}
+	for _, key := range slices.Sorted(maps.Keys(r.Scenarios)) {
+		tr, ok := strings.CutPrefix(key, "failover_")
+		if !ok {
+			continue
+		}
+		w := r.worst(key, "failed_get")
+		r.ScenarioGoals = append(r.ScenarioGoals, Goal{
+			Name:     fmt.Sprintf("failed GETs when one of two agents (%s) is killed under load, worst run", tr),
+			Measured: w, Op: "<=", Limit: 0, Met: w == 0, Unit: "requests",
+		})
+	}
+	if _, ok := r.Scenarios["new_upstream"]; ok {
+		w := max(r.worst("new_upstream", "cli_from_return_ms"), r.worst("new_upstream", "api_from_return_ms"))
+		r.ScenarioGoals = append(r.ScenarioGoals, Goal{
+			Name:     "a new direct upstream's first request after the change returned (CLI and API), worst run",
+			Measured: w, Op: "<=", Limit: 100, Met: w <= 100, Unit: "ms",
+		})
+	}
+}
+
 func median(vs []float64) float64 {
 	if len(vs) == 0 {
 		return 0
@@ -168,9 +242,17 @@ func (r *Report) WriteTable(w io.Writer) {
 	if r.BusyPctBefore > 10 || r.ForeignPctMax > 5 {
 		fmt.Fprintf(w, "WARNING: the machine was not quiet; other work competed for the cores and the figures are low\n")
 	}
-	fmt.Fprintf(w, "%d rounds (median), %s per req/s run after %s warm-up, %d keep-alive clients, %s, %d idle conns, bulk %s\n\n",
-		s.Rounds, fmtDur(s.DurationS), fmtDur(s.WarmupS), s.Conns, s.Protocol, s.IdleConns, formatSize(s.BulkBytes))
+	if len(r.Rounds) > 0 {
+		fmt.Fprintf(w, "%d rounds (median), %s per req/s run after %s warm-up, %d keep-alive clients, %s, %d idle conns, bulk %s\n\n",
+			s.Rounds, fmtDur(s.DurationS), fmtDur(s.WarmupS), s.Conns, s.Protocol, s.IdleConns, formatSize(s.BulkBytes))
+		r.writeMain(w)
+	}
+	r.writeScenarios(w)
+}
 
+// writeMain prints the direct-against-webgw table and the goals of issue 2.
+func (r *Report) writeMain(w io.Writer) {
+	s := r.Settings
 	m := r.Median
 	rows := []struct{ label, key, format string }{
 		{"req/s, 1 KiB body", "rps_1k", "%.0f"},
@@ -228,6 +310,81 @@ func (r *Report) WriteTable(w io.Writer) {
 			line += "; " + g.Note
 		}
 		fmt.Fprintln(w, line)
+	}
+}
+
+// writeScenarios prints the failover and new-upstream scenarios: the median
+// of the runs, and the worst run in parentheses.
+func (r *Report) writeScenarios(w io.Writer) {
+	if len(r.Scenarios) == 0 {
+		return
+	}
+	var failover []string
+	for _, key := range slices.Sorted(maps.Keys(r.Scenarios)) {
+		if strings.HasPrefix(key, "failover_") {
+			failover = append(failover, key)
+		}
+	}
+	cell := func(key, name, format string) string {
+		if _, ok := r.ScenarioMedian[key][name]; !ok {
+			return "-"
+		}
+		return fmt.Sprintf(format+" ("+format+")", r.ScenarioMedian[key][name], r.worst(key, name))
+	}
+	const lw = 60
+	if len(failover) > 0 {
+		runs := len(r.Scenarios[failover[0]])
+		fmt.Fprintf(w, "\nfailover: two agents (--connections 2 each) serve one name, one is killed (SIGKILL) under steady load\n")
+		fmt.Fprintf(w, "(%d workers, GET and POST /small in turn; %d runs: median (worst))\n\n", r.Settings.ScenarioConns, runs)
+		fmt.Fprintf(w, "%-*s", lw, "measurement")
+		for _, key := range failover {
+			fmt.Fprintf(w, " %18s", "agent "+strings.TrimPrefix(key, "failover_"))
+		}
+		fmt.Fprintf(w, "\n%s\n", strings.Repeat("-", lw+19*len(failover)))
+		for _, row := range []struct{ label, name, format string }{
+			{"failed GET", "failed_get", "%.0f"},
+			{"failed POST", "failed_post", "%.0f"},
+			{"kill -> last failed request, ms (0: none failed)", "last_fail_ms", "%.0f"},
+			{"kill -> throughput back to 90% of before, ms", "takeover_ms", "%.0f"},
+			{"slowest request across the kill, ms", "slowest_ms", "%.0f"},
+			{"req/s before the kill", "rps_before", "%.0f"},
+			{"req/s after the kill", "rps_after", "%.0f"},
+			{"lowest 100 ms window before the kill, % of mean", "window_min_pct_before", "%.0f"},
+		} {
+			fmt.Fprintf(w, "%-*s", lw, row.label)
+			for _, key := range failover {
+				fmt.Fprintf(w, " %18s", cell(key, row.name, row.format))
+			}
+			fmt.Fprintln(w)
+		}
+	}
+	if runs, ok := r.Scenarios["new_upstream"]; ok {
+		const key = "new_upstream"
+		fmt.Fprintf(w, "\nnew upstream: a service with one direct upstream, under steady load, gets a second one\n")
+		fmt.Fprintf(w, "(%d workers; first request at the new backend, by its clock; %d runs: median (worst))\n\n", r.Settings.ScenarioConns, len(runs))
+		fmt.Fprintf(w, "%-*s %18s %18s\n", lw, "ms to the new backend's first request", "from start", "from return")
+		fmt.Fprintf(w, "%s\n", strings.Repeat("-", lw+38))
+		fmt.Fprintf(w, "%-*s %18s %18s\n", lw, "webgw service set up --add-upstream URL (CLI)", cell(key, "cli_from_start_ms", "%.1f"), cell(key, "cli_from_return_ms", "%.1f"))
+		fmt.Fprintf(w, "%-*s %18s %18s\n", lw, "PUT /v1/services/up (API)", cell(key, "api_from_start_ms", "%.1f"), cell(key, "api_from_return_ms", "%.1f"))
+		fmt.Fprintf(w, "the CLI ran %s ms, the PUT took %s ms; failed requests %s\n",
+			cell(key, "cli_call_ms", "%.1f"), cell(key, "api_call_ms", "%.1f"), cell(key, "failed", "%.0f"))
+	}
+	var busy float64
+	for _, runs := range r.Scenarios {
+		for _, f := range runs {
+			busy = max(busy, f["busy_pct_before"])
+		}
+	}
+	fmt.Fprintf(w, "machine busy before each scenario run (300 ms sample): at most %.0f%%\n", busy)
+
+	fmt.Fprintf(w, "\ngoals (scenarios)\n")
+	for _, g := range r.ScenarioGoals {
+		verdict := "MISS"
+		if g.Met {
+			verdict = "met"
+		}
+		op := map[string]string{">=": "≥", "<=": "≤"}[g.Op]
+		fmt.Fprintf(w, "  %-4s %-84s %10s  (goal %s %g %s)\n", verdict, g.Name, fmt.Sprintf("%.1f %s", g.Measured, g.Unit), op, g.Limit, g.Unit)
 	}
 }
 

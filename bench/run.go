@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -23,7 +24,19 @@ const (
 	defaultConns     = 64
 	defaultIdleConns = 1000
 	defaultBulkSize  = 256 << 20
+	// defaultScenarioConns is the steady load of the failover and
+	// new-upstream scenarios.
+	defaultScenarioConns = 16
 )
+
+// Parts of a run (-parts).
+const (
+	partMain     = "main"     // req/s, latency, CPU, bulk, idle RSS: direct against webgw per transport
+	partFailover = "failover" // one of two agents killed under load
+	partUpstream = "upstream" // a direct upstream added under load
+)
+
+var allParts = []string{partMain, partFailover, partUpstream}
 
 // Config is one harness run. The zero value of each field means its default.
 type Config struct {
@@ -46,6 +59,12 @@ type Config struct {
 	// PprofDir, when set, builds webgw with a harness-side pprof listener and
 	// writes CPU and heap profiles of gateway and agent (last round) there.
 	PprofDir string
+	// Parts lists what to run (partMain, partFailover, partUpstream); nil
+	// means all.
+	Parts []string
+	// ScenarioConns is the number of workers of the steady load of the
+	// failover and new-upstream scenarios; 0 means 16.
+	ScenarioConns int
 	// Backend is the command that runs `bench backend`; nil re-executes this program.
 	Backend []string
 	// Progress receives one line per step; nil is silent.
@@ -71,7 +90,15 @@ func (c *Config) complete() {
 	if c.BulkSize == 0 {
 		c.BulkSize = defaultBulkSize
 	}
+	if c.Parts == nil {
+		c.Parts = allParts
+	}
+	if c.ScenarioConns == 0 {
+		c.ScenarioConns = defaultScenarioConns
+	}
 }
+
+func (c *Config) has(part string) bool { return slices.Contains(c.Parts, part) }
 
 func (c *Config) validate() error {
 	switch {
@@ -87,6 +114,16 @@ func (c *Config) validate() error {
 		return fmt.Errorf("-idle-conns %d not accepted; use 1-100000", c.IdleConns)
 	case c.BulkSize < 0:
 		return fmt.Errorf("-bulk-size %d not accepted; use a positive size such as 256MiB", c.BulkSize)
+	case c.ScenarioConns < 0 || c.ScenarioConns > 10000:
+		return fmt.Errorf("-scenario-conns %d not accepted; use 1-10000", c.ScenarioConns)
+	}
+	if c.Parts != nil && len(c.Parts) == 0 {
+		return fmt.Errorf("-parts is empty; use a comma-separated list of %s", strings.Join(allParts, ", "))
+	}
+	for _, p := range c.Parts {
+		if !slices.Contains(allParts, p) {
+			return fmt.Errorf("-parts: %q not accepted; use a comma-separated list of %s", p, strings.Join(allParts, ", "))
+		}
 	}
 	return nil
 }
@@ -169,6 +206,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	for r := range cfg.Rounds {
+		if !cfg.has(partMain) {
+			break
+		}
 		round, err := h.round(ctx, r)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -177,6 +217,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, fmt.Errorf("round %d: %w", r+1, err)
 		}
 		rep.Rounds = append(rep.Rounds, round)
+	}
+	if err := h.scenarios(ctx, rep); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("interrupted: %w", ctx.Err())
+		}
+		return nil, err
 	}
 	rep.finish()
 	return rep, nil
@@ -285,6 +331,40 @@ func (h *harness) round(ctx context.Context, r int) (Round, error) {
 	}
 	rd.addRatios()
 	return rd, nil
+}
+
+// scenarios runs the failover and new-upstream scenarios cfg.Rounds times
+// each, on fresh processes every time.
+func (h *harness) scenarios(ctx context.Context, rep *Report) error {
+	for r := range h.cfg.Rounds {
+		tag := fmt.Sprintf("run %d/%d", r+1, h.cfg.Rounds)
+		if h.cfg.has(partFailover) {
+			for _, tr := range []string{"tcp"} {
+				key := "failover_" + tr
+				busy := busyPct(ctx, 300*time.Millisecond)
+				f, err := h.failover(ctx, scenarioDir(h.work, key, r), tr)
+				if err != nil {
+					return fmt.Errorf("failover (%s) %s: %w", tr, tag, err)
+				}
+				f["busy_pct_before"] = busy
+				rep.addScenario(key, f)
+				h.logf("%s  failover %-4s failed GET %.0f, POST %.0f; last failure %.0f ms, throughput back %.0f ms after the kill (%.0f req/s before, %.0f after; slowest %.0f ms)",
+					tag, tr, f["failed_get"], f["failed_post"], f["last_fail_ms"], f["takeover_ms"], f["rps_before"], f["rps_after"], f["slowest_ms"])
+			}
+		}
+		if h.cfg.has(partUpstream) {
+			busy := busyPct(ctx, 300*time.Millisecond)
+			f, err := h.newUpstream(ctx, scenarioDir(h.work, "new-upstream", r))
+			if err != nil {
+				return fmt.Errorf("new upstream %s: %w", tag, err)
+			}
+			f["busy_pct_before"] = busy
+			rep.addScenario("new_upstream", f)
+			h.logf("%s  new upstream: first request %.1f ms after `service set` returned (%.1f ms after it started; it ran %.1f ms), %.1f ms after the API PUT returned (%.1f after it started; it took %.1f ms); %.0f failed",
+				tag, f["cli_from_return_ms"], f["cli_from_start_ms"], f["cli_call_ms"], f["api_from_return_ms"], f["api_from_start_ms"], f["api_call_ms"], f["failed"])
+		}
+	}
+	return nil
 }
 
 func errNote(n int) string {
