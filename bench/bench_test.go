@@ -56,10 +56,18 @@ func TestHarnessSmoke(t *testing.T) {
 		"gateway_cpu_us_per_req_1k", "agent_cpu_us_per_req_1k", "gateway_cpu_us_per_req_small", "agent_cpu_us_per_req_small",
 		"gateway_idle_kb_per_conn", "agent_idle_kb_per_conn",
 	}
-	for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw, keyVsHTTP, keyVsHTTPS} {
+	keys := []string{keyHTTP, keyHTTPS}
+	for _, tr := range rep.Settings.Transports {
+		vsHTTP, vsHTTPS := ratioKeys(webgwKey(tr))
+		keys = append(keys, webgwKey(tr), vsHTTP, vsHTTPS)
+	}
+	if len(keys) < 5 {
+		t.Errorf("transports %v, want tcp at least", rep.Settings.Transports)
+	}
+	for _, key := range keys {
 		f := rep.Median[key]
 		names := want
-		if key == keyWebgw {
+		if isWebgwKey(key) {
 			names = append(append([]string(nil), want...), webgwOnly...)
 		}
 		for _, name := range names {
@@ -70,7 +78,7 @@ func TestHarnessSmoke(t *testing.T) {
 			switch {
 			case !ok:
 				t.Errorf("%s: no figure %s", key, name)
-			case name == "bulk_cpu_s_per_gib" && key != keyWebgw:
+			case name == "bulk_cpu_s_per_gib" && !isWebgwKey(key):
 				// 4 MiB direct costs the backend less than one 10 ms clock
 				// tick of /proc/PID/stat: zero is a true reading there.
 				if v < 0 {

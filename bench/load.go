@@ -226,11 +226,10 @@ type bulkResult struct {
 	cpuSPerGiB float64 // CPU seconds per GiB of the measured processes
 }
 
-// bulk downloads cfg.BulkSize bytes in one response.
-func (h *harness) bulk(ctx context.Context, t *target, measured []*proc) (*bulkResult, error) {
+// bulk downloads size bytes in one response.
+func (h *harness) bulk(ctx context.Context, t *target, measured []*proc, size int64) (*bulkResult, error) {
 	tr := t.transport(h.cfg.H2, 1)
 	defer tr.CloseIdleConnections()
-	size := h.cfg.BulkSize
 	// A small request first, so the connection (and its TLS handshake) is not timed.
 	if err := getOnce(ctx, tr, t.base+"/small"); err != nil {
 		return nil, err

@@ -41,7 +41,7 @@ func benchMain(args []string) int {
 	}
 	var cfg Config
 	bulk := sizeFlag(defaultBulkSize)
-	var parts string
+	var parts, transports string
 	var asJSON bool
 	var save string
 	fs.IntVar(&cfg.Rounds, "rounds", defaultRounds, "interleaved rounds (direct, webgw, direct, webgw, ...); the median is reported")
@@ -54,6 +54,7 @@ func benchMain(args []string) int {
 	fs.StringVar(&cfg.Webgw, "webgw", "", "use this webgw binary instead of building ./cmd/webgw")
 	fs.StringVar(&cfg.PprofDir, "pprof", "", "build webgw with a pprof listener (harness-side overlay) and write gateway/agent CPU and heap profiles of the last round here")
 	fs.StringVar(&parts, "parts", strings.Join(allParts, ","), "what to run, comma-separated: "+partMain+" (req/s, latency, CPU, bulk, idle RSS), "+partFailover+" (an agent killed under load), "+partUpstream+" (a direct upstream added under load)")
+	fs.StringVar(&transports, "transports", "", "agent transports to measure, comma-separated: tcp, quic (default: tcp, and quic when the agent can use it)")
 	fs.IntVar(&cfg.ScenarioConns, "scenario-conns", defaultScenarioConns, "workers of the steady load in the failover and upstream parts")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON instead of a table")
 	fs.StringVar(&save, "save", "", "also write the JSON report to this file")
@@ -69,6 +70,9 @@ func benchMain(args []string) int {
 	}
 	cfg.BulkSize = int64(bulk)
 	cfg.Parts = splitList(parts)
+	if transports != "" {
+		cfg.Transports = splitList(transports)
+	}
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 2

@@ -236,6 +236,9 @@ type gateway struct {
 // startGateway starts a gateway on 127.0.0.1 with its data in dir/name-data
 // and reads its banner. extra are more flags (e.g. --upstream-allow).
 func (h *harness) startGateway(ctx context.Context, dir, name string, env []string, extra ...string) (*gateway, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
 	g := &gateway{dataDir: filepath.Join(dir, name+"-data")}
 	args := append([]string{h.bin, "gateway",
 		"--data-dir", g.dataDir,
@@ -309,8 +312,10 @@ func (h *harness) cli(ctx context.Context, g *gateway, args ...string) (string, 
 // startAgent starts `webgw expose` through g with args (flags, then the
 // target) and waits for the public URL it prints.
 func (h *harness) startAgent(ctx context.Context, dir, name string, g *gateway, env []string, args ...string) (*proc, *url.URL, error) {
+	// Info logs only connection events (no per-request lines); "tunnel
+	// up" says which transport a connection uses.
 	p, err := h.start(name, dir, append([]string{h.bin, "expose",
-		"--gateway", g.httpsAddr, "--ca", g.caFile, "--log-level", "warn"}, args...), env, false)
+		"--gateway", g.httpsAddr, "--ca", g.caFile, "--log-level", "info"}, args...), env, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -323,11 +328,54 @@ func (h *harness) startAgent(ctx context.Context, dir, name string, g *gateway, 
 		}
 		return false
 	})
+	if err == nil {
+		err = checkTransport(ctx, p, args)
+	}
 	if err != nil {
 		p.stop()
 		return nil, nil, err
 	}
 	return p, public, nil
+}
+
+// checkTransport checks that an agent started with --transport T logs its
+// tunnels as up over T ("tunnel up ... transport=T"): an agent without the
+// transport may fall back to another one.
+func checkTransport(ctx context.Context, p *proc, args []string) error {
+	want := ""
+	for i, a := range args {
+		if a == "--transport" && i+1 < len(args) {
+			want = args[i+1]
+		}
+	}
+	if want == "" || want == "auto" {
+		return nil
+	}
+	var got []string
+	err := waitFor(ctx, 5*time.Second, p.name+" to log its tunnel", func() bool {
+		got = got[:0]
+		b, _ := os.ReadFile(p.logPath)
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if !strings.Contains(line, "tunnel up") {
+				continue
+			}
+			for f := range strings.FieldsSeq(line) {
+				if v, ok := strings.CutPrefix(f, "transport="); ok {
+					got = append(got, v)
+				}
+			}
+		}
+		return len(got) > 0
+	})
+	if err != nil {
+		return fmt.Errorf("%w:\n%s", err, p.tail())
+	}
+	for _, t := range got {
+		if t != want {
+			return fmt.Errorf("%s was started with --transport %s but its tunnel is up over %s (this webgw cannot use %s)", p.name, want, t, want)
+		}
+	}
+	return nil
 }
 
 // publicTarget reaches public (a service URL of g) through g's HTTPS address.
@@ -336,9 +384,10 @@ func (g *gateway) publicTarget(key string, public *url.URL) *target {
 		tlsName: public.Hostname(), roots: g.caRoots, host: public.Host}
 }
 
-// stack is a backend, a gateway and an agent exposing the backend.
+// stack is a gateway and an agent exposing a backend over one transport.
 type stack struct {
-	backend        *backend
+	backend        *backend // shared: the round stops it
+	transport      string
 	gateway, agent *proc
 	httpsAddr      string // the gateway's HTTPS and tunnel address
 	caFile         string
@@ -353,23 +402,22 @@ func (s *stack) stop() {
 			p.stop()
 		}
 	}
-	if s.backend != nil {
-		s.backend.proc.stop()
-	}
 }
 
-func (h *harness) startStack(ctx context.Context, dir string) (_ *stack, err error) {
-	s := &stack{pprofAddr: map[*proc]string{}}
+// startStack starts a gateway and an agent with --transport transport that
+// exposes b; withPprof sets the pprof hook's environment for both.
+func (h *harness) startStack(ctx context.Context, dir string, b *backend, transport string, withPprof bool) (_ *stack, err error) {
+	s := &stack{backend: b, transport: transport, pprofAddr: map[*proc]string{}}
 	defer func() {
 		if err != nil {
 			s.stop()
 		}
 	}()
-	if s.backend, err = h.startBackend(ctx, filepath.Join(dir, "stack")); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	var env []string
-	if h.pprof {
+	if withPprof {
 		env = []string{pprofEnv + "=" + filepath.Join(dir, "gateway.pprof-addr")}
 	}
 	g, err := h.startGateway(ctx, dir, "gateway", env)
@@ -378,16 +426,16 @@ func (h *harness) startStack(ctx context.Context, dir string) (_ *stack, err err
 	}
 	s.gateway, s.httpsAddr, s.caFile, s.caRoots = g.proc, g.httpsAddr, g.caFile, g.caRoots
 
-	if h.pprof {
+	if withPprof {
 		env = []string{pprofEnv + "=" + filepath.Join(dir, "agent.pprof-addr")}
 	}
-	if s.agent, s.publicURL, err = h.startAgent(ctx, dir, "agent", g, env, "http://"+s.backend.httpAddr); err != nil {
+	if s.agent, s.publicURL, err = h.startAgent(ctx, dir, "agent", g, env, "--transport", transport, "http://"+b.httpAddr); err != nil {
 		return nil, err
 	}
 	if err := s.ready(ctx); err != nil {
 		return nil, err
 	}
-	if h.pprof {
+	if withPprof {
 		for p, file := range map[*proc]string{s.gateway: "gateway.pprof-addr", s.agent: "agent.pprof-addr"} {
 			b, err := os.ReadFile(filepath.Join(dir, file))
 			if err != nil {
@@ -400,15 +448,15 @@ func (h *harness) startStack(ctx context.Context, dir string) (_ *stack, err err
 }
 
 // webgwTarget reaches the backend through the gateway's public URL.
-func (s *stack) webgwTarget() *target {
-	return &target{key: keyWebgw, base: s.publicURL.Scheme + "://" + s.publicURL.Host, dialAddr: s.httpsAddr,
+func (s *stack) webgwTarget(key string) *target {
+	return &target{key: key, base: s.publicURL.Scheme + "://" + s.publicURL.Host, dialAddr: s.httpsAddr,
 		tlsName: s.publicURL.Hostname(), roots: s.caRoots, host: s.publicURL.Host}
 }
 
 // ready polls the public URL until it answers 200 (the agent printed its URL,
 // so it should at once).
 func (s *stack) ready(ctx context.Context) error {
-	t := s.webgwTarget()
+	t := s.webgwTarget(webgwKey(s.transport))
 	tr := t.transport(false, 1)
 	defer tr.CloseIdleConnections()
 	deadline := time.Now().Add(10 * time.Second)

@@ -28,22 +28,54 @@ import (
 //	gateway_idle_kb_per_conn, agent_...  webgw only: the two parts of the above
 type Figures map[string]float64
 
-// Round maps direct_http, direct_https, webgw, webgw_vs_http and
-// webgw_vs_https (the ratios of that round) to their figures.
+// Round maps direct_http, direct_https, webgw (agent over tcp), webgw_quic
+// and the ratios of that round (webgw_vs_http, webgw_vs_https,
+// webgw_quic_vs_http, ...) to their figures.
 type Round map[string]Figures
 
-// addRatios adds webgw/direct for every figure both have.
+// addRatios adds webgw/direct for every webgw target and every figure both have.
 func (r Round) addRatios() {
-	w := r[keyWebgw]
-	for base, key := range map[string]string{keyHTTP: keyVsHTTP, keyHTTPS: keyVsHTTPS} {
-		f := Figures{}
-		for k, v := range w {
-			if d, ok := r[base][k]; ok && d != 0 && !strings.HasPrefix(k, "errors") && !strings.HasPrefix(k, "foreign") {
-				f[k] = v / d
-			}
+	for wk, w := range r {
+		if !isWebgwKey(wk) {
+			continue
 		}
-		r[key] = f
+		vsHTTP, vsHTTPS := ratioKeys(wk)
+		for base, key := range map[string]string{keyHTTP: vsHTTP, keyHTTPS: vsHTTPS} {
+			if _, ok := r[base]; !ok {
+				continue
+			}
+			f := Figures{}
+			for k, v := range w {
+				if d, ok := r[base][k]; ok && d != 0 && !strings.HasPrefix(k, "errors") && !strings.HasPrefix(k, "foreign") {
+					f[k] = v / d
+				}
+			}
+			r[key] = f
+		}
 	}
+}
+
+// medianRound is the per-figure median of rounds (ratios: the median of the
+// per-round ratios).
+func medianRound(rounds []Round) Round {
+	m := Round{}
+	if len(rounds) == 0 {
+		return m
+	}
+	for key := range rounds[0] {
+		f := Figures{}
+		for name := range rounds[0][key] {
+			var vs []float64
+			for _, rd := range rounds {
+				if v, ok := rd[key][name]; ok {
+					vs = append(vs, v)
+				}
+			}
+			f[name] = median(vs)
+		}
+		m[key] = f
+	}
+	return m
 }
 
 // Report is the result of Run.
@@ -75,6 +107,8 @@ type Report struct {
 	Scenarios      map[string][]Figures `json:"scenarios,omitempty"`
 	ScenarioMedian map[string]Figures   `json:"scenario_median,omitempty"`
 	ScenarioGoals  []Goal               `json:"scenario_goals,omitempty"`
+	// Notes say what was skipped and why.
+	Notes []string `json:"notes,omitempty"`
 }
 
 // addScenario records one run of scenario key.
@@ -107,6 +141,8 @@ type Settings struct {
 	IdleConns int     `json:"idle_conns"`
 	BulkBytes int64   `json:"bulk_bytes"`
 	Protocol  string  `json:"protocol"`
+	// Transports are the agent transports measured, one webgw target each.
+	Transports []string `json:"transports"`
 	// Parts run (main, failover, upstream); ScenarioConns the steady load's workers.
 	Parts         []string `json:"parts"`
 	ScenarioConns int      `json:"scenario_conns"`
@@ -147,27 +183,17 @@ func (r *Report) finish() {
 		return
 	}
 	for _, rd := range r.Rounds {
-		for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {
-			for name, v := range rd[key] {
-				if strings.HasPrefix(name, "foreign_cpu_pct") {
+		for key, f := range rd {
+			for name, v := range f {
+				if strings.HasPrefix(name, "foreign_cpu_pct") && !strings.Contains(key, "_vs_") {
 					r.ForeignPctMax = max(r.ForeignPctMax, v)
 				}
 			}
 		}
 	}
-	r.Median = Round{}
-	for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw, keyVsHTTP, keyVsHTTPS} {
-		f := Figures{}
-		for name := range r.Rounds[0][key] {
-			var vs []float64
-			for _, rd := range r.Rounds {
-				if v, ok := rd[key][name]; ok {
-					vs = append(vs, v)
-				}
-			}
-			f[name] = median(vs)
-		}
-		r.Median[key] = f
+	r.Median = medianRound(r.Rounds)
+	if _, ok := r.Median[keyWebgw]; !ok {
+		return // the goals are judged on the tcp transport
 	}
 	m := r.Median
 	ratio := m[keyVsHTTP]["rps_1k"]
@@ -248,13 +274,16 @@ func (r *Report) WriteTable(w io.Writer) {
 		r.writeMain(w)
 	}
 	r.writeScenarios(w)
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "\nnote: %s\n", n)
+	}
 }
 
 // writeMain prints the direct-against-webgw table and the goals of issue 2.
 func (r *Report) writeMain(w io.Writer) {
 	s := r.Settings
 	m := r.Median
-	rows := []struct{ label, key, format string }{
+	rows := []tableRow{
 		{"req/s, 1 KiB body", "rps_1k", "%.0f"},
 		{"  latency p50, ms", "p50_ms_1k", "%.2f"},
 		{"  latency p99, ms", "p99_ms_1k", "%.2f"},
@@ -267,24 +296,24 @@ func (r *Report) writeMain(w io.Writer) {
 		{"  CPU s/GiB (backend | gateway+agent)", "bulk_cpu_s_per_gib", "%.2f"},
 		{fmt.Sprintf("RSS KB per held conn, %d idle (backend | gw+agent)", s.IdleConns), "idle_kb_per_conn", "%.1f"},
 	}
-	const lw = 52
-	fmt.Fprintf(w, "%-*s %12s %12s %12s %11s %11s\n", lw, "measurement (median)", "direct http", "direct https", "webgw", "webgw/http", "webgw/https")
-	fmt.Fprintf(w, "%s\n", strings.Repeat("-", lw+4*12+12))
-	for _, row := range rows {
-		fmt.Fprintf(w, "%-*s %12s %12s %12s %11s %11s\n", lw, row.label,
-			fmtVal(row.format, m[keyHTTP], row.key), fmtVal(row.format, m[keyHTTPS], row.key), fmtVal(row.format, m[keyWebgw], row.key),
-			fmtVal("%.2f", m[keyVsHTTP], row.key), fmtVal("%.2f", m[keyVsHTTPS], row.key))
+	writeTargets(w, m, r.Settings.Transports, rows)
+	for _, tr := range r.Settings.Transports {
+		wg, ok := m[webgwKey(tr)]
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(w, "\nwebgw %s CPU per request, µs (1 KiB | small): gateway %.1f | %.1f, agent %.1f | %.1f, backend %.1f | %.1f, load generator %.1f | %.1f\n", tr,
+			wg["gateway_cpu_us_per_req_1k"], wg["gateway_cpu_us_per_req_small"], wg["agent_cpu_us_per_req_1k"], wg["agent_cpu_us_per_req_small"],
+			wg["backend_cpu_us_per_req_1k"], wg["backend_cpu_us_per_req_small"], wg["loadgen_cpu_us_per_req_1k"], wg["loadgen_cpu_us_per_req_small"])
+		fmt.Fprintf(w, "webgw %s RSS per held conn, KB: gateway %.1f, agent %.1f\n", tr, wg["gateway_idle_kb_per_conn"], wg["agent_idle_kb_per_conn"])
 	}
-
-	wg := m[keyWebgw]
-	fmt.Fprintf(w, "\nwebgw CPU per request, µs (1 KiB | small): gateway %.1f | %.1f, agent %.1f | %.1f, backend %.1f | %.1f, load generator %.1f | %.1f\n",
-		wg["gateway_cpu_us_per_req_1k"], wg["gateway_cpu_us_per_req_small"], wg["agent_cpu_us_per_req_1k"], wg["agent_cpu_us_per_req_small"],
-		wg["backend_cpu_us_per_req_1k"], wg["backend_cpu_us_per_req_small"], wg["loadgen_cpu_us_per_req_1k"], wg["loadgen_cpu_us_per_req_small"])
-	fmt.Fprintf(w, "load generator CPU per request, µs (1 KiB): direct http %.1f, direct https %.1f, webgw %.1f\n",
-		m[keyHTTP]["loadgen_cpu_us_per_req_1k"], m[keyHTTPS]["loadgen_cpu_us_per_req_1k"], wg["loadgen_cpu_us_per_req_1k"])
-	fmt.Fprintf(w, "webgw RSS per held conn, KB: gateway %.1f, agent %.1f\n", wg["gateway_idle_kb_per_conn"], wg["agent_idle_kb_per_conn"])
+	var lg []string
+	for _, key := range targetKeys(m, r.Settings.Transports) {
+		lg = append(lg, fmt.Sprintf("%s %.1f", columnName(key), m[key]["loadgen_cpu_us_per_req_1k"]))
+	}
+	fmt.Fprintf(w, "load generator CPU per request, µs (1 KiB): %s\n", strings.Join(lg, ", "))
 	for i, rd := range r.Rounds {
-		for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {
+		for _, key := range targetKeys(rd, r.Settings.Transports) {
 			for _, body := range []string{"1k", "small"} {
 				if n := rd[key]["errors_"+body]; n > 0 {
 					fmt.Fprintf(w, "WARNING: round %d, %s %s: %.0f failed requests\n", i+1, key, body, n)
@@ -385,6 +414,79 @@ func (r *Report) writeScenarios(w io.Writer) {
 		}
 		op := map[string]string{">=": "≥", "<=": "≤"}[g.Op]
 		fmt.Fprintf(w, "  %-4s %-84s %10s  (goal %s %g %s)\n", verdict, g.Name, fmt.Sprintf("%.1f %s", g.Measured, g.Unit), op, g.Limit, g.Unit)
+	}
+}
+
+// tableRow is one measurement of a target table.
+type tableRow struct{ label, key, format string }
+
+// targetKeys are m's targets in column order: direct http, direct https,
+// then webgw per transport.
+func targetKeys(m Round, transports []string) []string {
+	var keys []string
+	for _, k := range []string{keyHTTP, keyHTTPS} {
+		if _, ok := m[k]; ok {
+			keys = append(keys, k)
+		}
+	}
+	for _, tr := range transports {
+		if _, ok := m[webgwKey(tr)]; ok {
+			keys = append(keys, webgwKey(tr))
+		}
+	}
+	return keys
+}
+
+// columnName is a target's column header: "direct http", "webgw tcp".
+func columnName(key string) string {
+	switch key {
+	case keyHTTP:
+		return "direct http"
+	case keyHTTPS:
+		return "direct https"
+	case keyWebgw:
+		return "webgw tcp"
+	}
+	return strings.ReplaceAll(key, "_", " ")
+}
+
+// writeTargets prints one column per target, then webgw/direct ratios per
+// transport ("tcp/http").
+func writeTargets(w io.Writer, m Round, transports []string, rows []tableRow) {
+	keys := targetKeys(m, transports)
+	type col struct{ head, key, format string }
+	var cols []col
+	for _, k := range keys {
+		cols = append(cols, col{columnName(k), k, ""})
+	}
+	for _, k := range keys {
+		if !isWebgwKey(k) {
+			continue
+		}
+		tr := strings.TrimPrefix(strings.TrimPrefix(columnName(k), "webgw"), " ")
+		vsHTTP, vsHTTPS := ratioKeys(k)
+		for _, rk := range []struct{ key, base string }{{vsHTTP, "http"}, {vsHTTPS, "https"}} {
+			if _, ok := m[rk.key]; ok {
+				cols = append(cols, col{tr + "/" + rk.base, rk.key, "%.2f"})
+			}
+		}
+	}
+	const lw = 52
+	fmt.Fprintf(w, "%-*s", lw, "measurement (median)")
+	for _, c := range cols {
+		fmt.Fprintf(w, " %12s", c.head)
+	}
+	fmt.Fprintf(w, "\n%s\n", strings.Repeat("-", lw+13*len(cols)))
+	for _, row := range rows {
+		fmt.Fprintf(w, "%-*s", lw, row.label)
+		for _, c := range cols {
+			format := row.format
+			if c.format != "" {
+				format = c.format
+			}
+			fmt.Fprintf(w, " %12s", fmtVal(format, m[c.key], row.key))
+		}
+		fmt.Fprintln(w)
 	}
 }
 

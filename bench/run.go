@@ -38,6 +38,9 @@ const (
 
 var allParts = []string{partMain, partFailover, partUpstream}
 
+// allTransports are the agent transports the harness knows (--transport).
+var allTransports = []string{"tcp", "quic"}
+
 // Config is one harness run. The zero value of each field means its default.
 type Config struct {
 	// Rounds of interleaved measurements; 0 means 3. Medians are reported.
@@ -62,6 +65,10 @@ type Config struct {
 	// Parts lists what to run (partMain, partFailover, partUpstream); nil
 	// means all.
 	Parts []string
+	// Transports are the agent transports measured (tcp, quic), each as its
+	// own webgw target; nil means tcp, and quic too when this webgw's agent
+	// can use it.
+	Transports []string
 	// ScenarioConns is the number of workers of the steady load of the
 	// failover and new-upstream scenarios; 0 means 16.
 	ScenarioConns int
@@ -120,6 +127,14 @@ func (c *Config) validate() error {
 	if c.Parts != nil && len(c.Parts) == 0 {
 		return fmt.Errorf("-parts is empty; use a comma-separated list of %s", strings.Join(allParts, ", "))
 	}
+	for _, t := range c.Transports {
+		if !slices.Contains(allTransports, t) {
+			return fmt.Errorf("-transports: %q not accepted; use tcp, quic or tcp,quic", t)
+		}
+	}
+	if c.Transports != nil && len(c.Transports) == 0 {
+		return fmt.Errorf("-transports is empty; use tcp, quic or tcp,quic")
+	}
 	for _, p := range c.Parts {
 		if !slices.Contains(allParts, p) {
 			return fmt.Errorf("-parts: %q not accepted; use a comma-separated list of %s", p, strings.Join(allParts, ", "))
@@ -132,10 +147,27 @@ func (c *Config) validate() error {
 const (
 	keyHTTP    = "direct_http"    // harness -> backend, plain HTTP
 	keyHTTPS   = "direct_https"   // harness -> backend, HTTPS served by the backend itself
-	keyWebgw   = "webgw"          // harness -> gateway (HTTPS terminated) -> tunnel -> agent -> backend
+	keyWebgw   = "webgw"          // harness -> gateway (HTTPS terminated) -> TCP tunnel -> agent -> backend
 	keyVsHTTP  = "webgw_vs_http"  // webgw / direct_http, per round
 	keyVsHTTPS = "webgw_vs_https" // webgw / direct_https, per round
 )
+
+// webgwKey is the target key of webgw with the agent on transport: "webgw"
+// for tcp (the key of earlier reports), "webgw_quic" for quic.
+func webgwKey(transport string) string {
+	if transport == "tcp" {
+		return keyWebgw
+	}
+	return keyWebgw + "_" + transport
+}
+
+// isWebgwKey says whether key is a webgw target (not direct, not a ratio).
+func isWebgwKey(key string) bool {
+	return strings.HasPrefix(key, keyWebgw) && !strings.Contains(key, "_vs_")
+}
+
+// ratioKeys are the keys of key's ratios to direct http and direct https.
+func ratioKeys(key string) (vsHTTP, vsHTTPS string) { return key + "_vs_http", key + "_vs_https" }
 
 // harness owns the processes and files of one Run.
 type harness struct {
@@ -204,6 +236,20 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if h.certFile, h.keyFile, h.backendRoots, err = writeSelfSigned(work); err != nil {
 		return nil, err
 	}
+	if h.cfg.Transports == nil {
+		h.cfg.Transports = []string{"tcp"}
+		if why := h.probeTransport(ctx, "quic"); why != nil {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("quic not measured: %v", why))
+			h.logf("quic not measured: %v", why)
+		} else {
+			h.cfg.Transports = append(h.cfg.Transports, "quic")
+		}
+	} else if slices.Contains(h.cfg.Transports, "quic") {
+		if why := h.probeTransport(ctx, "quic"); why != nil {
+			return nil, fmt.Errorf("-transports quic: %w", why)
+		}
+	}
+	rep.Settings.Transports = h.cfg.Transports
 
 	for r := range cfg.Rounds {
 		if !cfg.has(partMain) {
@@ -230,11 +276,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // round runs one round: idle connections (each on fresh processes, so no
 // earlier test's freed memory hides their cost), then req/s for the 1 KiB and
-// the small body, then the bulk download, each as direct_http, direct_https,
-// webgw in turn.
+// the small body, then the bulk download, each as direct_http, direct_https
+// and webgw over each transport in turn.
 func (h *harness) round(ctx context.Context, r int) (Round, error) {
 	last := r == h.cfg.Rounds-1
-	rd := Round{keyHTTP: {}, keyHTTPS: {}, keyWebgw: {}}
+	rd := Round{keyHTTP: {}, keyHTTPS: {}}
 	tag := fmt.Sprintf("round %d/%d", r+1, h.cfg.Rounds)
 	dir := filepath.Join(h.work, fmt.Sprintf("round%d", r+1))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -257,47 +303,64 @@ func (h *harness) round(ctx context.Context, r int) (Round, error) {
 		h.logf("%s  idle %-13s %7.1f KB per held connection (backend)", tag, key, res.total)
 	}
 
-	// The stack for everything else; its gateway and agent are fresh for the idle test.
-	s, err := h.startStack(ctx, dir)
+	// One backend for everything else, and a gateway and an agent per
+	// transport, fresh for the idle test. The first transport's stack has
+	// the pprof hook.
+	backend, err := h.startBackend(ctx, filepath.Join(dir, "stack"))
 	if err != nil {
 		return nil, err
 	}
-	defer s.stop()
+	defer backend.proc.stop()
 	targets := map[string]*target{
-		keyHTTP:  s.backend.target(keyHTTP, h.backendRoots),
-		keyHTTPS: s.backend.target(keyHTTPS, h.backendRoots),
-		keyWebgw: s.webgwTarget(),
+		keyHTTP:  backend.target(keyHTTP, h.backendRoots),
+		keyHTTPS: backend.target(keyHTTPS, h.backendRoots),
 	}
 	measured := map[string][]*proc{
-		keyHTTP:  {s.backend.proc},
-		keyHTTPS: {s.backend.proc},
-		keyWebgw: {s.gateway, s.agent},
+		keyHTTP:  {backend.proc},
+		keyHTTPS: {backend.proc},
 	}
-
-	var whileHeld func()
-	if last && h.pprof {
-		whileHeld = func() {
-			h.saveProfiles(ctx, s, "heap.txt", "heap?debug=1") // ends with runtime.MemStats: stacks, heap, GC
-			h.saveProfiles(ctx, s, "goroutine.txt", "goroutine?debug=1")
-			h.saveProfiles(ctx, s, "heap", "heap?gc=1")
+	keys := []string{keyHTTP, keyHTTPS}
+	var first *stack
+	for i, tr := range h.cfg.Transports {
+		key := webgwKey(tr)
+		s, err := h.startStack(ctx, filepath.Join(dir, tr), backend, tr, i == 0 && h.pprof)
+		if err != nil {
+			return nil, fmt.Errorf("webgw over %s: %w", tr, err)
 		}
+		defer s.stop()
+		if i == 0 {
+			first = s
+		}
+		rd[key] = Figures{}
+		keys = append(keys, key)
+		targets[key] = s.webgwTarget(key)
+		measured[key] = []*proc{s.gateway, s.agent}
+
+		var whileHeld func()
+		if last && i == 0 && h.pprof {
+			whileHeld = func() {
+				h.saveProfiles(ctx, s, "heap.txt", "heap?debug=1") // ends with runtime.MemStats: stacks, heap, GC
+				h.saveProfiles(ctx, s, "goroutine.txt", "goroutine?debug=1")
+				h.saveProfiles(ctx, s, "heap", "heap?gc=1")
+			}
+		}
+		res, err := h.idle(ctx, targets[key], measured[key], whileHeld)
+		if err != nil {
+			return nil, fmt.Errorf("idle %s: %w", key, err)
+		}
+		rd[key]["idle_kb_per_conn"] = res.total
+		rd[key]["gateway_idle_kb_per_conn"] = res.per[0]
+		rd[key]["agent_idle_kb_per_conn"] = res.per[1]
+		h.logf("%s  idle %-13s %7.1f KB per held connection (gateway %.1f + agent %.1f)", tag, key, res.total, res.per[0], res.per[1])
 	}
-	res, err := h.idle(ctx, targets[keyWebgw], measured[keyWebgw], whileHeld)
-	if err != nil {
-		return nil, fmt.Errorf("idle webgw: %w", err)
-	}
-	rd[keyWebgw]["idle_kb_per_conn"] = res.total
-	rd[keyWebgw]["gateway_idle_kb_per_conn"] = res.per[0]
-	rd[keyWebgw]["agent_idle_kb_per_conn"] = res.per[1]
-	h.logf("%s  idle %-13s %7.1f KB per held connection (gateway %.1f + agent %.1f)", tag, keyWebgw, res.total, res.per[0], res.per[1])
 
 	for _, body := range []struct{ key, path string }{{"1k", "/1k"}, {"small", "/small"}} {
-		for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {
+		for _, key := range keys {
 			var onMeasure func() func()
-			if last && h.pprof && key == keyWebgw && body.key == "1k" {
-				onMeasure = func() func() { return h.startCPUProfiles(ctx, s) }
+			if last && h.pprof && key == keys[2] && body.key == "1k" {
+				onMeasure = func() func() { return h.startCPUProfiles(ctx, first) }
 			}
-			lr, err := h.load(ctx, targets[key], body.path, measured[key], s.backend.proc, onMeasure)
+			lr, err := h.load(ctx, targets[key], body.path, measured[key], backend.proc, onMeasure)
 			if err != nil {
 				return nil, fmt.Errorf("load %s %s: %w", key, body.key, err)
 			}
@@ -311,7 +374,7 @@ func (h *harness) round(ctx context.Context, r int) (Round, error) {
 			f["loadgen_cpu_us_per_req"+sfx] = lr.loadgenUS
 			f["errors"+sfx] = float64(lr.errors)
 			f["foreign_cpu_pct"+sfx] = lr.foreignPct
-			if key == keyWebgw {
+			if isWebgwKey(key) {
 				f["gateway_cpu_us_per_req"+sfx] = lr.perUS[0]
 				f["agent_cpu_us_per_req"+sfx] = lr.perUS[1]
 			}
@@ -320,8 +383,8 @@ func (h *harness) round(ctx context.Context, r int) (Round, error) {
 		}
 	}
 
-	for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {
-		br, err := h.bulk(ctx, targets[key], measured[key])
+	for _, key := range keys {
+		br, err := h.bulk(ctx, targets[key], measured[key], h.cfg.BulkSize)
 		if err != nil {
 			return nil, fmt.Errorf("bulk %s: %w", key, err)
 		}
@@ -333,13 +396,30 @@ func (h *harness) round(ctx context.Context, r int) (Round, error) {
 	return rd, nil
 }
 
+// probeTransport checks that an agent reaches a gateway over transport:
+// nil when its tunnel comes up over it, else why not.
+func (h *harness) probeTransport(ctx context.Context, transport string) error {
+	dir := filepath.Join(h.work, "probe-"+transport)
+	g, err := h.startGateway(ctx, dir, "gateway", nil)
+	if err != nil {
+		return err
+	}
+	defer g.proc.stop()
+	p, _, err := h.startAgent(ctx, dir, "agent", g, nil, "--transport", transport, "http://127.0.0.1:9")
+	if err != nil {
+		return err
+	}
+	p.stop()
+	return nil
+}
+
 // scenarios runs the failover and new-upstream scenarios cfg.Rounds times
 // each, on fresh processes every time.
 func (h *harness) scenarios(ctx context.Context, rep *Report) error {
 	for r := range h.cfg.Rounds {
 		tag := fmt.Sprintf("run %d/%d", r+1, h.cfg.Rounds)
 		if h.cfg.has(partFailover) {
-			for _, tr := range []string{"tcp"} {
+			for _, tr := range h.cfg.Transports {
 				key := "failover_" + tr
 				busy := busyPct(ctx, 300*time.Millisecond)
 				f, err := h.failover(ctx, scenarioDir(h.work, key, r), tr)
