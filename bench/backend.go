@@ -50,6 +50,7 @@ func backendMain(args []string) int {
 	fs := flag.NewFlagSet("backend", flag.ContinueOnError)
 	certFile := fs.String("cert", "", "certificate PEM for the TLS port")
 	keyFile := fs.String("key", "", "key PEM for the TLS port")
+	listen := fs.String("listen", "127.0.0.1", "IP address to listen on")
 	id := fs.String("id", "", "when set, every answer carries "+backendIDHeader+" (this value) and "+backendRecvHeader+" (the request's arrival, Unix ns)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -59,12 +60,12 @@ func backendMain(args []string) int {
 		fmt.Fprintln(os.Stderr, "backend: -cert/-key:", err)
 		return 2
 	}
-	plainLn, err := net.Listen("tcp", "127.0.0.1:0")
+	plainLn, err := net.Listen("tcp", net.JoinHostPort(*listen, "0"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "backend:", err)
 		return 1
 	}
-	tlsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	tlsLn, err := net.Listen("tcp", net.JoinHostPort(*listen, "0"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "backend:", err)
 		return 1

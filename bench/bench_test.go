@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -15,6 +17,9 @@ import (
 func TestMain(m *testing.M) {
 	if os.Getenv(backendRoleEnv) == "backend" && len(os.Args) > 1 && os.Args[1] == "backend" {
 		os.Exit(backendMain(os.Args[2:]))
+	}
+	if os.Getenv(backendRoleEnv) == "link" && len(os.Args) > 1 && os.Args[1] == "link" {
+		os.Exit(linkMain(os.Args[2:]))
 	}
 	os.Exit(m.Run())
 }
@@ -28,7 +33,7 @@ func TestHarnessSmoke(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the harness reads /proc")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	var progress bytes.Buffer
 	rep, err := Run(ctx, Config{
@@ -41,6 +46,8 @@ func TestHarnessSmoke(t *testing.T) {
 		Progress:  &progress,
 		// The scenarios: 4 workers, 1 s observation after the kill.
 		ScenarioConns: 4,
+		// The lossy link runs as root only (namespaces); else it is skipped with a note.
+		LossyBulkSize: 1 << 20,
 	})
 	if err != nil {
 		t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())
@@ -121,6 +128,23 @@ func TestHarnessSmoke(t *testing.T) {
 	}
 	if n := rep.Scenarios["new_upstream"][0]["failed"]; n != 0 {
 		t.Errorf("new upstream: %v failed requests, want 0", n)
+	}
+
+	if len(rep.Lossy) == 0 {
+		if os.Geteuid() == 0 {
+			t.Errorf("lossy link skipped as root: %v", rep.Notes)
+		}
+	} else {
+		for _, key := range targetKeys(rep.LossyMedian, rep.Settings.Transports) {
+			for _, name := range []string{"rps_1k", "rps_small", "p50_ms_1k", "bulk_mib_s"} {
+				if v := rep.LossyMedian[key][name]; v <= 0 {
+					t.Errorf("lossy %s: %s = %v, want > 0", key, name, v)
+				}
+			}
+		}
+	}
+	if out, err := exec.Command(ipTool, "netns", "list").Output(); err == nil && strings.Contains(string(out), fmt.Sprintf("wgwb-%d-", os.Getpid())) {
+		t.Errorf("network namespaces left behind:\n%s", out)
 	}
 
 	var table bytes.Buffer

@@ -177,6 +177,7 @@ func (p *proc) tail() string {
 type backend struct {
 	proc                *proc
 	httpAddr, httpsAddr string
+	dialNS              string // namespace the load generator dials it from; "" is its own
 }
 
 func (h *harness) startBackend(ctx context.Context, dir string) (*backend, error) {
@@ -190,6 +191,11 @@ func (h *harness) startTaggedBackend(ctx context.Context, dir, id string) (*back
 		return nil, err
 	}
 	argv := append(append([]string(nil), h.backend...), "-cert", h.certFile, "-key", h.keyFile)
+	b := &backend{}
+	if n := h.place; n != nil {
+		argv = netnsArgv(n.agent, append(argv, "-listen", n.agentIP))
+		b.dialNS = n.gw
+	}
 	name := "backend"
 	if id != "" {
 		argv = append(argv, "-id", id)
@@ -199,7 +205,7 @@ func (h *harness) startTaggedBackend(ctx context.Context, dir, id string) (*back
 	if err != nil {
 		return nil, err
 	}
-	b := &backend{proc: p}
+	b.proc = p
 	err = p.readLines(ctx, 20*time.Second, func(line string) bool {
 		if v, ok := strings.CutPrefix(line, "http "); ok {
 			b.httpAddr = v
@@ -218,9 +224,9 @@ func (h *harness) startTaggedBackend(ctx context.Context, dir, id string) (*back
 
 func (b *backend) target(key string, roots *x509.CertPool) *target {
 	if key == keyHTTPS {
-		return &target{key: key, base: "https://" + b.httpsAddr, dialAddr: b.httpsAddr, tlsName: hostOnly(b.httpsAddr), roots: roots}
+		return &target{key: key, base: "https://" + b.httpsAddr, dialAddr: b.httpsAddr, tlsName: hostOnly(b.httpsAddr), roots: roots, netns: b.dialNS}
 	}
-	return &target{key: key, base: "http://" + b.httpAddr, dialAddr: b.httpAddr}
+	return &target{key: key, base: "http://" + b.httpAddr, dialAddr: b.httpAddr, netns: b.dialNS}
 }
 
 // gateway is a running `webgw gateway`, with what its banner says.
@@ -231,6 +237,7 @@ type gateway struct {
 	apiAddr   string // admin API, host:port
 	caFile    string
 	caRoots   *x509.CertPool
+	dialNS    string // namespace the load generator dials it from; "" is its own
 }
 
 // startGateway starts a gateway on 127.0.0.1 with its data in dir/name-data
@@ -246,6 +253,10 @@ func (h *harness) startGateway(ctx context.Context, dir, name string, env []stri
 		"--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
 		"--access-log=false", "--log-level", "warn",
 	}, extra...)
+	if n := h.place; n != nil {
+		args = netnsArgv(n.gw, append(args, "--https-addr", n.gwIP+":0"))
+		g.dialNS = n.gw
+	}
 	p, err := h.start(name, dir, args, env, false)
 	if err != nil {
 		return nil, err
@@ -314,8 +325,11 @@ func (h *harness) cli(ctx context.Context, g *gateway, args ...string) (string, 
 func (h *harness) startAgent(ctx context.Context, dir, name string, g *gateway, env []string, args ...string) (*proc, *url.URL, error) {
 	// Info logs only connection events (no per-request lines); "tunnel
 	// up" says which transport a connection uses.
-	p, err := h.start(name, dir, append([]string{h.bin, "expose",
-		"--gateway", g.httpsAddr, "--ca", g.caFile, "--log-level", "info"}, args...), env, false)
+	argv := append([]string{h.bin, "expose", "--gateway", g.httpsAddr, "--ca", g.caFile, "--log-level", "info"}, args...)
+	if n := h.place; n != nil {
+		argv = netnsArgv(n.agent, argv)
+	}
+	p, err := h.start(name, dir, argv, env, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -381,7 +395,7 @@ func checkTransport(ctx context.Context, p *proc, args []string) error {
 // publicTarget reaches public (a service URL of g) through g's HTTPS address.
 func (g *gateway) publicTarget(key string, public *url.URL) *target {
 	return &target{key: key, base: public.Scheme + "://" + public.Host, dialAddr: g.httpsAddr,
-		tlsName: public.Hostname(), roots: g.caRoots, host: public.Host}
+		tlsName: public.Hostname(), roots: g.caRoots, host: public.Host, netns: g.dialNS}
 }
 
 // stack is a gateway and an agent exposing a backend over one transport.
@@ -393,6 +407,7 @@ type stack struct {
 	caFile         string
 	publicURL      *url.URL
 	caRoots        *x509.CertPool
+	dialNS         string           // the gateway's namespace, when placed in one
 	pprofAddr      map[*proc]string // pprof listeners when built with the hook
 }
 
@@ -424,7 +439,7 @@ func (h *harness) startStack(ctx context.Context, dir string, b *backend, transp
 	if err != nil {
 		return nil, err
 	}
-	s.gateway, s.httpsAddr, s.caFile, s.caRoots = g.proc, g.httpsAddr, g.caFile, g.caRoots
+	s.gateway, s.httpsAddr, s.caFile, s.caRoots, s.dialNS = g.proc, g.httpsAddr, g.caFile, g.caRoots, g.dialNS
 
 	if withPprof {
 		env = []string{pprofEnv + "=" + filepath.Join(dir, "agent.pprof-addr")}
@@ -450,7 +465,7 @@ func (h *harness) startStack(ctx context.Context, dir string, b *backend, transp
 // webgwTarget reaches the backend through the gateway's public URL.
 func (s *stack) webgwTarget(key string) *target {
 	return &target{key: key, base: s.publicURL.Scheme + "://" + s.publicURL.Host, dialAddr: s.httpsAddr,
-		tlsName: s.publicURL.Hostname(), roots: s.caRoots, host: s.publicURL.Host}
+		tlsName: s.publicURL.Hostname(), roots: s.caRoots, host: s.publicURL.Host, netns: s.dialNS}
 }
 
 // ready polls the public URL until it answers 200 (the agent printed its URL,

@@ -107,6 +107,10 @@ type Report struct {
 	Scenarios      map[string][]Figures `json:"scenarios,omitempty"`
 	ScenarioMedian map[string]Figures   `json:"scenario_median,omitempty"`
 	ScenarioGoals  []Goal               `json:"scenario_goals,omitempty"`
+	// Lossy holds each round of the lossy-link part (direct_http, webgw,
+	// webgw_quic and their ratios to direct_http), LossyMedian the medians.
+	Lossy       []Round `json:"lossy,omitempty"`
+	LossyMedian Round   `json:"lossy_median,omitempty"`
 	// Notes say what was skipped and why.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -143,9 +147,12 @@ type Settings struct {
 	Protocol  string  `json:"protocol"`
 	// Transports are the agent transports measured, one webgw target each.
 	Transports []string `json:"transports"`
-	// Parts run (main, failover, upstream); ScenarioConns the steady load's workers.
+	// Parts run (main, failover, upstream, lossy); ScenarioConns the steady load's workers.
 	Parts         []string `json:"parts"`
 	ScenarioConns int      `json:"scenario_conns"`
+	// Netem is the lossy part's link; LossyBulkBytes its bulk download.
+	Netem          string `json:"netem"`
+	LossyBulkBytes int64  `json:"lossy_bulk_bytes"`
 }
 
 // Goal is one goal of issue 2 and whether the median met it.
@@ -171,7 +178,7 @@ func newReport(cfg Config) *Report {
 		Source: gitSource(), LoadAvgStart: loadAvg(),
 		Settings: Settings{Rounds: cfg.Rounds, DurationS: cfg.Duration.Seconds(), WarmupS: cfg.Warmup.Seconds(),
 			Conns: cfg.Conns, IdleConns: cfg.IdleConns, BulkBytes: cfg.BulkSize, Protocol: proto,
-			Parts: cfg.Parts, ScenarioConns: cfg.ScenarioConns},
+			Parts: cfg.Parts, ScenarioConns: cfg.ScenarioConns, Netem: cfg.Netem, LossyBulkBytes: cfg.LossyBulkSize},
 	}
 }
 
@@ -179,6 +186,16 @@ func newReport(cfg Config) *Report {
 func (r *Report) finish() {
 	r.LoadAvgEnd = loadAvg()
 	r.finishScenarios()
+	r.LossyMedian = medianRound(r.Lossy)
+	for _, rd := range r.Lossy {
+		for key, f := range rd {
+			for name, v := range f {
+				if strings.HasPrefix(name, "foreign_cpu_pct") && !strings.Contains(key, "_vs_") {
+					r.ForeignPctMax = max(r.ForeignPctMax, v)
+				}
+			}
+		}
+	}
 	if len(r.Rounds) == 0 {
 		return
 	}
@@ -274,6 +291,7 @@ func (r *Report) WriteTable(w io.Writer) {
 		r.writeMain(w)
 	}
 	r.writeScenarios(w)
+	r.writeLossy(w)
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "\nnote: %s\n", n)
 	}
@@ -339,6 +357,38 @@ func (r *Report) writeMain(w io.Writer) {
 			line += "; " + g.Note
 		}
 		fmt.Fprintln(w, line)
+	}
+}
+
+// writeLossy prints the lossy-link part.
+func (r *Report) writeLossy(w io.Writer) {
+	if len(r.Lossy) == 0 {
+		return
+	}
+	s := r.Settings
+	fmt.Fprintf(w, "\nlossy link: %q each way between two network namespaces (gateway and load generator | agent and backend)\n", s.Netem)
+	fmt.Fprintf(w, "(%d rounds, median; %s per req/s run, %d keep-alive clients; direct: the load generator to the backend across the same link)\n\n",
+		len(r.Lossy), fmtDur(s.DurationS), s.Conns)
+	writeTargets(w, r.LossyMedian, s.Transports, []tableRow{
+		{"req/s, 1 KiB body", "rps_1k", "%.0f"},
+		{"  latency p50, ms", "p50_ms_1k", "%.1f"},
+		{"  latency p99, ms", "p99_ms_1k", "%.1f"},
+		{"  CPU µs/req (backend | gateway+agent)", "cpu_us_per_req_1k", "%.1f"},
+		{"req/s, small GET (3-byte body)", "rps_small", "%.0f"},
+		{"  latency p50, ms", "p50_ms_small", "%.1f"},
+		{"  latency p99, ms", "p99_ms_small", "%.1f"},
+		{"  CPU µs/req (backend | gateway+agent)", "cpu_us_per_req_small", "%.1f"},
+		{"bulk MiB/s, one " + formatSize(s.LossyBulkBytes) + " download", "bulk_mib_s", "%.1f"},
+		{"  CPU s/GiB (backend | gateway+agent)", "bulk_cpu_s_per_gib", "%.2f"},
+	})
+	for i, rd := range r.Lossy {
+		for _, key := range targetKeys(rd, s.Transports) {
+			for _, body := range []string{"1k", "small"} {
+				if n := rd[key]["errors_"+body]; n > 0 {
+					fmt.Fprintf(w, "WARNING: lossy round %d, %s %s: %.0f failed requests\n", i+1, key, body, n)
+				}
+			}
+		}
 	}
 }
 

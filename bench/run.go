@@ -34,9 +34,10 @@ const (
 	partMain     = "main"     // req/s, latency, CPU, bulk, idle RSS: direct against webgw per transport
 	partFailover = "failover" // one of two agents killed under load
 	partUpstream = "upstream" // a direct upstream added under load
+	partLossy    = "lossy"    // direct against webgw per transport across an emulated lossy link
 )
 
-var allParts = []string{partMain, partFailover, partUpstream}
+var allParts = []string{partMain, partFailover, partUpstream, partLossy}
 
 // allTransports are the agent transports the harness knows (--transport).
 var allTransports = []string{"tcp", "quic"}
@@ -65,6 +66,11 @@ type Config struct {
 	// Parts lists what to run (partMain, partFailover, partUpstream); nil
 	// means all.
 	Parts []string
+	// Netem is the lossy link, in netem's words, applied in each direction;
+	// "" means "loss 1% delay 10ms".
+	Netem string
+	// LossyBulkSize is the bulk download across the lossy link; 0 means 32 MiB.
+	LossyBulkSize int64
 	// Transports are the agent transports measured (tcp, quic), each as its
 	// own webgw target; nil means tcp, and quic too when this webgw's agent
 	// can use it.
@@ -103,6 +109,12 @@ func (c *Config) complete() {
 	if c.ScenarioConns == 0 {
 		c.ScenarioConns = defaultScenarioConns
 	}
+	if c.Netem == "" {
+		c.Netem = defaultNetem
+	}
+	if c.LossyBulkSize == 0 {
+		c.LossyBulkSize = defaultLossyBulkSize
+	}
 }
 
 func (c *Config) has(part string) bool { return slices.Contains(c.Parts, part) }
@@ -121,8 +133,15 @@ func (c *Config) validate() error {
 		return fmt.Errorf("-idle-conns %d not accepted; use 1-100000", c.IdleConns)
 	case c.BulkSize < 0:
 		return fmt.Errorf("-bulk-size %d not accepted; use a positive size such as 256MiB", c.BulkSize)
+	case c.LossyBulkSize < 0:
+		return fmt.Errorf("-lossy-bulk-size %d not accepted; use a positive size such as 32MiB", c.LossyBulkSize)
 	case c.ScenarioConns < 0 || c.ScenarioConns > 10000:
 		return fmt.Errorf("-scenario-conns %d not accepted; use 1-10000", c.ScenarioConns)
+	}
+	if c.Netem != "" {
+		if _, _, err := parseNetem(c.Netem); err != nil {
+			return err
+		}
 	}
 	if c.Parts != nil && len(c.Parts) == 0 {
 		return fmt.Errorf("-parts is empty; use a comma-separated list of %s", strings.Join(allParts, ", "))
@@ -181,6 +200,20 @@ type harness struct {
 	backendRoots      *x509.CertPool // trusts certFile
 
 	procs procTable
+
+	// place, while the lossy part runs, puts gateways in place.gw and
+	// agents and backends in place.agent; nil is loopback in this
+	// process's namespace. Owned by Run's goroutine.
+	place *lossyNet
+	// extra are more processes of ours (the link emulator) that req/s runs
+	// do not count as other load. Owned by Run's goroutine.
+	extra []*proc
+}
+
+// selfArgv is the command that runs this program (or the test binary
+// playing it) with a role argument after it.
+func (h *harness) selfArgv() []string {
+	return append([]string(nil), h.backend[:len(h.backend)-1]...)
 }
 
 // Run builds webgw, runs cfg.Rounds interleaved rounds and returns the report.
@@ -269,6 +302,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, fmt.Errorf("interrupted: %w", ctx.Err())
 		}
 		return nil, err
+	}
+	if cfg.has(partLossy) {
+		if err := h.lossy(ctx, rep); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("interrupted: %w", ctx.Err())
+			}
+			return nil, err
+		}
 	}
 	rep.finish()
 	return rep, nil
