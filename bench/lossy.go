@@ -72,6 +72,9 @@ func (h *harness) lossy(ctx context.Context, rep *Report) error {
 			stops[i]()
 		}
 		n.remove() // after every process in the namespaces has stopped
+		for _, line := range n.linkStatsLines() {
+			h.logf("lossy link: %s", strings.TrimPrefix(line, "link "))
+		}
 	}()
 	h.place = n
 	defer func() { h.place = nil }()

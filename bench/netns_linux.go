@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -94,11 +95,26 @@ func (h *harness) setupLossyNet(ctx context.Context, dir string, loss float64, d
 // with them). Processes started in them must be stopped first.
 func (n *lossyNet) remove() {
 	if n.link != nil {
-		n.link.stop()
+		n.link.closeAndWait(2 * time.Second) // it logs its counters on the way out
 	}
 	for _, ns := range []string{n.gw, n.agent} {
 		exec.Command(ipTool, "netns", "del", ns).Run() // absent is fine
 	}
+}
+
+// linkStatsLines are the counters the link logged when it stopped.
+func (n *lossyNet) linkStatsLines() []string {
+	if n.link == nil {
+		return nil
+	}
+	b, _ := os.ReadFile(n.link.logPath)
+	var out []string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if strings.HasPrefix(line, "link ") {
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 // cleanStaleNetns deletes namespaces wgwb-<pid>-* of harness processes that
@@ -193,11 +209,24 @@ func linkMain(args []string) int {
 		fmt.Fprintln(os.Stderr, "link:", err)
 		return 1
 	}
-	go relay(ta, tb, *loss, *delay)
-	go relay(tb, ta, *loss, *delay)
+	var ab, ba linkStats
+	go relay(ta, tb, *loss, *delay, &ab)
+	go relay(tb, ta, *loss, *delay, &ba)
 	fmt.Println("ready")
 	io.Copy(io.Discard, os.Stdin) // until the harness closes stdin
+	for _, d := range []struct {
+		name string
+		st   *linkStats
+	}{{*a + " -> " + *b, &ab}, {*b + " -> " + *a, &ba}} {
+		fmt.Fprintf(os.Stderr, "link %s: %d packets, %d bytes (largest %d), %d lost, %d dropped (queue full)\n",
+			d.name, d.st.packets.Load(), d.st.bytes.Load(), d.st.largest.Load(), d.st.lost.Load(), d.st.full.Load())
+	}
 	return 0
+}
+
+// linkStats counts one direction of the link.
+type linkStats struct {
+	packets, bytes, largest, lost, full atomic.Int64
 }
 
 const linkQueue = 1000
@@ -225,7 +254,7 @@ func openTun(name string) (*os.File, error) {
 }
 
 // relay copies packets from src to dst through a delay line.
-func relay(src, dst *os.File, loss float64, delay time.Duration) {
+func relay(src, dst *os.File, loss float64, delay time.Duration, st *linkStats) {
 	type pkt struct {
 		due time.Time
 		b   []byte
@@ -249,13 +278,20 @@ func relay(src, dst *os.File, loss float64, delay time.Duration) {
 			close(q)
 			return
 		}
+		st.packets.Add(1)
+		st.bytes.Add(int64(n))
+		if int64(n) > st.largest.Load() {
+			st.largest.Store(int64(n))
+		}
 		if loss > 0 && rand.Float64() < loss {
+			st.lost.Add(1)
 			continue
 		}
 		p := pkt{due: time.Now().Add(delay), b: append([]byte(nil), buf[:n]...)}
 		select {
 		case q <- p:
 		default: // queue full: dropped
+			st.full.Add(1)
 		}
 	}
 }

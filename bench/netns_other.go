@@ -28,6 +28,8 @@ func (h *harness) setupLossyNet(context.Context, string, float64, time.Duration)
 
 func (n *lossyNet) remove() {}
 
+func (n *lossyNet) linkStatsLines() []string { return nil }
+
 func netnsArgv(ns string, argv []string) []string { return argv }
 
 func dialNetns(context.Context, string, string) (net.Conn, error) { return nil, errNoNetns }

@@ -141,6 +141,19 @@ func (p *proc) stop() {
 	})
 }
 
+// closeAndWait closes the process's stdin (the backend and the link exit
+// then), waits up to timeout for it to exit, and stops it.
+func (p *proc) closeAndWait(timeout time.Duration) {
+	if p.stdin != nil {
+		p.stdin.Close()
+		select {
+		case <-p.exited:
+		case <-time.After(timeout):
+		}
+	}
+	p.stop()
+}
+
 // readLines reads stdout lines until done says it has what it needs, the
 // process exits, or the timeout passes.
 func (p *proc) readLines(ctx context.Context, timeout time.Duration, done func(line string) bool) error {
