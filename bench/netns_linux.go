@@ -155,33 +155,36 @@ func netnsArgv(ns string, argv []string) []string {
 }
 
 // dialNetns dials addr (TCP) from network namespace ns: the socket is made
-// on an OS thread moved into ns, which is never given back to the runtime
-// (the goroutine ends locked, so the thread ends with it).
+// on this goroutine's OS thread, moved into ns for the dial and back after.
+//
+// The thread must go back, not end: a child process gets its Pdeathsig when
+// the thread that forked it ends, and this thread may have forked one of
+// ours before. If it cannot go back, the process stops rather than run code
+// in the wrong namespace.
 func dialNetns(ctx context.Context, ns, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return nil, err
 	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		f, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			ch <- result{nil, err}
-			return
-		}
-		err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
-		f.Close()
-		if err != nil {
-			ch <- result{nil, fmt.Errorf("enter network namespace %s: %w", ns, err)}
-			return
-		}
-		d := net.Dialer{Timeout: 10 * time.Second}
-		c, err := d.DialContext(ctx, "tcp", addr)
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
+	defer orig.Close()
+	target, err := os.Open("/run/netns/" + ns)
+	if err != nil {
+		return nil, err
+	}
+	err = unix.Setns(int(target.Fd()), unix.CLONE_NEWNET)
+	target.Close()
+	if err != nil {
+		return nil, fmt.Errorf("enter network namespace %s: %w", ns, err)
+	}
+	d := net.Dialer{Timeout: 10 * time.Second}
+	c, dialErr := d.DialContext(ctx, "tcp", addr)
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: cannot return a thread from network namespace %s: %v\n", ns, err)
+		os.Exit(1) // deferred cleanup cannot run safely; the kernel kills the children (Pdeathsig)
+	}
+	return c, dialErr
 }
 
 // linkMain is `bench link -loss P -delay D -a NAME -b NAME`: it creates two
