@@ -22,6 +22,8 @@ import (
 //	slowest_ms                  the slowest request that ended after the kill
 //	rps_before, rps_after       answers/s in the second before the kill; in the second half
 //	                            of the observation after it
+//	observed_ms                 how long the run went on after the kill: -duration (at least
+//	                            1 s), longer while requests failed or the rate was not back
 //	window_min_pct_before       the lowest of the ten 100 ms windows before the kill, in
 //	                            % of their mean: the noise takeover_ms is judged against
 //	requests                    answers in the whole run
@@ -29,6 +31,9 @@ const (
 	failoverPre    = time.Second            // the window before the kill that sets the rate to get back to
 	failoverWindow = 100 * time.Millisecond // throughput is counted over windows this long
 	failoverBack   = 0.9                    // "back to before": this share of the rate before the kill
+	// failoverMaxWatch is how long after the kill a run may go on while
+	// requests fail or throughput is not back.
+	failoverMaxWatch = 60 * time.Second
 )
 
 // failover runs the failover scenario once over transport: two agents
@@ -84,14 +89,27 @@ func (h *harness) failover(ctx context.Context, dir, transport string) (Figures,
 		l.stop()
 		return nil, fmt.Errorf("%w (answers from a %d, b %d)", err, l.count("a"), l.count("b"))
 	}
-	sleep(ctx, h.cfg.Warmup+failoverPre)
+	sleep(ctx, h.cfg.Warmup)
+	ok0 := l.ok()
+	sleep(ctx, failoverPre)
+	preRate := float64(l.ok()-ok0) / failoverPre.Seconds()
 	killAt := l.at(time.Now())
 	if err := agents[0].cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		l.stop()
 		return nil, fmt.Errorf("kill agent a: %w", err)
 	}
-	observe := max(h.cfg.Duration, time.Second)
-	sleep(ctx, observe)
+	// Watch for -duration (at least 1 s), and on while requests fail or
+	// the rate is not back (a transport that cannot see the dead agent at
+	// once), up to failoverMaxWatch.
+	sleep(ctx, max(h.cfg.Duration, time.Second))
+	for ctx.Err() == nil && l.at(time.Now())-killAt < failoverMaxWatch {
+		ok1, failed1 := l.ok(), l.failed()
+		sleep(ctx, 500*time.Millisecond)
+		if l.failed() == failed1 && float64(l.ok()-ok1)/0.5 >= failoverBack*preRate {
+			break
+		}
+	}
+	observe := l.at(time.Now()) - killAt
 	evs := l.stop()
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -176,6 +194,7 @@ func failoverFigures(evs []reqEvent, kill, observe time.Duration) Figures {
 		}
 	}
 	f["rps_after"] = float64(okAfter) / (observe - half).Seconds()
+	f["observed_ms"] = ms(observe)
 	return f
 }
 

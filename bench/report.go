@@ -428,6 +428,7 @@ func (r *Report) writeScenarios(w io.Writer) {
 			{"slowest request across the kill, ms", "slowest_ms", "%.0f"},
 			{"req/s before the kill", "rps_before", "%.0f"},
 			{"req/s after the kill", "rps_after", "%.0f"},
+			{"watched after the kill, ms", "observed_ms", "%.0f"},
 			{"lowest 100 ms window before the kill, % of mean", "window_min_pct_before", "%.0f"},
 		} {
 			fmt.Fprintf(w, "%-*s", lw, row.label)

@@ -1,13 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,8 +25,9 @@ type steadyLoad struct {
 	tr     *http.Transport
 	// hits counts successful answers per backend id (backendIDHeader). The
 	// map is fixed at start; its values are updated by the workers.
-	hits    map[string]*atomic.Int64
-	workers [][]reqEvent // one slice per worker, owned by it until stop returns
+	hits      map[string]*atomic.Int64
+	okN, errN atomic.Int64 // answers and failures so far
+	workers   [][]reqEvent // one slice per worker, owned by it until stop returns
 }
 
 // reqEvent is one finished request of a steadyLoad.
@@ -63,7 +64,7 @@ func startSteadyLoad(ctx context.Context, t *target, conns int, ids ...string) *
 				post := n%2 == 1
 				var req *http.Request
 				if post {
-					req, _ = http.NewRequestWithContext(lctx, "POST", t.base+"/small", strings.NewReader(string(postBody)))
+					req, _ = http.NewRequestWithContext(lctx, "POST", t.base+"/small", bytes.NewReader(postBody))
 				} else {
 					req, _ = http.NewRequestWithContext(lctx, "GET", t.base+"/small", nil)
 				}
@@ -92,8 +93,10 @@ func startSteadyLoad(ctx context.Context, t *target, conns int, ids ...string) *
 						return // stopped: a request cut short is not a failure
 					}
 					ev.err = err.Error()
+					l.errN.Add(1)
 				} else {
 					ev.ok = true
+					l.okN.Add(1)
 					if c := l.hits[ev.backend]; c != nil {
 						c.Add(1)
 					}
@@ -107,6 +110,12 @@ func startSteadyLoad(ctx context.Context, t *target, conns int, ids ...string) *
 
 // count is the number of successful answers of backend id so far.
 func (l *steadyLoad) count(id string) int64 { return l.hits[id].Load() }
+
+// ok is the number of successful answers so far.
+func (l *steadyLoad) ok() int64 { return l.okN.Load() }
+
+// failed is the number of failed requests so far.
+func (l *steadyLoad) failed() int64 { return l.errN.Load() }
 
 // at is the load's clock for t.
 func (l *steadyLoad) at(t time.Time) time.Duration { return t.Sub(l.start) }
