@@ -547,6 +547,16 @@ func printService(w io.Writer, d api.ServiceDetail) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if len(d.UpstreamHealth) > 0 {
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  LIVE UPSTREAM\tKIND\tWEIGHT\tSTATE\tIN FLIGHT")
+		for _, u := range d.UpstreamHealth {
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%d\n", u.Upstream, u.Kind, u.Weight, u.State, u.Outstanding)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
 	if len(d.Upstreams) == 0 {
 		return nil
 	}

@@ -219,8 +219,16 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 		go a.watchTCP(sess, g.Addr, d.tcp)
 	}
 	start := time.Now()
+	// A gateway may complete a transport's handshake but not serve tunnels
+	// over it (QUIC not enabled there): auto must not keep picking it.
+	broken := func() {
+		if a.cfg.Transport == TransportAuto {
+			a.pick.result(g.Addr, transport, false)
+		}
+	}
 	ctrl, err := sess.Open()
 	if err != nil {
+		broken()
 		return err
 	}
 
@@ -243,6 +251,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 	ctrl.SetReadDeadline(time.Now().Add(a.cfg.DialTimeout))
 	msg, err := tunnel.ReadMessage(ctrl)
 	if err != nil {
+		broken()
 		if werr != nil {
 			return fmt.Errorf("send hello: %w", werr)
 		}

@@ -9,9 +9,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
 
 	"github.com/webgw/webgw/internal/agent"
 	"github.com/webgw/webgw/internal/certs"
@@ -33,8 +36,8 @@ type ctlGateway struct {
 }
 
 // tunnelListener listens on loopback with TLS for agents: a certificate for
-// 127.0.0.1 from a fresh local CA, whose PEM file it returns.
-func tunnelListener(t *testing.T, st store.Store) (net.Listener, string) {
+// 127.0.0.1 from a fresh local CA, whose PEM file it returns with the TLS config.
+func tunnelListener(t *testing.T, st store.Store) (net.Listener, *tls.Config, string) {
 	t.Helper()
 	ca, err := certs.LoadOrCreateCA(t.Context(), st, "", nil)
 	if err != nil {
@@ -48,13 +51,13 @@ func tunnelListener(t *testing.T, st store.Store) (net.Listener, string) {
 	if err := os.WriteFile(caFile, ca.CertPEM(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*cert},
-		NextProtos: []string{tunnel.ALPN}, MinVersion: tls.VersionTLS13})
+	tc := &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{tunnel.ALPN}, MinVersion: tls.VersionTLS13}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", tc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	return ln, caFile
+	return ln, tc, caFile
 }
 
 func openStore(t *testing.T) *store.Bolt {
@@ -67,15 +70,45 @@ func openStore(t *testing.T) *store.Bolt {
 	return st
 }
 
-func startCtlGateway(t *testing.T) *ctlGateway {
+func startCtlGateway(t *testing.T) *ctlGateway { return startCtlGatewayOn(t, true, false) }
+
+// startCtlGatewayOn serves agents over TLS on TCP, QUIC on the UDP port of
+// the same number, or both.
+func startCtlGatewayOn(t *testing.T, tcp, udp bool) *ctlGateway {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	st := openStore(t)
-	ln, caFile := tunnelListener(t, st)
+	ln, tc, caFile := tunnelListener(t, st)
+	addr := ln.Addr().String()
 	table := route.NewTable(nil)
 	srv := &control.Server{Store: st, Table: table, Open: true, GatewayID: "ctl-test",
 		URL: func(name string, _ model.Protocol) string { return "https://" + name + ".localhost" }}
 	var wg sync.WaitGroup
+	if udp {
+		ql, err := quic.ListenAddr(addr, tc, tunnel.QUICConfig(nil, true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ql.Close() })
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				c, err := ql.Accept(ctx)
+				if err != nil {
+					return
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					srv.ServeQUIC(ctx, c)
+				}()
+			}
+		}()
+	}
+	if !tcp {
+		ln.Close()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -96,12 +129,8 @@ func startCtlGateway(t *testing.T) *ctlGateway {
 			}()
 		}
 	}()
-	t.Cleanup(func() {
-		ln.Close()
-		cancel()
-		wg.Wait()
-	})
-	return &ctlGateway{addr: ln.Addr().String(), caFile: caFile, table: table, srv: srv}
+	t.Cleanup(func() { ln.Close(); cancel(); wg.Wait() })
+	return &ctlGateway{addr: addr, caFile: caFile, table: table, srv: srv}
 }
 
 // sessions waits until name has n attached agent sessions and returns them.
@@ -370,7 +399,7 @@ func TestDrainAllConnections(t *testing.T) {
 
 // The hello carries the connection index, the transport and the weights.
 func TestHelloFields(t *testing.T) {
-	ln, caFile := tunnelListener(t, openStore(t))
+	ln, _, caFile := tunnelListener(t, openStore(t))
 	hellos := make(chan *tunnel.Hello, 10)
 	go func() {
 		for {
@@ -437,5 +466,87 @@ func TestHelloFields(t *testing.T) {
 	}
 	if !conns[0] || !conns[1] {
 		t.Errorf("connection indexes %v, want 0 and 1", conns)
+	}
+}
+
+// transports returns the transport of each session, sorted.
+func transportsOf(sess []*route.Agent) []string {
+	var out []string
+	for _, a := range sess {
+		out = append(out, a.Session.(*tunnel.Session).Transport())
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestQUICTransport(t *testing.T) {
+	g := startCtlGatewayOn(t, false, true)
+	echo, _ := echoServer(t)
+	r := runAgent(t, &agent.Config{
+		Connections: 2,
+		Transport:   agent.TransportQUIC,
+		Gateways:    []agent.GatewayConfig{{Addr: g.addr, CA: g.caFile}},
+		Services:    []agent.ServiceConfig{{Name: "q", Target: "https://" + echo}},
+	})
+	r.grants(t)
+	sess := g.sessions(t, "q", 2)
+	if got := transportsOf(sess); !slices.Equal(got, []string{"quic", "quic"}) {
+		t.Fatalf("session transports %v, want quic for both", got)
+	}
+	for _, a := range sess {
+		st := openStream(t, a, tunnel.KindTLS, "q")
+		st.Write([]byte("over quic\n"))
+		st.SetReadDeadline(time.Now().Add(waitFor))
+		if line, err := bufio.NewReader(st).ReadString('\n'); err != nil || line != "over quic\n" {
+			t.Errorf("echo over quic: %q %v", line, err)
+		}
+		st.Close()
+		if got := probeAnswer(t, a, "q"); len(got) != 1 || got[0] != tunnel.ProbeOK {
+			t.Errorf("probe over quic answered %v", got)
+		}
+	}
+	// A dead QUIC connection is replaced too.
+	sess[0].Session.Close()
+	deadline := time.Now().Add(waitFor)
+	for {
+		after := g.table.Lookup("q").Agents()
+		if len(after) == 2 && !slices.Contains(after, sess[0]) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the dead quic connection was not replaced")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestAutoTransportLive(t *testing.T) {
+	tests := []struct {
+		name     string
+		tcp, udp bool
+		want     string
+	}{
+		{"both: tcp preferred", true, true, "tcp"},
+		{"udp blocked: tcp", true, false, "tcp"},
+		{"tcp blocked: quic", false, true, "quic"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := startCtlGatewayOn(t, tt.tcp, tt.udp)
+			start := time.Now()
+			r := runAgent(t, &agent.Config{
+				Connections: 2,
+				Gateways:    []agent.GatewayConfig{{Addr: g.addr, CA: g.caFile}},
+				Services:    []agent.ServiceConfig{{Name: "auto", Target: "http://127.0.0.1:1"}},
+			})
+			r.grants(t)
+			sess := g.sessions(t, "auto", 2)
+			if got := transportsOf(sess); !slices.Equal(got, []string{tt.want, tt.want}) {
+				t.Errorf("session transports %v, want %s", got, tt.want)
+			}
+			if d := time.Since(start); d > 4*time.Second {
+				t.Errorf("up after %v, want within about 2 s", d)
+			}
+		})
 	}
 }

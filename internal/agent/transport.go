@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
+
+	"github.com/quic-go/quic-go"
 
 	"github.com/webgw/webgw/internal/tunnel"
 )
@@ -61,21 +64,51 @@ func (a *Agent) dialOne(ctx context.Context, transport string, i int) (*dialed, 
 		return a.dialer(ctx, transport, i)
 	}
 	if transport == TransportQUIC {
-		if !quicAvailable {
-			// QUIC is not built in yet: every transport dials TLS over TCP.
-			return a.dialTCP(ctx, i)
-		}
 		return a.dialQUIC(ctx, i)
 	}
 	return a.dialTCP(ctx, i)
 }
 
-// quicAvailable says whether this build has the QUIC transport; without
-// it auto is TCP only.
-const quicAvailable = false
-
+// dialQUIC opens a tunnel session to gateway i over QUIC: UDP to the same
+// HOST:PORT as TCP, the same TLS settings (ALPN tunnel.ALPN).
 func (a *Agent) dialQUIC(ctx context.Context, i int) (*dialed, error) {
-	return nil, errors.New("dial gateway over quic: not available in this build")
+	quietQUICBufferWarning()
+	g, tc := a.cfg.Gateways[i], a.tls[i]
+	dctx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
+	defer cancel()
+	c, err := quic.DialAddr(dctx, g.Addr, tc.Clone(), tunnel.QUICConfig(nil, false))
+	if err != nil {
+		var ce *tls.CertificateVerificationError
+		if errors.As(err, &ce) {
+			return nil, fmt.Errorf("gateway certificate not trusted (check --ca or --fingerprint): %w", err)
+		}
+		return nil, fmt.Errorf("dial gateway over quic: %w", err)
+	}
+	if c.ConnectionState().TLS.NegotiatedProtocol != tunnel.ALPN {
+		c.CloseWithError(0, "")
+		return nil, fmt.Errorf("gateway does not speak %s over quic (is %s a webgw gateway's HTTPS port?)", tunnel.ALPN, g.Addr)
+	}
+	sess, err := tunnel.ClientQUIC(c, nil)
+	if err != nil {
+		c.CloseWithError(0, "")
+		return nil, err
+	}
+	return &dialed{sess: sess, transport: TransportQUIC}, nil
+}
+
+var quietOnce sync.Once
+
+// quietQUICBufferWarning stops quic-go from printing, with the standard
+// logger, that it could not enlarge a UDP socket's buffers: an agent's
+// connections carry little next to a gateway's listener. A value already
+// set in the environment is kept.
+func quietQUICBufferWarning() {
+	quietOnce.Do(func() {
+		const env = "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING"
+		if _, set := os.LookupEnv(env); !set {
+			os.Setenv(env, "true")
+		}
+	})
 }
 
 // dialTCP opens a tunnel session to gateway i over TLS on TCP.
@@ -116,9 +149,6 @@ func (a *Agent) dialTCP(ctx context.Context, i int) (*dialed, error) {
 // other; otherwise it races both: QUIC gets quicProbeTimeout to answer (UDP
 // may be blocked), and when both work TCP wins unless the link is lossy.
 func (a *Agent) dialAuto(ctx context.Context, i int) (*dialed, error) {
-	if !quicAvailable && a.dialer == nil {
-		return a.dialOne(ctx, TransportTCP, i)
-	}
 	addr := a.cfg.Gateways[i].Addr
 	pref, probe := a.pick.choice(addr, time.Now())
 	if !probe {
@@ -258,6 +288,11 @@ type linkState struct {
 	probed        time.Time    // last race of both transports
 	tcpOK, quicOK bool         // the last dial of each worked
 	samples       []lossSample // TCP counter deltas of the last lossWindow
+	// wasLossy is the last verdict drawn from enough samples, at lossyAt.
+	// It stands while no TCP session gives new samples (auto moved to
+	// QUIC), for reprobeEvery.
+	wasLossy bool
+	lossyAt  time.Time
 }
 
 // lossSample is one reading of a TCP session's counters, as deltas.
@@ -351,7 +386,11 @@ func (st *linkState) lossyLocked(now time.Time) bool {
 			segs += uint64(s.segs)
 		}
 	}
-	return segs >= lossMinSegs && float64(retrans) > lossRate*float64(segs)
+	if segs >= lossMinSegs {
+		st.wasLossy, st.lossyAt = float64(retrans) > lossRate*float64(segs), now
+		return st.wasLossy
+	}
+	return st.wasLossy && now.Sub(st.lossyAt) < reprobeEvery
 }
 
 // watchTCP feeds the loss counters of a TCP session's connection to the

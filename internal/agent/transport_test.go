@@ -33,16 +33,26 @@ func TestPickerChoice(t *testing.T) {
 	if tr, _ := p.choice(addr, now.Add(time.Minute+10*time.Second)); tr != TransportQUIC {
 		t.Errorf("lossy TCP: %q, want quic", tr)
 	}
-	// A minute later the loss has aged out.
+	// Without new samples (no TCP session) the verdict stands a while...
+	if !p.lossy(addr, now.Add(3*time.Minute)) {
+		t.Error("lossy verdict forgotten without new samples")
+	}
+	// ...and TCP is tried again after reprobeEvery.
+	if p.lossy(addr, now.Add(time.Minute+10*time.Second+reprobeEvery)) {
+		t.Error("still lossy a reprobe period later")
+	}
+	// New clean samples clear it at once.
+	p.tcpSample(addr, 0, 300, now.Add(3*time.Minute))
 	if p.lossy(addr, now.Add(3*time.Minute)) {
-		t.Error("still lossy after the window")
+		t.Error("lossy after 300 clean segments")
 	}
 	if tr, _ := p.choice(addr, now.Add(3*time.Minute)); tr != TransportTCP {
-		t.Errorf("loss aged out: %q, want tcp", tr)
+		t.Errorf("loss gone: %q, want tcp", tr)
 	}
 	// Few segments say nothing.
-	p.tcpSample(addr, 10, 50, now.Add(3*time.Minute))
-	if p.lossy(addr, now.Add(3*time.Minute)) {
+	var q picker
+	q.tcpSample(addr, 10, 50, now)
+	if q.lossy(addr, now) {
 		t.Error("lossy after only 50 segments")
 	}
 	// UDP blocked: TCP only.

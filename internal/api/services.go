@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/route"
@@ -52,6 +53,20 @@ type ServiceLive struct {
 	Requests int64 `json:"requests"`
 	BytesIn  int64 `json:"bytes_in"`
 	BytesOut int64 `json:"bytes_out"`
+	// UpstreamHealth is each upstream's live state, agents and direct ones.
+	UpstreamHealth []UpstreamState `json:"upstream_health,omitempty"`
+}
+
+// UpstreamState is one upstream as the balancer sees it now.
+type UpstreamState struct {
+	// Upstream names it: "agent <id>" or the direct URL.
+	Upstream string `json:"upstream"`
+	// Kind is "agent" or "direct".
+	Kind   string `json:"kind"`
+	Weight int    `json:"weight"`
+	// State is healthy, unhealthy (active checks), ejected (passive), or draining.
+	State       string `json:"state"`
+	Outstanding int64  `json:"outstanding"`
 }
 
 // ServiceDetail answers GET, POST and PUT on /v1/services/{name}: the stored
@@ -75,6 +90,17 @@ func liveOf(sv *route.Service) ServiceLive {
 	for _, a := range sv.Agents() {
 		l.Agents++
 		l.Streams += a.Streams()
+	}
+	now := time.Now()
+	for _, u := range sv.Upstreams() {
+		st := UpstreamState{Upstream: u.String(), Kind: "direct", Weight: u.Weight(), State: u.Health.State(now), Outstanding: u.Outstanding()}
+		if u.Agent != nil {
+			st.Kind = "agent"
+		}
+		if u.Draining() {
+			st.State = "draining"
+		}
+		l.UpstreamHealth = append(l.UpstreamHealth, st)
 	}
 	if m := sv.Metrics; m != nil {
 		l.BytesIn = int64(counterValue(m.BytesIn))

@@ -628,3 +628,30 @@ func FuzzServiceBody(f *testing.F) {
 		}
 	})
 }
+
+// TestUpstreamHealthShown: a service's detail lists each upstream with its
+// live state as the gateway's table sees it.
+func TestUpstreamHealthShown(t *testing.T) {
+	e, acme, _ := newServiceEnv(t)
+	code, _, resp := e.doJSON(t, "POST", "/v1/services", acme, `{"name":"shop","upstreams":[{"url":"http://[2001:db8::10]:8080","weight":2},{"url":"http://[2001:db8::11]:8080"}]}`)
+	if code != http.StatusCreated {
+		t.Fatalf("create: %d %s", code, resp)
+	}
+	sv, _ := storedService(t, e, "shop")
+	rs := e.table.Configure(sv)
+	for range 5 {
+		rs.Upstreams()[1].Report(false) // ejected after 5 failed requests
+	}
+	code, _, resp = e.doJSON(t, "GET", "/v1/services/shop", acme, "")
+	if code != http.StatusOK {
+		t.Fatalf("get: %d %s", code, resp)
+	}
+	got := detailOf(t, resp).UpstreamHealth
+	want := []api.UpstreamState{
+		{Upstream: "http://[2001:db8::10]:8080", Kind: "direct", Weight: 2, State: "healthy"},
+		{Upstream: "http://[2001:db8::11]:8080", Kind: "direct", Weight: 1, State: "ejected"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("upstream_health %+v, want %+v", got, want)
+	}
+}

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
 	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/route"
 	"github.com/webgw/webgw/internal/store"
@@ -23,7 +25,7 @@ import (
 )
 
 // Server accepts agent sessions. Fields are set before the first ServeConn
-// and not changed after.
+// or ServeQUIC and not changed after.
 type Server struct {
 	Store store.Store
 	Table *route.Table
@@ -103,19 +105,36 @@ const MaxConnsPerAgent = 16
 // ServeConn runs one agent session over c, an established TLS connection that
 // negotiated tunnel.ALPN. It returns when the session ends.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
-	cfg := s.Tunnel
-	if cfg == nil {
-		// Agents open only the control stream; anything more is refused
-		// by yamux's backlog before it can buffer much.
-		cfg = &tunnel.Config{AcceptBacklog: 2}
-	}
-	sess, err := tunnel.Server(c, cfg)
+	sess, err := tunnel.Server(c, s.tunnelConfig())
 	if err != nil {
 		s.log().Warn("agent session", "remote", c.RemoteAddr().String(), "err", err)
 		c.Close()
 		return
 	}
 	s.serveSession(ctx, sess, c.RemoteAddr().String())
+}
+
+// ServeQUIC runs one agent session over c, an accepted QUIC connection that
+// negotiated tunnel.ALPN (its listener configured with tunnel.QUICConfig).
+// It owns c and returns when the session ends.
+func (s *Server) ServeQUIC(ctx context.Context, c *quic.Conn) {
+	sess, err := tunnel.ServerQUIC(c, s.tunnelConfig())
+	if err != nil {
+		s.log().Warn("agent session", "remote", c.RemoteAddr().String(), "transport", "quic", "err", err)
+		c.CloseWithError(0, "")
+		return
+	}
+	s.serveSession(ctx, sess, c.RemoteAddr().String())
+}
+
+func (s *Server) tunnelConfig() *tunnel.Config {
+	if s.Tunnel != nil {
+		return s.Tunnel
+	}
+	// Agents open only the control stream; anything more is refused by
+	// yamux's backlog before it can buffer much (over QUIC the listener's
+	// stream limit does that).
+	return &tunnel.Config{AcceptBacklog: 2}
 }
 
 // serveSession runs one agent session, whatever its transport, from the

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
 	"github.com/webgw/webgw/internal/certs"
 	"github.com/webgw/webgw/internal/control"
 	"github.com/webgw/webgw/internal/model"
@@ -1096,4 +1098,107 @@ func TestAgentWeights(t *testing.T) {
 	if got["r1"] != 3 || got["r2"] != 1 {
 		t.Errorf("weights %v, want r1 3 and r2 1", got)
 	}
+}
+
+// TestServeQUIC runs sessions over QUIC on loopback, as the edge's UDP
+// listener hands them over; a QUIC and a TCP connection of one agent are
+// siblings like any others.
+func TestServeQUIC(t *testing.T) {
+	h := newHarness(t, nil)
+	ca, err := certs.LoadOrCreateCA(h.ctx, h.st, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.ServerIdentity(h.ctx, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{tunnel.ALPN}, MinVersion: tls.VersionTLS13},
+		tunnel.QUICConfig(nil, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		c, err := ln.Accept(h.ctx)
+		if err != nil {
+			return
+		}
+		h.srv.ServeQUIC(h.ctx, c)
+	}()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca.CertPEM())
+	qc, err := quic.DialAddr(h.ctx, ln.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "localhost", NextProtos: []string{tunnel.ALPN}, MinVersion: tls.VersionTLS13},
+		tunnel.QUICConfig(nil, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := tunnel.ClientQUIC(qc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	ctrl, err := sess.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hq := helloConn("sib", "", 1, spec("", model.ProtoHTTP))
+	hq.Transport = "quic"
+	if err := tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgHello, Hello: hq}); err != nil {
+		t.Fatal(err)
+	}
+	ctrl.SetReadDeadline(time.Now().Add(waitFor))
+	m, err := tunnel.ReadMessage(ctrl)
+	if err != nil || m.Type != tunnel.MsgWelcome {
+		t.Fatalf("welcome over quic: %+v %v", m, err)
+	}
+	wantAdmitted(t, &fakeAgent{welcome: m.Welcome})
+	name := m.Welcome.Services[0].Name
+	// Its TCP sibling gets the same quick-tunnel name.
+	tcpSib := h.connect(t, helloConn("sib", "", 0, spec("", model.ProtoHTTP)))
+	wantAdmitted(t, tcpSib)
+	if got := tcpSib.welcome.Services[0].Name; got != name {
+		t.Errorf("tcp sibling got %q, the quic one %q", got, name)
+	}
+	svc := wantAgents(t, h, name, 2)
+	var transports []string
+	for _, a := range svc.Agents() {
+		transports = append(transports, a.Session.(*tunnel.Session).Transport())
+	}
+	if !(transports[0] == "quic" && transports[1] == "tcp") && !(transports[0] == "tcp" && transports[1] == "quic") {
+		t.Errorf("session transports %v, want one quic and one tcp", transports)
+	}
+	// Streams reach the agent over QUIC.
+	got := make(chan string, 4)
+	acceptStreams(&fakeAgent{sess: sess}, got)
+	for _, a := range svc.Agents() {
+		if a.Session.(*tunnel.Session).Transport() != "quic" {
+			continue
+		}
+		st, err := a.Session.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		if err := tunnel.WriteHeader(st, &tunnel.Header{Kind: tunnel.KindHTTP, Service: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case s := <-got:
+		if s != name {
+			t.Errorf("stream for %q, want %q", s, name)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("no stream over quic")
+	}
+	sess.Close()
+	select {
+	case <-served:
+	case <-time.After(waitFor):
+		t.Fatal("ServeQUIC did not return after the agent closed")
+	}
+	wantAgents(t, h, name, 1)
 }

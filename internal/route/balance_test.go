@@ -75,8 +75,13 @@ func TestPickSkipsUnusableAndTried(t *testing.T) {
 	if u := s.pick(s.list(), "", []*Upstream{ups[1]}, now); u != ups[2] {
 		t.Errorf("pick with upstream 1 tried and 0 ejected = %v, want upstream 2", u)
 	}
-	if u := s.pick(s.list(), "", []*Upstream{ups[1], ups[2]}, now); u != nil {
-		t.Errorf("pick with every usable upstream tried = %v, want nil", u)
+	// With the others tried (or gone), the ejected one is used after all:
+	// passive ejection never takes out the last upstream.
+	if u := s.pick(s.list(), "", []*Upstream{ups[1], ups[2]}, now); u != ups[0] {
+		t.Errorf("pick with every other upstream tried = %v, want the ejected one", u)
+	}
+	if u := s.pick(s.list(), "", ups, now); u != nil {
+		t.Errorf("pick with every upstream tried = %v, want nil", u)
 	}
 	// After the cool-down the ejected upstream is picked again.
 	later := now.Add(p.Cooldown + time.Millisecond)
@@ -291,15 +296,27 @@ func TestServiceWithoutUsableUpstreamNotLive(t *testing.T) {
 	if !s.Live() {
 		t.Fatal("service with a direct upstream not live")
 	}
+	u := s.Upstreams()[0]
 	p := s.policy()
 	for range p.MaxFailures {
-		s.Upstreams()[0].Report(false)
+		u.Report(false)
 	}
+	if u.Health.State(time.Now()) != "ejected" {
+		t.Fatalf("state %s, want ejected", u.Health.State(time.Now()))
+	}
+	// Ejecting the only upstream would turn its errors into 503s: it keeps
+	// its traffic.
+	if !s.Live() || s.Pick("192.0.2.1") != u {
+		t.Fatal("the only upstream, passively ejected, no longer gets requests")
+	}
+	// Active checks that fail take it out for real.
+	hp := PolicyFor(&model.HealthCheck{UnhealthyThreshold: 1}, nil)
+	u.Health.CheckResult(&hp, false)
 	if s.Live() {
-		t.Fatal("service whose only upstream is ejected still live")
+		t.Fatal("service whose only upstream fails active checks still live")
 	}
-	if u := s.Pick("192.0.2.1"); u != nil {
-		t.Fatalf("Pick = %v, want nil", u)
+	if got := s.Pick("192.0.2.1"); got != nil {
+		t.Fatalf("Pick = %v, want nil", got)
 	}
 }
 

@@ -151,12 +151,12 @@ func (s *Service) Agents() []*Agent {
 }
 
 // Live reports whether at least one upstream may take a request now: an
-// agent not draining, or a direct upstream, that health checks have not
-// taken out.
+// agent not draining, or a direct upstream, that active health checks have
+// not taken out (a passive ejection of the last ones is ignored, see pick).
 func (s *Service) Live() bool {
 	now := time.Now()
 	for _, u := range s.list().all {
-		if u.Usable(now) {
+		if u.usable(now, true) {
 			return true
 		}
 	}

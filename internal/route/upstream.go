@@ -220,14 +220,34 @@ func (u *Upstream) keyHash() uint64 {
 }
 
 // pick returns a usable upstream by the service's policy, skipping those in
-// tried, or nil.
+// tried, or nil. When passive ejection has taken out every upstream that
+// active checks still call healthy, those are used all the same: ejecting
+// the last ones would only turn their errors into 503s (Envoy's panic
+// routing, for passive ejection only: an upstream that fails active checks
+// or is draining is never used).
 func (s *Service) pick(l *upList, clientIP string, tried []*Upstream, now time.Time) *Upstream {
+	if u := s.pick1(l, clientIP, tried, now, false); u != nil {
+		return u
+	}
+	return s.pick1(l, clientIP, tried, now, true)
+}
+
+// usable reports whether u may take a request; with panic set, a passive
+// ejection is ignored.
+func (u *Upstream) usable(now time.Time, panic bool) bool {
+	if panic {
+		return !u.Draining() && !u.Gone() && !u.Health.down.Load()
+	}
+	return u.Usable(now)
+}
+
+func (s *Service) pick1(l *upList, clientIP string, tried []*Upstream, now time.Time, panic bool) *Upstream {
 	n := len(l.all)
 	if n == 0 {
 		return nil
 	}
 	ok := func(u *Upstream) bool {
-		if !u.Usable(now) {
+		if !u.usable(now, panic) {
 			return false
 		}
 		for _, t := range tried {

@@ -6,151 +6,381 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
 )
 
 // Config tunes a session. The zero value of each field picks the default.
+// A nil *Config means all defaults.
 type Config struct {
 	// MaxStreamWindow is the per-stream receive window; 0 means 8 MiB.
 	// Large windows keep one stream's bulk transfer from stalling on round trips;
-	// memory is only used when a reader falls behind.
+	// memory is only used when a reader falls behind. Values below 256 KiB
+	// are refused.
 	MaxStreamWindow uint32
-	// KeepAliveInterval is how often the session is pinged; 0 means 15 s.
-	// A peer that does not answer a ping within WriteTimeout is declared dead
-	// and the session ends.
+	// KeepAliveInterval is how often the peer is pinged; 0 means 5 s.
+	// Over QUIC it is the keepalive period of the QUIC connection (see
+	// QUICConfig).
 	KeepAliveInterval time.Duration
-	// WriteTimeout bounds one frame write; 0 means 10 s.
+	// PingTimeout is how long a keepalive ping may go unanswered before the
+	// peer is declared dead and the session ends; 0 means 5 s. A dead peer
+	// (frozen process, packets silently dropped) ends the session within
+	// KeepAliveInterval+PingTimeout. Over QUIC the two together make the idle
+	// timeout (see QUICConfig).
+	PingTimeout time.Duration
+	// WriteTimeout bounds one frame write (yamux only); 0 means 10 s.
 	WriteTimeout time.Duration
-	// AcceptBacklog bounds streams opened by the peer but not yet accepted; 0 means 1024.
+	// AcceptBacklog bounds streams opened by the peer but not yet accepted
+	// (over QUIC: streams the peer may have open at once toward an agent); 0
+	// means 1024. Negative values are refused.
 	AcceptBacklog int
 	// HalfCloseTimeout resets a stream this long after the local side closed
 	// it if the peer has not closed too; 0 means 10 min.
 	HalfCloseTimeout time.Duration
-	// OpenTimeout bounds waiting for the peer to acknowledge a new stream; 0 means 10 s.
+	// OpenTimeout bounds waiting for the peer to acknowledge a new stream
+	// (over QUIC: waiting for the peer's stream limit to allow one more); 0
+	// means 10 s.
 	OpenTimeout time.Duration
 }
 
-func (c *Config) yamux() *yamux.Config {
-	if c == nil {
-		c = &Config{}
+// Defaults of Config, applied in one place by complete.
+const (
+	defaultStreamWindow     = 8 << 20
+	minStreamWindow         = 256 << 10 // yamux's initial window
+	defaultKeepAlive        = 5 * time.Second
+	defaultPingTimeout      = 5 * time.Second
+	defaultWriteTimeout     = 10 * time.Second
+	defaultAcceptBacklog    = 1024
+	defaultHalfCloseTimeout = 10 * time.Minute
+	defaultOpenTimeout      = 10 * time.Second
+)
+
+// complete returns a copy of c (nil means the zero Config) with every zero
+// field set to its default.
+func (c *Config) complete() Config {
+	var d Config
+	if c != nil {
+		d = *c
 	}
-	y := yamux.DefaultConfig()
-	y.LogOutput = io.Discard
-	y.Logger = nil
-	y.MaxStreamWindowSize = 8 << 20
-	if c.MaxStreamWindow != 0 {
-		y.MaxStreamWindowSize = c.MaxStreamWindow
+	if d.MaxStreamWindow == 0 {
+		d.MaxStreamWindow = defaultStreamWindow
 	}
-	y.KeepAliveInterval = 15 * time.Second
-	if c.KeepAliveInterval != 0 {
-		y.KeepAliveInterval = c.KeepAliveInterval
+	if d.KeepAliveInterval == 0 {
+		d.KeepAliveInterval = defaultKeepAlive
 	}
-	y.ConnectionWriteTimeout = 10 * time.Second
-	if c.WriteTimeout != 0 {
-		y.ConnectionWriteTimeout = c.WriteTimeout
+	if d.PingTimeout == 0 {
+		d.PingTimeout = defaultPingTimeout
 	}
-	y.AcceptBacklog = 1024
-	if c.AcceptBacklog != 0 {
-		y.AcceptBacklog = c.AcceptBacklog
+	if d.WriteTimeout == 0 {
+		d.WriteTimeout = defaultWriteTimeout
 	}
-	y.StreamOpenTimeout = 10 * time.Second
-	if c.OpenTimeout != 0 {
-		y.StreamOpenTimeout = c.OpenTimeout
+	if d.AcceptBacklog == 0 {
+		d.AcceptBacklog = defaultAcceptBacklog
 	}
 	// A half-closed stream may still carry a long one-way transfer (a client
 	// that half-closes, then downloads); reset it only after a long wait.
-	y.StreamCloseTimeout = 10 * time.Minute
-	if c.HalfCloseTimeout != 0 {
-		y.StreamCloseTimeout = c.HalfCloseTimeout
+	if d.HalfCloseTimeout == 0 {
+		d.HalfCloseTimeout = defaultHalfCloseTimeout
 	}
+	if d.OpenTimeout == 0 {
+		d.OpenTimeout = defaultOpenTimeout
+	}
+	return d
+}
+
+// validate checks a completed Config.
+func (c *Config) validate() error {
+	switch {
+	case c.MaxStreamWindow < minStreamWindow:
+		return fmt.Errorf("tunnel config: MaxStreamWindow %d, want at least %d", c.MaxStreamWindow, minStreamWindow)
+	case c.AcceptBacklog < 0:
+		return fmt.Errorf("tunnel config: AcceptBacklog %d, want 0 (default) or more", c.AcceptBacklog)
+	case c.KeepAliveInterval < 0, c.PingTimeout < 0, c.WriteTimeout < 0, c.HalfCloseTimeout < 0, c.OpenTimeout < 0:
+		return errors.New("tunnel config: negative duration; durations must be 0 (default) or positive")
+	}
+	return nil
+}
+
+func (c *Config) yamux() *yamux.Config {
+	d := c.complete()
+	y := yamux.DefaultConfig()
+	y.LogOutput = io.Discard
+	y.Logger = nil
+	y.MaxStreamWindowSize = d.MaxStreamWindow
+	// The session runs its own keepalive with its own deadline (PingTimeout);
+	// yamux's would time a ping out only after the write timeout.
+	y.EnableKeepAlive = false
+	y.KeepAliveInterval = d.KeepAliveInterval
+	y.ConnectionWriteTimeout = d.WriteTimeout
+	y.AcceptBacklog = d.AcceptBacklog
+	y.StreamOpenTimeout = d.OpenTimeout
+	y.StreamCloseTimeout = d.HalfCloseTimeout
 	return y
 }
 
-// Session is one multiplexed tunnel connection between an agent and a gateway.
+// Session is one multiplexed tunnel connection between an agent and a
+// gateway, over TLS+TCP (yamux) or over QUIC.
 type Session struct {
-	mux *yamux.Session
-	bc  *batchConn
+	mux muxer // set at creation, then read-only
+
+	// localClose is set by Close, before the muxer closes, so errors after a
+	// local Close are exactly ErrSessionClosed.
+	localClose atomic.Bool
+	// deadErr is why the keepalive ended the session; nil if it did not.
+	// Guarded by deadMu.
+	deadMu  sync.Mutex
+	deadErr error
+
+	kaStop chan struct{} // closed by Close to stop the keepalive loop
+	kaDone chan struct{} // closed when the keepalive loop has exited (already closed without one)
+	// closeOnce guards closing kaStop.
+	closeOnce sync.Once
+}
+
+// muxer is what a Session needs from a multiplexer: yamux over a byte
+// stream, or QUIC. Errors of open and accept after the session ended wrap
+// ErrSessionClosed (exactly ErrSessionClosed after a local close).
+type muxer interface {
+	open() (net.Conn, error)
+	accept() (net.Conn, error)
+	numStreams() int
+	done() <-chan struct{}
+	isClosed() bool
+	ping() (time.Duration, error)
+	remoteAddr() net.Addr
+	close() error
+	transport() string
 }
 
 // ErrSessionClosed is returned by Open and Accept once the session has ended,
 // for whatever reason; test with errors.Is, as it may wrap the cause.
 var ErrSessionClosed = errors.New("tunnel session closed")
 
+// errPingTimeout is the cause of a session ended by a missed keepalive.
+var errPingTimeout = errors.New("keepalive: peer did not answer")
+
 // Server runs the gateway side of a session over conn (already authenticated TLS).
 func Server(conn net.Conn, cfg *Config) (*Session, error) {
-	bc := newBatchConn(conn)
-	m, err := yamux.Server(bc, cfg.yamux())
+	m, err := newYamuxMux(conn, cfg, true)
 	if err != nil {
-		bc.Close()
 		return nil, fmt.Errorf("tunnel server session: %w", err)
 	}
-	return &Session{mux: m, bc: bc}, nil
+	return newSession(m, cfg, true), nil
 }
 
 // Client runs the agent side of a session over conn.
 func Client(conn net.Conn, cfg *Config) (*Session, error) {
-	bc := newBatchConn(conn)
-	m, err := yamux.Client(bc, cfg.yamux())
+	m, err := newYamuxMux(conn, cfg, false)
 	if err != nil {
-		bc.Close()
 		return nil, fmt.Errorf("tunnel client session: %w", err)
 	}
-	return &Session{mux: m, bc: bc}, nil
+	return newSession(m, cfg, true), nil
 }
 
-// Open opens a new stream to the peer.
-func (s *Session) Open() (net.Conn, error) {
-	st, err := s.mux.OpenStream()
-	if err != nil {
-		return nil, s.streamErr("open", err)
+// newSession wraps m; with keepalive it runs the session's keepalive loop.
+func newSession(m muxer, cfg *Config, keepalive bool) *Session {
+	s := &Session{mux: m, kaStop: make(chan struct{}), kaDone: make(chan struct{})}
+	if !keepalive {
+		close(s.kaDone)
+		return s
 	}
-	return stream{st}, nil
+	d := cfg.complete()
+	go s.keepalive(d.KeepAliveInterval, d.PingTimeout)
+	return s
+}
+
+// keepalive pings the peer every interval and ends the session when an
+// answer has not come within timeout (or the ping failed).
+func (s *Session) keepalive(interval, timeout time.Duration) {
+	defer close(s.kaDone)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+		case <-s.kaStop:
+			return
+		case <-s.mux.done():
+			return
+		}
+		// The ping runs apart, so a ping stuck behind a blocked write cannot
+		// hold the deadline; it returns once the session is closed.
+		res := make(chan error, 1)
+		go func() {
+			_, err := s.mux.ping()
+			res <- err
+		}()
+		deadline := time.NewTimer(timeout)
+		var dead error
+		select {
+		case err := <-res:
+			res = nil // received
+			if err != nil && !s.mux.isClosed() {
+				dead = fmt.Errorf("%w: %w", errPingTimeout, err)
+			}
+		case <-deadline.C:
+			dead = fmt.Errorf("%w within %v", errPingTimeout, timeout)
+		case <-s.kaStop:
+		case <-s.mux.done():
+		}
+		deadline.Stop()
+		if dead != nil {
+			s.deadMu.Lock()
+			s.deadErr = dead
+			s.deadMu.Unlock()
+			s.mux.close()
+		}
+		if res != nil {
+			// The session is closed or closing: the ping returns.
+			<-res
+			return
+		}
+		if dead != nil || s.mux.isClosed() {
+			return
+		}
+	}
+}
+
+// Open opens a new stream to the peer. Over QUIC the peer's Accept sees
+// the stream only once its first byte (or its close) arrives.
+func (s *Session) Open() (net.Conn, error) {
+	c, err := s.mux.open()
+	if err != nil {
+		return nil, s.streamErr(err)
+	}
+	return c, nil
 }
 
 // Accept waits for the next stream the peer opens.
 func (s *Session) Accept() (net.Conn, error) {
-	st, err := s.mux.AcceptStream()
+	c, err := s.mux.accept()
 	if err != nil {
-		return nil, s.streamErr("accept", err)
+		return nil, s.streamErr(err)
+	}
+	return c, nil
+}
+
+// streamErr adds the keepalive's verdict to an error of Open or Accept:
+// once the session has ended, whatever the cause (local Close, the peer or
+// the connection going away, a missed keepalive), the error is
+// ErrSessionClosed, wrapping the cause when it is not the local Close.
+func (s *Session) streamErr(err error) error {
+	if !errors.Is(err, ErrSessionClosed) || s.localClose.Load() {
+		return err
+	}
+	s.deadMu.Lock()
+	dead := s.deadErr
+	s.deadMu.Unlock()
+	if dead != nil {
+		return fmt.Errorf("%w: %w", ErrSessionClosed, dead)
+	}
+	return err
+}
+
+// NumStreams is the number of open streams.
+func (s *Session) NumStreams() int { return s.mux.numStreams() }
+
+// CloseChan is closed when the session ends.
+func (s *Session) CloseChan() <-chan struct{} { return s.mux.done() }
+
+// IsClosed reports whether the session has ended.
+func (s *Session) IsClosed() bool { return s.mux.isClosed() }
+
+// Ping measures one round trip to the peer. Over yamux it sends a ping and
+// waits for the answer (at most WriteTimeout); over QUIC it returns the
+// connection's smoothed RTT, which QUIC keeps current from the
+// acknowledgements of every packet, keepalives included.
+func (s *Session) Ping() (time.Duration, error) {
+	rtt, err := s.mux.ping()
+	if err != nil {
+		return 0, fmt.Errorf("tunnel ping: %w", err)
+	}
+	return rtt, nil
+}
+
+// RemoteAddr is the peer's address.
+func (s *Session) RemoteAddr() net.Addr { return s.mux.remoteAddr() }
+
+// Transport says what the session runs over: "tcp" (yamux over TLS or
+// another byte stream) or "quic".
+func (s *Session) Transport() string { return s.mux.transport() }
+
+// Close ends the session and every stream in it, and waits for the
+// session's keepalive loop to exit.
+func (s *Session) Close() error {
+	s.localClose.Store(true)
+	s.closeOnce.Do(func() { close(s.kaStop) })
+	err := s.mux.close()
+	<-s.kaDone
+	return err
+}
+
+// yamuxMux is a yamux session over a byte stream, with batchConn under it.
+type yamuxMux struct {
+	mux *yamux.Session // read-only after creation
+	bc  *batchConn     // read-only after creation
+}
+
+var _ muxer = (*yamuxMux)(nil)
+
+func newYamuxMux(conn net.Conn, cfg *Config, server bool) (*yamuxMux, error) {
+	d := cfg.complete()
+	if err := d.validate(); err != nil {
+		return nil, err
+	}
+	bc := newBatchConn(conn)
+	newMux := yamux.Client
+	if server {
+		newMux = yamux.Server
+	}
+	m, err := newMux(bc, cfg.yamux())
+	if err != nil {
+		bc.Close()
+		return nil, err
+	}
+	return &yamuxMux{mux: m, bc: bc}, nil
+}
+
+func (y *yamuxMux) open() (net.Conn, error) {
+	st, err := y.mux.OpenStream()
+	if err != nil {
+		return nil, y.streamErr("open", err)
 	}
 	return stream{st}, nil
 }
 
-// streamErr maps an error of Open or Accept. Once the session has ended,
-// whatever the cause (local Close, the peer or the connection going away, a
-// missed keepalive), the error is ErrSessionClosed, wrapping the cause when
-// it is not the local Close.
-func (s *Session) streamErr(op string, err error) error {
+func (y *yamuxMux) accept() (net.Conn, error) {
+	st, err := y.mux.AcceptStream()
+	if err != nil {
+		return nil, y.streamErr("accept", err)
+	}
+	return stream{st}, nil
+}
+
+// streamErr maps an error of Open or Accept: ErrSessionClosed once the
+// session has ended, wrapping the cause when it is not a local Close.
+func (y *yamuxMux) streamErr(op string, err error) error {
 	switch {
 	case errors.Is(err, yamux.ErrSessionShutdown):
 		return ErrSessionClosed
-	case s.mux.IsClosed():
+	case y.mux.IsClosed():
 		return fmt.Errorf("%w: %w", ErrSessionClosed, err)
 	}
 	return fmt.Errorf("%s tunnel stream: %w", op, err)
 }
 
-// NumStreams is the number of open streams.
-func (s *Session) NumStreams() int { return s.mux.NumStreams() }
+func (y *yamuxMux) numStreams() int              { return y.mux.NumStreams() }
+func (y *yamuxMux) done() <-chan struct{}        { return y.mux.CloseChan() }
+func (y *yamuxMux) isClosed() bool               { return y.mux.IsClosed() }
+func (y *yamuxMux) ping() (time.Duration, error) { return y.mux.Ping() }
+func (y *yamuxMux) remoteAddr() net.Addr         { return y.bc.conn.RemoteAddr() }
+func (y *yamuxMux) transport() string            { return "tcp" }
 
-// CloseChan is closed when the session ends.
-func (s *Session) CloseChan() <-chan struct{} { return s.mux.CloseChan() }
-
-// IsClosed reports whether the session has ended.
-func (s *Session) IsClosed() bool { return s.mux.IsClosed() }
-
-// Ping measures one round trip to the peer.
-func (s *Session) Ping() (time.Duration, error) { return s.mux.Ping() }
-
-// RemoteAddr is the peer's address.
-func (s *Session) RemoteAddr() net.Addr { return s.bc.conn.RemoteAddr() }
-
-// Close ends the session and every stream in it.
-func (s *Session) Close() error {
-	err := s.mux.Close()
-	s.bc.Close()
+func (y *yamuxMux) close() error {
+	err := y.mux.Close()
+	y.bc.Close()
 	return err
 }
 

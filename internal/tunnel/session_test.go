@@ -22,10 +22,11 @@ import (
 )
 
 // A transport makes a connected pair of conns: the agent's end and the
-// gateway's end. Every session test runs over each of them.
+// gateway's end. Every session test runs over each of them, and over QUIC
+// (quicTransport, which has no pair; see quic_test.go).
 type transport struct {
 	name string
-	pair func(tb testing.TB) (agent, gateway net.Conn)
+	pair func(tb testing.TB) (agent, gateway net.Conn) // nil for QUIC
 }
 
 var transports = []transport{
@@ -129,8 +130,13 @@ func tlsPair(tb testing.TB) (net.Conn, net.Conn) {
 }
 
 // sessionPair runs an agent (client) and gateway (server) session over tr.
+// Over QUIC the conns are nil.
 func sessionPair(tb testing.TB, tr transport, cfg *Config) (agent, gateway *Session, agentConn, gatewayConn net.Conn) {
 	tb.Helper()
+	if tr.pair == nil {
+		agent, gateway, _ = quicSessions(tb, cfg, nil)
+		return agent, gateway, nil, nil
+	}
 	ac, gc := tr.pair(tb)
 	agent, err := Client(ac, cfg)
 	if err != nil {
@@ -238,7 +244,7 @@ func seedBytes(seed uint64) (s [32]byte) {
 
 func TestSessionConcurrentEcho(t *testing.T) {
 	const streams, size = 100, 1 << 20
-	for _, tr := range transports {
+	for _, tr := range sessionTransports {
 		t.Run(tr.name, func(t *testing.T) {
 			agent, gw, _, _ := sessionPair(t, tr, nil)
 			go echo(agent)
@@ -281,7 +287,7 @@ func TestSessionConcurrentEcho(t *testing.T) {
 // can still answer; the closer still reads the answer to its EOF.
 func TestSessionHalfClose(t *testing.T) {
 	const reqLen, respLen = 300 << 10, 200 << 10
-	for _, tr := range transports {
+	for _, tr := range sessionTransports {
 		for _, dir := range []string{"gateway opens", "agent opens"} {
 			t.Run(tr.name+"/"+dir, func(t *testing.T) {
 				agent, gw, _, _ := sessionPair(t, tr, nil)
@@ -294,22 +300,33 @@ func TestSessionHalfClose(t *testing.T) {
 					t.Fatal(err)
 				}
 				// Until the peer accepts, a stream may send only yamux's
-				// initial window (256 KiB); the request is larger.
+				// initial window (256 KiB), and the request is larger; over
+				// QUIC the peer sees the stream only with its first bytes. So
+				// the request is sent while the acceptor accepts.
+				werr := make(chan error, 1)
+				go func() {
+					err := sendRandom(c, 1, reqLen)
+					if err == nil {
+						if err = c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+							err = fmt.Errorf("CloseWrite: %w", err)
+						}
+					}
+					if err == nil {
+						if _, werr := c.Write([]byte("x")); werr == nil {
+							err = errors.New("Write after CloseWrite succeeded")
+						}
+					}
+					werr <- err
+				}()
 				s, err := acceptor.Accept()
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := sendRandom(c, 1, reqLen); err != nil {
-					t.Fatal(err)
-				}
-				if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
-					t.Fatalf("CloseWrite: %v", err)
-				}
-				if _, err := c.Write([]byte("x")); err == nil {
-					t.Errorf("Write after CloseWrite succeeded")
-				}
 				if err := checkRandom(s, 1, reqLen); err != nil {
 					t.Fatalf("acceptor reading the request: %v", err)
+				}
+				if err := <-werr; err != nil {
+					t.Fatal(err)
 				}
 				// EOF is sticky.
 				if n, err := s.Read(make([]byte, 1)); n != 0 || err != io.EOF {
@@ -333,7 +350,7 @@ func TestSessionHalfClose(t *testing.T) {
 
 // TestSessionLargeWrite: one Write of the whole window (and more) arrives intact.
 func TestSessionLargeWrite(t *testing.T) {
-	for _, tr := range transports {
+	for _, tr := range sessionTransports {
 		for _, size := range []int{8 << 20, 8<<20 + 1} {
 			t.Run(fmt.Sprintf("%s/%d", tr.name, size), func(t *testing.T) {
 				agent, gw, _, _ := sessionPair(t, tr, nil)
@@ -371,7 +388,7 @@ func TestSessionLargeWrite(t *testing.T) {
 }
 
 func TestSessionClose(t *testing.T) {
-	for _, tr := range transports {
+	for _, tr := range sessionTransports {
 		t.Run(tr.name, func(t *testing.T) {
 			agent, gw, _, _ := sessionPair(t, tr, nil)
 			var gws, ags []net.Conn
@@ -498,7 +515,7 @@ func TestSessionConnDies(t *testing.T) {
 // all, so the pings stay in flight) is declared dead.
 func TestSessionKeepalive(t *testing.T) {
 	ac, _ := pipePair(t)
-	cfg := &Config{KeepAliveInterval: 20 * time.Millisecond, WriteTimeout: 50 * time.Millisecond}
+	cfg := &Config{KeepAliveInterval: 20 * time.Millisecond, PingTimeout: 50 * time.Millisecond}
 	agent, err := Client(ac, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -513,7 +530,7 @@ func TestSessionKeepalive(t *testing.T) {
 }
 
 func TestSessionPing(t *testing.T) {
-	for _, tr := range transports {
+	for _, tr := range sessionTransports {
 		t.Run(tr.name, func(t *testing.T) {
 			agent, gw, _, _ := sessionPair(t, tr, nil)
 			for _, s := range []*Session{agent, gw} {
@@ -559,18 +576,24 @@ func TestSessionCloseBlockedPeer(t *testing.T) {
 // TestSessionNoLeak: after both ends close, every goroutine of the sessions
 // (yamux's loops, keepalive, the batch flusher) and of their streams is gone.
 func TestSessionNoLeak(t *testing.T) {
-	for _, tr := range transports {
+	for _, tr := range sessionTransports {
 		t.Run(tr.name, func(t *testing.T) {
 			before := runtime.NumGoroutine()
 			func() {
-				ac, gc := tr.pair(t)
-				agent, err := Client(ac, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				gw, err := Server(gc, nil)
-				if err != nil {
-					t.Fatal(err)
+				var agent, gw *Session
+				var closeConns func()
+				if tr.pair == nil {
+					agent, gw, closeConns = quicSessions(t, nil, nil)
+				} else {
+					ac, gc := tr.pair(t)
+					var err error
+					if agent, err = Client(ac, nil); err != nil {
+						t.Fatal(err)
+					}
+					if gw, err = Server(gc, nil); err != nil {
+						t.Fatal(err)
+					}
+					closeConns = func() { ac.Close(); gc.Close() }
 				}
 				go echo(agent)
 				// Half the streams end cleanly; the rest are still open,
@@ -600,8 +623,7 @@ func TestSessionNoLeak(t *testing.T) {
 				gw.Close()
 				agent.Close()
 				open.Wait()
-				ac.Close()
-				gc.Close()
+				closeConns()
 			}()
 			if !waitFor(5*time.Second, func() bool { return runtime.NumGoroutine() <= before }) {
 				buf := make([]byte, 1<<20)
@@ -615,11 +637,15 @@ func TestSessionNoLeak(t *testing.T) {
 func TestConfigDefaults(t *testing.T) {
 	for _, cfg := range []*Config{nil, {}} {
 		y := cfg.yamux()
-		if y.MaxStreamWindowSize != 8<<20 || y.KeepAliveInterval != 15*time.Second ||
+		// The session runs the keepalive itself, not yamux.
+		if y.MaxStreamWindowSize != 8<<20 || y.KeepAliveInterval != 5*time.Second ||
 			y.ConnectionWriteTimeout != 10*time.Second || y.AcceptBacklog != 1024 ||
 			y.StreamOpenTimeout != 10*time.Second || y.StreamCloseTimeout != 10*time.Minute ||
-			!y.EnableKeepAlive || y.LogOutput != io.Discard {
+			y.EnableKeepAlive || y.LogOutput != io.Discard {
 			t.Errorf("defaults for %#v: %+v", cfg, y)
+		}
+		if d := cfg.complete(); d.PingTimeout != 5*time.Second || d.KeepAliveInterval != 5*time.Second {
+			t.Errorf("keepalive defaults for %#v: %+v", cfg, d)
 		}
 	}
 	y := (&Config{
@@ -860,5 +886,133 @@ func TestBatchConnStickyError(t *testing.T) {
 	// The flusher closed the conn, so a blocked reader ends too.
 	if _, err := w.Read(make([]byte, 1)); err == nil {
 		t.Error("conn still readable after a write error")
+	}
+}
+
+// TestSessionHeaderBeforeAccept: the gateway writes each stream's header
+// right after Open, before the agent accepts; every stream and its header
+// arrive.
+func TestSessionHeaderBeforeAccept(t *testing.T) {
+	const streams = 20
+	for _, tr := range sessionTransports {
+		t.Run(tr.name, func(t *testing.T) {
+			agent, gw, _, _ := sessionPair(t, tr, nil)
+			for i := range streams {
+				c, err := gw.Open()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				if err := WriteHeader(c, &Header{Kind: KindTCP, Service: fmt.Sprintf("svc%d", i)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			seen := map[string]bool{}
+			for range streams {
+				s, err := agent.Accept()
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.SetReadDeadline(time.Now().Add(5 * time.Second))
+				h, err := ReadHeader(s)
+				if err != nil {
+					t.Fatal(err)
+				}
+				seen[h.Service] = true
+				s.Close()
+			}
+			if len(seen) != streams {
+				t.Errorf("got %d distinct headers, want %d", len(seen), streams)
+			}
+		})
+	}
+}
+
+// TestSessionBacklog: with AcceptBacklog streams waiting at the acceptor,
+// the next Open waits until one is taken care of, then succeeds.
+func TestSessionBacklog(t *testing.T) {
+	const backlog = 4
+	for _, tr := range sessionTransports {
+		t.Run(tr.name, func(t *testing.T) {
+			agent, gw, _, _ := sessionPair(t, tr, &Config{AcceptBacklog: backlog})
+			var opened []net.Conn
+			for i := range backlog {
+				c, err := gw.Open()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := c.Write([]byte{byte(i)}); err != nil {
+					t.Fatal(err)
+				}
+				opened = append(opened, c)
+			}
+			type res struct {
+				c   net.Conn
+				err error
+			}
+			next := make(chan res, 1)
+			go func() {
+				c, err := gw.Open()
+				if err == nil {
+					_, err = c.Write([]byte{backlog})
+				}
+				next <- res{c, err}
+			}()
+			select {
+			case r := <-next:
+				t.Fatalf("Open beyond the backlog did not wait: %v", r.err)
+			case <-time.After(100 * time.Millisecond):
+			}
+			// The agent takes the first stream and both ends finish it.
+			s, err := agent.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			opened[0].Close()
+			var r res
+			select {
+			case r = <-next:
+				if r.err != nil {
+					t.Fatalf("Open after the backlog freed: %v", r.err)
+				}
+				defer r.c.Close()
+			case <-time.After(5 * time.Second):
+				t.Fatal("Open still waiting after a stream was accepted and closed")
+			}
+			got := map[byte]bool{}
+			for range backlog {
+				s, err := agent.Accept()
+				if err != nil {
+					t.Fatal(err)
+				}
+				b := make([]byte, 1)
+				if _, err := io.ReadFull(s, b); err != nil {
+					t.Fatal(err)
+				}
+				got[b[0]] = true
+				s.Close()
+			}
+			for i := 1; i <= backlog; i++ {
+				if !got[byte(i)] {
+					t.Errorf("stream %d not accepted; got %v", i, got)
+				}
+			}
+		})
+	}
+}
+
+func TestSessionTransport(t *testing.T) {
+	for _, tr := range sessionTransports {
+		t.Run(tr.name, func(t *testing.T) {
+			agent, gw, _, _ := sessionPair(t, tr, nil)
+			want := "tcp"
+			if tr.pair == nil {
+				want = "quic"
+			}
+			if agent.Transport() != want || gw.Transport() != want {
+				t.Errorf("Transport = %q, %q; want %q", agent.Transport(), gw.Transport(), want)
+			}
+		})
 	}
 }

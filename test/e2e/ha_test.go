@@ -243,3 +243,28 @@ func TestHAExposeTwoGateways(t *testing.T) {
 		t.Errorf("agent exit code after SIGTERM = %d, want 0", code)
 	}
 }
+
+// TestHAFlags: bad values of the new flags and keys exit 2 naming them.
+func TestHAFlags(t *testing.T) {
+	t.Parallel()
+	cfg := filepath.Join(t.TempDir(), "agent.yaml")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"expose", "--connections", "17", "http://127.0.0.1:1"}, "--connections: 17 not accepted; use 1-16"},
+		{[]string{"expose", "--connections", "0", "http://127.0.0.1:1"}, "--connections"},
+		{[]string{"expose", "--weight", "1001", "http://127.0.0.1:1"}, "--weight: 1001 not accepted; use 1-1000"},
+		{[]string{"expose", "--transport", "udp", "http://127.0.0.1:1"}, `--transport: "udp" not accepted; use auto, tcp or quic`},
+		{[]string{"expose", "--gateway", "127.0.0.1:1", "--gateway", "nope", "http://127.0.0.1:1"}, `--gateway: "nope" is not HOST:PORT`},
+		{[]string{"agent", "--config", cfg}, "connections: 20 not accepted"},
+	} {
+		if err := os.WriteFile(cfg, []byte("connections: 20\ngateways: [{addr: '127.0.0.1:1'}]\nservices: [{target: 'http://127.0.0.1:1'}]\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, errOut, code := run(t, 20*time.Second, tt.args...)
+		if code != 2 || !strings.Contains(errOut, tt.want) {
+			t.Errorf("webgw %s: exit %d, stderr %q; want exit 2 naming %q", strings.Join(tt.args, " "), code, errOut, tt.want)
+		}
+	}
+}

@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"syscall"
+
 	"fmt"
+	"github.com/gorilla/websocket"
 	"io"
 	"net/http"
 	"strings"
@@ -133,4 +136,154 @@ func TestReplicaKilledUnderLoad(t *testing.T) {
 		}
 	}
 	t.Logf("%d requests ok; %d POSTs failed (%d of them had reached the killed agent's backend)", okCount.Load(), len(failedPOS), reached)
+}
+
+// wsNamedBackend answers plain requests with name (recording them) and
+// echoes WebSocket messages prefixed with "name:".
+func wsNamedBackend(t *testing.T, name string) *recordingBackend {
+	b := &recordingBackend{name: name, seen: map[string]bool{}}
+	up := websocket.Upgrader{}
+	b.url = startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if websocket.IsWebSocketUpgrade(r) {
+			c, err := up.Upgrade(w, r, nil)
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			for {
+				typ, msg, err := c.ReadMessage()
+				if err != nil {
+					return
+				}
+				if err := c.WriteMessage(typ, append([]byte(name+":"), msg...)); err != nil {
+					return
+				}
+			}
+		}
+		b.mu.Lock()
+		b.seen[r.Header.Get("X-Req")] = true
+		b.mu.Unlock()
+		b.hits.Add(1)
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, name)
+	}))
+	return b
+}
+
+// TestReplicaDrainUnderLoad: of two replicas under continuous GET and POST
+// load, one gets SIGTERM: no request fails, a WebSocket it serves keeps
+// working until the client closes it, then the agent exits 0; started
+// again, it takes traffic again.
+func TestReplicaDrainUnderLoad(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	tok := g.addTenant(t, "acme")
+	ba, bb := wsNamedBackend(t, "A"), wsNamedBackend(t, "B")
+	agentA, url := g.expose(t, "--token", tok, "--name", "shop", ba.url)
+	g.expose(t, "--token", tok, "--name", "shop", bb.url)
+	waitFor(t, 10*time.Second, "both replicas serving", func() bool {
+		code, _ := status(t, g.caFile, url)
+		return code == "200" && ba.hits.Load() > 0 && bb.hits.Load() > 0
+	})
+
+	// A WebSocket that agent A serves.
+	var ws *websocket.Conn
+	for i := 0; ws == nil; i++ {
+		if i == 20 {
+			t.Fatal("20 WebSockets all went to replica B")
+		}
+		c := g.dialWS(t, url)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		c.WriteMessage(websocket.TextMessage, []byte("who"))
+		_, msg, err := c.ReadMessage()
+		if err != nil {
+			t.Fatalf("websocket: %v", err)
+		}
+		if string(msg) == "A:who" {
+			ws = c
+		} else {
+			c.Close()
+		}
+	}
+	defer ws.Close()
+
+	client := g.client(t, caPool(t, g.caFile))
+	var (
+		next   atomic.Int64
+		okN    atomic.Int64
+		mu     sync.Mutex
+		failed []string
+	)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n := next.Add(1)
+				method, body := http.MethodGet, io.Reader(nil)
+				if n%2 == 0 {
+					method, body = http.MethodPost, strings.NewReader("payload")
+				}
+				req, _ := http.NewRequest(method, url+"/drain", body)
+				req.Header.Set("X-Req", fmt.Sprint(n))
+				resp, err := client.Do(req)
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				if err != nil || resp.StatusCode != 200 {
+					mu.Lock()
+					failed = append(failed, fmt.Sprintf("%s %d: %v", method, n, err))
+					mu.Unlock()
+					continue
+				}
+				okN.Add(1)
+			}
+		}()
+	}
+	o := okN.Load()
+	waitFor(t, 10*time.Second, "load flowing", func() bool { return okN.Load() > o+200 })
+
+	agentA.signal(t, syscall.SIGTERM)
+	o, a := okN.Load(), ba.hits.Load()
+	waitFor(t, 10*time.Second, "load flowing while A drains", func() bool { return okN.Load() > o+500 })
+	if extra := ba.hits.Load() - a; extra > 8 {
+		t.Errorf("a draining replica got %d new requests, want at most the 8 in flight", extra)
+	}
+	if !agentA.running() {
+		t.Fatal("the draining agent exited while its WebSocket was open")
+	}
+	for i := range 3 {
+		msg := fmt.Sprintf("still here %d", i)
+		ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if err := ws.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+			t.Fatalf("websocket write while draining: %v", err)
+		}
+		if _, got, err := ws.ReadMessage(); err != nil || string(got) != "A:"+msg {
+			t.Fatalf("websocket echo while draining = %q, %v", got, err)
+		}
+	}
+	ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+	ws.Close()
+	if code := agentA.wait(t, 15*time.Second); code != 0 {
+		t.Errorf("drained agent exited %d, want 0", code)
+	}
+
+	// Back again: it takes traffic.
+	a = ba.hits.Load()
+	g.expose(t, "--token", tok, "--name", "shop", ba.url)
+	waitFor(t, 10*time.Second, "the restarted replica taking traffic", func() bool { return ba.hits.Load() > a+50 })
+	close(stop)
+	wg.Wait()
+	if len(failed) > 0 {
+		t.Errorf("%d of %d requests failed across a replica's drain and return, want 0: %v", len(failed), int(okN.Load())+len(failed), failed[:min(10, len(failed))])
+	}
+	t.Logf("%d requests ok across the drain", okN.Load())
 }
