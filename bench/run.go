@@ -446,12 +446,34 @@ func (h *harness) probeTransport(ctx context.Context, transport string) error {
 		return err
 	}
 	defer g.proc.stop()
-	p, _, err := h.startAgent(ctx, dir, "agent", g, nil, "--transport", transport, "http://127.0.0.1:9")
-	if err != nil {
-		return err
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	// An agent that cannot use the transport logs "tunnel down" at once
+	// and retries: do not wait for the timeout then.
+	go func() {
+		for pctx.Err() == nil {
+			if b, _ := os.ReadFile(filepath.Join(dir, "agent.log")); strings.Contains(string(b), "tunnel down") {
+				cancel()
+				return
+			}
+			sleep(pctx, 50*time.Millisecond)
+		}
+	}()
+	p, _, err := h.startAgent(pctx, dir, "agent", g, nil, "--transport", transport, "http://127.0.0.1:9")
+	if err == nil {
+		p.stop()
+		return nil
 	}
-	p.stop()
-	return nil
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if pctx.Err() != nil {
+		// No URL: say what the agent logged last.
+		b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		return fmt.Errorf("webgw expose --transport %s: no tunnel came up; its log ends: %s", transport, lines[len(lines)-1])
+	}
+	return err
 }
 
 // scenarios runs the failover and new-upstream scenarios cfg.Rounds times
