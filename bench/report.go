@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"os/exec"
 	"runtime"
@@ -244,9 +243,9 @@ func (r *Report) finishScenarios() {
 		}
 		r.ScenarioMedian[key] = f
 	}
-	for _, key := range slices.Sorted(maps.Keys(r.Scenarios)) {
-		tr, ok := strings.CutPrefix(key, "failover_")
-		if !ok {
+	for _, tr := range r.Settings.Transports {
+		key := "failover_" + tr
+		if _, ok := r.Scenarios[key]; !ok {
 			continue
 		}
 		w := r.worst(key, "failed_get")
@@ -398,10 +397,10 @@ func (r *Report) writeScenarios(w io.Writer) {
 	if len(r.Scenarios) == 0 {
 		return
 	}
-	var failover []string
-	for _, key := range slices.Sorted(maps.Keys(r.Scenarios)) {
-		if strings.HasPrefix(key, "failover_") {
-			failover = append(failover, key)
+	var failover []string // in the order of -transports
+	for _, tr := range r.Settings.Transports {
+		if _, ok := r.Scenarios["failover_"+tr]; ok {
+			failover = append(failover, "failover_"+tr)
 		}
 	}
 	cell := func(key, name, format string) string {
