@@ -160,7 +160,7 @@ func statusCmd() *cobra.Command {
 			tw.Flush()
 			fmt.Println()
 			tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "AGENT\tTENANT\tREMOTE\tSERVICES\tSTREAMS\tBYTES IN\tBYTES OUT\tCONNECTED")
+			fmt.Fprintln(tw, "AGENT\tTENANT\tREMOTE\tSERVICES\tSTREAMS\tBYTES IN\tBYTES OUT\tCONNECTED\tTUNNEL")
 			for _, a := range st.Agents {
 				id := a.ID
 				if len(id) > 12 {
@@ -170,7 +170,7 @@ func statusCmd() *cobra.Command {
 				if a.Draining {
 					state += " (draining)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", id, orDash(a.Tenant), a.Remote, strings.Join(a.Services, ","), a.Streams, human(a.BytesIn), human(a.BytesOut), state)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s #%d\n", id, orDash(a.Tenant), a.Remote, strings.Join(a.Services, ","), a.Streams, human(a.BytesIn), human(a.BytesOut), state, orDash(a.Transport), a.Conn)
 			}
 			return tw.Flush()
 		},

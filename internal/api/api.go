@@ -316,10 +316,14 @@ type ServiceInfo struct {
 
 // AgentInfo is one agent session in /v1/status.
 type AgentInfo struct {
-	ID        string    `json:"id"`
-	Tenant    string    `json:"tenant"`
-	Remote    string    `json:"remote"`
-	Version   string    `json:"version"`
+	ID      string `json:"id"`
+	Tenant  string `json:"tenant"`
+	Remote  string `json:"remote"`
+	Version string `json:"version"`
+	// Conn numbers the session among its agent's connections (--connections).
+	Conn int `json:"conn"`
+	// Transport is the tunnel's transport, "tcp" or "quic".
+	Transport string    `json:"transport"`
 	Services  []string  `json:"services"`
 	Connected time.Time `json:"connected"`
 	Draining  bool      `json:"draining"`
@@ -392,7 +396,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request, c caller) {
 	for _, a := range s.Table.AgentsOf() {
 		in, out := a.Bytes()
 		st.Agents = append(st.Agents, AgentInfo{
-			ID: a.ID, Tenant: a.Tenant, Remote: a.Remote, Version: a.Version, Services: a.Services,
+			ID: a.ID, Tenant: a.Tenant, Remote: a.Remote, Version: a.Version, Conn: a.Conn, Transport: a.Transport, Services: a.Services,
 			Connected: a.Connected, Draining: a.Draining(), Streams: a.Streams(), BytesIn: in, BytesOut: out,
 		})
 	}

@@ -311,6 +311,7 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 	a := &route.Agent{
 		ID: h.AgentID, Tenant: tenant, Remote: remote, Version: h.AgentVersion,
 		Connected: time.Now(), Session: sess, MaxStreams: maxStreams,
+		Conn: h.Conn, Transport: sess.Transport(),
 	}
 
 	s.mu.Lock()

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/quic-go/quic-go"
 
 	"github.com/webgw/webgw/internal/api"
 	"github.com/webgw/webgw/internal/certs"
@@ -33,6 +34,7 @@ import (
 	"github.com/webgw/webgw/internal/proxy"
 	"github.com/webgw/webgw/internal/route"
 	"github.com/webgw/webgw/internal/store"
+	"github.com/webgw/webgw/internal/tunnel"
 )
 
 // Gateway is a running gateway. Create it with Start.
@@ -217,6 +219,8 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		Log: log, AccessLog: *cfg.AccessLog,
 		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout, IdleTimeout: cfg.Limits.IdleTimeout,
 		MaxHeaderBytes: cfg.Limits.MaxHeaderBytes,
+		TunnelQUIC:     func(_ context.Context, c *quic.Conn) { ctl.ServeQUIC(tunCtx, c) },
+		QUIC:           quicListenConfig(),
 	}
 	lim := proxy.ConnLimits{
 		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout, IdleTimeout: cfg.Limits.IdleTimeout,
@@ -231,7 +235,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	a := &api.Server{
 		Store: st, Table: g.table, AdminToken: adminToken, Log: log,
 		CheckUpstream: checkUpstream,
-		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Info: api.GatewayInfo{ID: g.ID, Version: Version, Domain: cfg.Domain, HTTPAddr: g.HTTPAddr,
 			HTTPSAddr: g.HTTPSAddr, APIAddr: g.APIAddr, Open: *cfg.Open, Started: time.Now().UTC()},
 	}
@@ -246,8 +250,6 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		return g.https.Serve(runCtx, httpsLn)
 	})
 	if udpPC != nil {
-		// QUIC agent connections are refused (TunnelQUIC is nil) until the
-		// control server takes QUIC sessions.
 		g.goRun(func() error { return g.https.ServeUDP(runCtx, udpPC) })
 	}
 	g.goRun(func() error { return serveHTTP(g.httpSrv, httpLn) })
@@ -256,6 +258,18 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	g.goRun(func() error { g.expireLoop(runCtx); return nil })
 	ok = true
 	return g, nil
+}
+
+// quicListenConfig is the QUIC config of the UDP listener shared by HTTP/3
+// clients and agent tunnels: the tunnel's windows and stream limits, but no
+// keepalive from the gateway's side, so an idle stranger's HTTP/3
+// connection times out; agents send their own keepalives, and a silent one
+// is dropped after the idle timeout.
+func quicListenConfig() *quic.Config {
+	q := tunnel.QUICConfig(nil, true)
+	q.KeepAlivePeriod = 0
+	q.HandshakeIdleTimeout = 5 * time.Second // quic-go aborts a handshake after twice this
+	return q
 }
 
 func serveHTTP(s *http.Server, ln net.Listener) error {

@@ -48,6 +48,10 @@ type Agent struct {
 	Session  Opener
 	// MaxStreams bounds concurrent streams the gateway opens to this agent; 0 means no bound.
 	MaxStreams int64
+	// Conn numbers the session among its agent's connections to this gateway.
+	Conn int
+	// Transport is "tcp" or "quic".
+	Transport string
 	// Weights are the agent's load-balancing weights per service name; a
 	// missing or 0 entry means 1. Set before it is attached.
 	Weights map[string]int

@@ -19,9 +19,10 @@ import (
 
 // statusAgent is one agent session as `webgw status --json` lists it.
 type statusAgent struct {
-	ID       string   `json:"id"`
-	Services []string `json:"services"`
-	Draining bool     `json:"draining"`
+	ID        string   `json:"id"`
+	Services  []string `json:"services"`
+	Draining  bool     `json:"draining"`
+	Transport string   `json:"transport"`
 }
 
 // sessionsOf returns the agent sessions that serve service, per `webgw status --json`.

@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"crypto/tls"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -199,4 +203,34 @@ func TestUpstreamsLiveChange(t *testing.T) {
 		r := g.v4curl(t, url+"/down", "-D", "-")
 		return strings.HasSuffix(r.stdout, "\n503") && strings.Contains(strings.ToLower(r.stdout), "retry-after:") && time.Since(start) < time.Second
 	})
+}
+
+// TestDirectUpstreamPassthrough: a tls (passthrough) service whose upstream
+// is a direct IPv6 address: the client, over IPv4, sees the backend's own
+// certificate and answer.
+func TestDirectUpstreamPassthrough(t *testing.T) {
+	t.Parallel()
+	cert, der := selfSigned(t, "ptd.localhost")
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "end-to-end TLS over IPv6\n")
+	}), TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+	certFile := filepath.Join(t.TempDir(), "backend.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	g := startGateway(t, "--upstream-allow", "::1")
+	g.addTenant(t, "acme")
+	url := strings.TrimSpace(mustRun(t, append([]string{"service", "add", "ptd", "--tenant", "acme", "--protocol", "tls",
+		"--upstream", "tls://[::1]:" + portOf(ln.Addr().String()), "--health-type", "tcp"}, g.admin()...)...))
+	r := curl(t, "--max-time", "10", "-4", "--resolve", "ptd.localhost:"+g.httpsPort()+":127.0.0.1", "--cacert", certFile, url+"/")
+	if r.code != 0 || r.stdout != "end-to-end TLS over IPv6\n" {
+		t.Errorf("curl trusting only the backend's certificate: exit %d %s %q", r.code, r.stderr, r.stdout)
+	}
 }
