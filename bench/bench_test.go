@@ -44,8 +44,10 @@ func TestHarnessSmoke(t *testing.T) {
 		IdleConns: 20,
 		BulkSize:  4 << 20,
 		Progress:  &progress,
-		// The scenarios: 4 workers, 1 s observation after the kill.
+		// The scenarios: 4 workers; a failover run ends 1 s after the
+		// kill even if (over QUIC) the dead agent is not noticed yet.
 		ScenarioConns: 4,
+		FailoverWatch: time.Second,
 		// The lossy link runs as root only (namespaces); else it is skipped with a note.
 		LossyBulkSize: 1 << 20,
 	})

@@ -31,9 +31,9 @@ const (
 	failoverPre    = time.Second            // the window before the kill that sets the rate to get back to
 	failoverWindow = 100 * time.Millisecond // throughput is counted over windows this long
 	failoverBack   = 0.9                    // "back to before": this share of the rate before the kill
-	// failoverMaxWatch is how long after the kill a run may go on while
-	// requests fail or throughput is not back.
-	failoverMaxWatch = 60 * time.Second
+	// defaultFailoverWatch is how long after the kill a run may go on
+	// while requests fail or throughput is not back (Config.FailoverWatch).
+	defaultFailoverWatch = 60 * time.Second
 )
 
 // failover runs the failover scenario once over transport: two agents
@@ -100,9 +100,9 @@ func (h *harness) failover(ctx context.Context, dir, transport string) (Figures,
 	}
 	// Watch for -duration (at least 1 s), and on while requests fail or
 	// the rate is not back (a transport that cannot see the dead agent at
-	// once), up to failoverMaxWatch.
-	sleep(ctx, max(h.cfg.Duration, time.Second))
-	for ctx.Err() == nil && l.at(time.Now())-killAt < failoverMaxWatch {
+	// once), up to FailoverWatch.
+	sleep(ctx, min(max(h.cfg.Duration, time.Second), h.cfg.FailoverWatch))
+	for ctx.Err() == nil && l.at(time.Now())-killAt < h.cfg.FailoverWatch {
 		ok1, failed1 := l.ok(), l.failed()
 		sleep(ctx, 500*time.Millisecond)
 		if l.failed() == failed1 && float64(l.ok()-ok1)/0.5 >= failoverBack*preRate {

@@ -66,6 +66,9 @@ type Config struct {
 	// Parts lists what to run (partMain, partFailover, partUpstream); nil
 	// means all.
 	Parts []string
+	// FailoverWatch is the longest a failover run watches after the kill
+	// while requests fail or throughput is not back; 0 means 60 s.
+	FailoverWatch time.Duration
 	// Netem is the lossy link, in netem's words, applied in each direction;
 	// "" means "loss 1% delay 10ms".
 	Netem string
@@ -111,6 +114,9 @@ func (c *Config) complete() {
 	}
 	if c.Netem == "" {
 		c.Netem = defaultNetem
+	}
+	if c.FailoverWatch == 0 {
+		c.FailoverWatch = defaultFailoverWatch
 	}
 	if c.LossyBulkSize == 0 {
 		c.LossyBulkSize = defaultLossyBulkSize
