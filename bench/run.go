@@ -63,7 +63,7 @@ type Config struct {
 	// PprofDir, when set, builds webgw with a harness-side pprof listener and
 	// writes CPU and heap profiles of gateway and agent (last round) there.
 	PprofDir string
-	// Parts lists what to run (partMain, partFailover, partUpstream); nil
+	// Parts lists what to run (partMain, partFailover, partUpstream, partLossy); nil
 	// means all.
 	Parts []string
 	// FailoverWatch is the longest a failover run watches after the kill
