@@ -50,6 +50,8 @@ func backendMain(args []string) int {
 	fs := flag.NewFlagSet("backend", flag.ContinueOnError)
 	certFile := fs.String("cert", "", "certificate PEM for the TLS port")
 	keyFile := fs.String("key", "", "key PEM for the TLS port")
+	listen := fs.String("listen", "127.0.0.1", "IP address to listen on")
+	id := fs.String("id", "", "when set, every answer carries "+backendIDHeader+" (this value) and "+backendRecvHeader+" (the request's arrival, Unix ns)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -58,12 +60,12 @@ func backendMain(args []string) int {
 		fmt.Fprintln(os.Stderr, "backend: -cert/-key:", err)
 		return 2
 	}
-	plainLn, err := net.Listen("tcp", "127.0.0.1:0")
+	plainLn, err := net.Listen("tcp", net.JoinHostPort(*listen, "0"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "backend:", err)
 		return 1
 	}
-	tlsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	tlsLn, err := net.Listen("tcp", net.JoinHostPort(*listen, "0"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "backend:", err)
 		return 1
@@ -74,7 +76,10 @@ func backendMain(args []string) int {
 	plainProtos.SetUnencryptedHTTP2(true)
 	tlsProtos.SetHTTP1(true)
 	tlsProtos.SetHTTP2(true)
-	h := http.HandlerFunc(serveBackend)
+	h := http.Handler(http.HandlerFunc(serveBackend))
+	if *id != "" {
+		h = tagged(*id, h)
+	}
 	plain := &http.Server{Handler: h, Protocols: &plainProtos, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 10 * time.Minute, ErrorLog: quiet}
 	secure := &http.Server{Handler: h, Protocols: &tlsProtos, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 10 * time.Minute, ErrorLog: quiet,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{pair}}}
@@ -83,6 +88,23 @@ func backendMain(args []string) int {
 	fmt.Printf("http %s\nhttps %s\n", plainLn.Addr(), tlsLn.Addr())
 	io.Copy(io.Discard, os.Stdin)
 	return 0
+}
+
+// Headers of a backend started with -id, for the scenarios that must know
+// which backend served a request and when it arrived there.
+const (
+	backendIDHeader   = "X-Bench-Backend"
+	backendRecvHeader = "X-Bench-Recv"
+)
+
+// tagged adds the -id headers to every answer of next.
+func tagged(id string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		recv := time.Now().UnixNano()
+		w.Header().Set(backendIDHeader, id)
+		w.Header().Set(backendRecvHeader, strconv.FormatInt(recv, 10))
+		next.ServeHTTP(w, r)
+	})
 }
 
 func serveBackend(w http.ResponseWriter, r *http.Request) {

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -15,6 +17,9 @@ import (
 func TestMain(m *testing.M) {
 	if os.Getenv(backendRoleEnv) == "backend" && len(os.Args) > 1 && os.Args[1] == "backend" {
 		os.Exit(backendMain(os.Args[2:]))
+	}
+	if os.Getenv(backendRoleEnv) == "link" && len(os.Args) > 1 && os.Args[1] == "link" {
+		os.Exit(linkMain(os.Args[2:]))
 	}
 	os.Exit(m.Run())
 }
@@ -28,7 +33,7 @@ func TestHarnessSmoke(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the harness reads /proc")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	var progress bytes.Buffer
 	rep, err := Run(ctx, Config{
@@ -39,6 +44,12 @@ func TestHarnessSmoke(t *testing.T) {
 		IdleConns: 20,
 		BulkSize:  4 << 20,
 		Progress:  &progress,
+		// The scenarios: 4 workers; a failover run ends 1 s after the
+		// kill even if (over QUIC) the dead agent is not noticed yet.
+		ScenarioConns: 4,
+		FailoverWatch: time.Second,
+		// The lossy link runs as root only (namespaces); else it is skipped with a note.
+		LossyBulkSize: 1 << 20,
 	})
 	if err != nil {
 		t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())
@@ -54,10 +65,18 @@ func TestHarnessSmoke(t *testing.T) {
 		"gateway_cpu_us_per_req_1k", "agent_cpu_us_per_req_1k", "gateway_cpu_us_per_req_small", "agent_cpu_us_per_req_small",
 		"gateway_idle_kb_per_conn", "agent_idle_kb_per_conn",
 	}
-	for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw, keyVsHTTP, keyVsHTTPS} {
+	keys := []string{keyHTTP, keyHTTPS}
+	for _, tr := range rep.Settings.Transports {
+		vsHTTP, vsHTTPS := ratioKeys(webgwKey(tr))
+		keys = append(keys, webgwKey(tr), vsHTTP, vsHTTPS)
+	}
+	if len(keys) < 5 {
+		t.Errorf("transports %v, want tcp at least", rep.Settings.Transports)
+	}
+	for _, key := range keys {
 		f := rep.Median[key]
 		names := want
-		if key == keyWebgw {
+		if isWebgwKey(key) {
 			names = append(append([]string(nil), want...), webgwOnly...)
 		}
 		for _, name := range names {
@@ -68,7 +87,7 @@ func TestHarnessSmoke(t *testing.T) {
 			switch {
 			case !ok:
 				t.Errorf("%s: no figure %s", key, name)
-			case name == "bulk_cpu_s_per_gib" && key != keyWebgw:
+			case name == "bulk_cpu_s_per_gib" && !isWebgwKey(key):
 				// 4 MiB direct costs the backend less than one 10 ms clock
 				// tick of /proc/PID/stat: zero is a true reading there.
 				if v < 0 {
@@ -91,9 +110,48 @@ func TestHarnessSmoke(t *testing.T) {
 		t.Errorf("%d goals, want 3", len(rep.Goals))
 	}
 
+	for key, names := range map[string][]string{
+		"failover_tcp": {"failed_get", "failed_post", "last_fail_ms", "takeover_ms", "slowest_ms", "rps_before", "rps_after", "requests"},
+		"new_upstream": {"cli_from_start_ms", "cli_from_return_ms", "cli_call_ms", "api_from_start_ms", "api_from_return_ms", "api_call_ms", "failed", "requests"},
+	} {
+		runs := rep.Scenarios[key]
+		if len(runs) != 1 {
+			t.Errorf("scenario %s: %d runs, want 1", key, len(runs))
+			continue
+		}
+		for _, name := range names {
+			if _, ok := runs[0][name]; !ok {
+				t.Errorf("scenario %s: no figure %s", key, name)
+			}
+		}
+		if runs[0]["requests"] <= 0 {
+			t.Errorf("scenario %s: no request succeeded", key)
+		}
+	}
+	if n := rep.Scenarios["new_upstream"][0]["failed"]; n != 0 {
+		t.Errorf("new upstream: %v failed requests, want 0", n)
+	}
+
+	if len(rep.Lossy) == 0 {
+		if os.Geteuid() == 0 {
+			t.Errorf("lossy link skipped as root: %v", rep.Notes)
+		}
+	} else {
+		for _, key := range targetKeys(rep.LossyMedian, rep.Settings.Transports) {
+			for _, name := range []string{"rps_1k", "rps_small", "p50_ms_1k", "bulk_mib_s"} {
+				if v := rep.LossyMedian[key][name]; v <= 0 {
+					t.Errorf("lossy %s: %s = %v, want > 0", key, name, v)
+				}
+			}
+		}
+	}
+	if out, err := exec.Command(ipTool, "netns", "list").Output(); err == nil && strings.Contains(string(out), fmt.Sprintf("wgwb-%d-", os.Getpid())) {
+		t.Errorf("network namespaces left behind:\n%s", out)
+	}
+
 	var table bytes.Buffer
 	rep.WriteTable(&table)
-	for _, s := range []string{"req/s, 1 KiB body", "bulk MiB/s", "RSS KB per held conn", "goals (issue 2)"} {
+	for _, s := range []string{"req/s, 1 KiB body", "bulk MiB/s", "RSS KB per held conn", "goals (issue 2)", "failover:", "new upstream:", "goals (scenarios)"} {
 		if !strings.Contains(table.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, table.String())
 		}

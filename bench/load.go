@@ -26,11 +26,20 @@ type target struct {
 	tlsName  string // SNI and verified name; "" for plain HTTP
 	roots    *x509.CertPool
 	host     string // Host header for raw requests; "" means dialAddr
+	netns    string // network namespace to dial from; "" means this process's
+}
+
+// dial connects to dialAddr (from netns when set).
+func (t *target) dial(ctx context.Context) (net.Conn, error) {
+	if t.netns != "" {
+		return dialNetns(ctx, t.netns, t.dialAddr)
+	}
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	return d.DialContext(ctx, "tcp", t.dialAddr)
 }
 
 // transport is a fresh client for conns concurrent keep-alive connections.
 func (t *target) transport(h2 bool, conns int) *http.Transport {
-	d := &net.Dialer{Timeout: 10 * time.Second}
 	var protos http.Protocols
 	switch {
 	case !h2:
@@ -42,7 +51,7 @@ func (t *target) transport(h2 bool, conns int) *http.Transport {
 	}
 	return &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, "tcp", t.dialAddr)
+			return t.dial(ctx)
 		},
 		TLSClientConfig:     &tls.Config{RootCAs: t.roots},
 		TLSHandshakeTimeout: 10 * time.Second,
@@ -57,8 +66,7 @@ func (t *target) transport(h2 bool, conns int) *http.Transport {
 
 // dialRaw opens one connection (TLS with ALPN http/1.1 when the target is HTTPS).
 func (t *target) dialRaw(ctx context.Context) (net.Conn, error) {
-	d := &net.Dialer{Timeout: 10 * time.Second}
-	c, err := d.DialContext(ctx, "tcp", t.dialAddr)
+	c, err := t.dial(ctx)
 	if err != nil || t.tlsName == "" {
 		return c, err
 	}
@@ -155,7 +163,7 @@ func (h *harness) load(ctx context.Context, t *target, path string, measured []*
 		}()
 	}
 
-	procs := append(append([]*proc(nil), measured...), backend)
+	procs := append(append(append([]*proc(nil), measured...), backend), h.extra...)
 	sleep(ctx, h.cfg.Warmup)
 	cpu0, err0 := cpuOf(procs)
 	self0, err1 := cpuTicks(selfPID)
@@ -207,7 +215,7 @@ func (h *harness) load(ctx context.Context, t *target, path string, measured []*
 		r.perUS = append(r.perUS, us)
 		r.cpuUS += us
 	}
-	r.backendUS = perReq(cpu1[len(procs)-1] - cpu0[len(procs)-1])
+	r.backendUS = perReq(cpu1[len(measured)] - cpu0[len(measured)])
 	r.loadgenUS = perReq(self1 - self0)
 	// What the machine did beyond this run's processes: other work competing
 	// for the same cores (tests of other engineers, say).
@@ -226,11 +234,10 @@ type bulkResult struct {
 	cpuSPerGiB float64 // CPU seconds per GiB of the measured processes
 }
 
-// bulk downloads cfg.BulkSize bytes in one response.
-func (h *harness) bulk(ctx context.Context, t *target, measured []*proc) (*bulkResult, error) {
+// bulk downloads size bytes in one response.
+func (h *harness) bulk(ctx context.Context, t *target, measured []*proc, size int64) (*bulkResult, error) {
 	tr := t.transport(h.cfg.H2, 1)
 	defer tr.CloseIdleConnections()
-	size := h.cfg.BulkSize
 	// A small request first, so the connection (and its TLS handshake) is not timed.
 	if err := getOnce(ctx, tr, t.base+"/small"); err != nil {
 		return nil, err

@@ -30,6 +30,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "backend" {
 		os.Exit(backendMain(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "link" {
+		os.Exit(linkMain(os.Args[2:]))
+	}
 	os.Exit(benchMain(os.Args[1:]))
 }
 
@@ -41,6 +44,8 @@ func benchMain(args []string) int {
 	}
 	var cfg Config
 	bulk := sizeFlag(defaultBulkSize)
+	lossyBulk := sizeFlag(defaultLossyBulkSize)
+	var parts, transports string
 	var asJSON bool
 	var save string
 	fs.IntVar(&cfg.Rounds, "rounds", defaultRounds, "interleaved rounds (direct, webgw, direct, webgw, ...); the median is reported")
@@ -52,6 +57,11 @@ func benchMain(args []string) int {
 	fs.BoolVar(&cfg.H2, "h2", false, "load with HTTP/2 (h2 over TLS, h2c to the plain backend) instead of HTTP/1.1")
 	fs.StringVar(&cfg.Webgw, "webgw", "", "use this webgw binary instead of building ./cmd/webgw")
 	fs.StringVar(&cfg.PprofDir, "pprof", "", "build webgw with a pprof listener (harness-side overlay) and write gateway/agent CPU and heap profiles of the last round here")
+	fs.StringVar(&parts, "parts", strings.Join(allParts, ","), "what to run, comma-separated: "+partMain+" (req/s, latency, CPU, bulk, idle RSS), "+partFailover+" (an agent killed under load), "+partUpstream+" (a direct upstream added under load), "+partLossy+" (direct and webgw across a lossy link between network namespaces; root)")
+	fs.StringVar(&transports, "transports", "", "agent transports to measure, comma-separated: tcp, quic (default: tcp, and quic when the agent can use it)")
+	fs.StringVar(&cfg.Netem, "netem", defaultNetem, "the lossy link of the lossy part, in netem's words (loss P%, delay D), applied in each direction")
+	fs.Var(&lossyBulk, "lossy-bulk-size", "size of the bulk download across the lossy link")
+	fs.IntVar(&cfg.ScenarioConns, "scenario-conns", defaultScenarioConns, "workers of the steady load in the failover and upstream parts")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON instead of a table")
 	fs.StringVar(&save, "save", "", "also write the JSON report to this file")
 	if err := fs.Parse(args); err != nil {
@@ -65,6 +75,11 @@ func benchMain(args []string) int {
 		return 2
 	}
 	cfg.BulkSize = int64(bulk)
+	cfg.LossyBulkSize = int64(lossyBulk)
+	cfg.Parts = splitList(parts)
+	if transports != "" {
+		cfg.Transports = splitList(transports)
+	}
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 2
@@ -96,6 +111,17 @@ func benchMain(args []string) int {
 	}
 	rep.WriteTable(os.Stdout)
 	return 0
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	out := []string{}
+	for f := range strings.SplitSeq(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // sizeFlag is a byte count written as 268435456, 256MiB, 4MiB, 1GiB or 64KiB.

@@ -141,6 +141,19 @@ func (p *proc) stop() {
 	})
 }
 
+// closeAndWait closes the process's stdin (the backend and the link exit
+// then), waits up to timeout for it to exit, and stops it.
+func (p *proc) closeAndWait(timeout time.Duration) {
+	if p.stdin != nil {
+		p.stdin.Close()
+		select {
+		case <-p.exited:
+		case <-time.After(timeout):
+		}
+	}
+	p.stop()
+}
+
 // readLines reads stdout lines until done says it has what it needs, the
 // process exits, or the timeout passes.
 func (p *proc) readLines(ctx context.Context, timeout time.Duration, done func(line string) bool) error {
@@ -177,18 +190,35 @@ func (p *proc) tail() string {
 type backend struct {
 	proc                *proc
 	httpAddr, httpsAddr string
+	dialNS              string // namespace the load generator dials it from; "" is its own
 }
 
 func (h *harness) startBackend(ctx context.Context, dir string) (*backend, error) {
+	return h.startTaggedBackend(ctx, dir, "")
+}
+
+// startTaggedBackend starts a backend; a non-empty id tags its answers
+// (backendIDHeader, backendRecvHeader) and names its log backend-ID.log.
+func (h *harness) startTaggedBackend(ctx context.Context, dir, id string) (*backend, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	argv := append(append([]string(nil), h.backend...), "-cert", h.certFile, "-key", h.keyFile)
-	p, err := h.start("backend", dir, argv, []string{backendRoleEnv + "=backend"}, true)
+	b := &backend{}
+	if n := h.place; n != nil {
+		argv = netnsArgv(n.agent, append(argv, "-listen", n.agentIP))
+		b.dialNS = n.gw
+	}
+	name := "backend"
+	if id != "" {
+		argv = append(argv, "-id", id)
+		name += "-" + id
+	}
+	p, err := h.start(name, dir, argv, []string{backendRoleEnv + "=backend"}, true)
 	if err != nil {
 		return nil, err
 	}
-	b := &backend{proc: p}
+	b.proc = p
 	err = p.readLines(ctx, 20*time.Second, func(line string) bool {
 		if v, ok := strings.CutPrefix(line, "http "); ok {
 			b.httpAddr = v
@@ -207,19 +237,190 @@ func (h *harness) startBackend(ctx context.Context, dir string) (*backend, error
 
 func (b *backend) target(key string, roots *x509.CertPool) *target {
 	if key == keyHTTPS {
-		return &target{key: key, base: "https://" + b.httpsAddr, dialAddr: b.httpsAddr, tlsName: hostOnly(b.httpsAddr), roots: roots}
+		return &target{key: key, base: "https://" + b.httpsAddr, dialAddr: b.httpsAddr, tlsName: hostOnly(b.httpsAddr), roots: roots, netns: b.dialNS}
 	}
-	return &target{key: key, base: "http://" + b.httpAddr, dialAddr: b.httpAddr}
+	return &target{key: key, base: "http://" + b.httpAddr, dialAddr: b.httpAddr, netns: b.dialNS}
 }
 
-// stack is a backend, a gateway and an agent exposing the backend.
+// gateway is a running `webgw gateway`, with what its banner says.
+type gateway struct {
+	proc      *proc
+	dataDir   string
+	httpsAddr string // HTTPS, tunnel (TCP) and, with QUIC, the UDP port of the same number
+	apiAddr   string // admin API, host:port
+	caFile    string
+	caRoots   *x509.CertPool
+	dialNS    string // namespace the load generator dials it from; "" is its own
+}
+
+// startGateway starts a gateway on 127.0.0.1 with its data in dir/name-data
+// and reads its banner. extra are more flags (e.g. --upstream-allow).
+func (h *harness) startGateway(ctx context.Context, dir, name string, env []string, extra ...string) (*gateway, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	g := &gateway{dataDir: filepath.Join(dir, name+"-data")}
+	args := append([]string{h.bin, "gateway",
+		"--data-dir", g.dataDir,
+		"--https-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+		"--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
+		"--access-log=false", "--log-level", "warn",
+	}, extra...)
+	if n := h.place; n != nil {
+		args = netnsArgv(n.gw, append(args, "--https-addr", n.gwIP+":0"))
+		g.dialNS = n.gw
+	}
+	p, err := h.start(name, dir, args, env, false)
+	if err != nil {
+		return nil, err
+	}
+	g.proc = p
+	// The banner: "  https+tunnel  ADDR", "  admin api     http://ADDR (...)" and "  ca            FILE".
+	err = p.readLines(ctx, 30*time.Second, func(line string) bool {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 2 && f[0] == "https+tunnel":
+			g.httpsAddr = f[1]
+		case len(f) >= 3 && f[0] == "admin" && f[1] == "api":
+			g.apiAddr = strings.TrimPrefix(f[2], "http://")
+		case len(f) >= 2 && f[0] == "ca":
+			g.caFile = f[1]
+		}
+		return g.httpsAddr != "" && g.caFile != "" && g.apiAddr != ""
+	})
+	if err != nil {
+		p.stop()
+		return nil, err
+	}
+	pem, err := os.ReadFile(g.caFile)
+	if err != nil {
+		p.stop()
+		return nil, fmt.Errorf("gateway CA: %w", err)
+	}
+	g.caRoots = x509.NewCertPool()
+	if !g.caRoots.AppendCertsFromPEM(pem) {
+		p.stop()
+		return nil, fmt.Errorf("gateway CA %s holds no certificate", g.caFile)
+	}
+	return g, nil
+}
+
+// admin is the flags that point an admin command at g.
+func (g *gateway) admin() []string {
+	return []string{"--api-addr", g.apiAddr, "--data-dir", g.dataDir}
+}
+
+// adminToken is the gateway's admin API token.
+func (g *gateway) adminToken() (string, error) {
+	b, err := os.ReadFile(filepath.Join(g.dataDir, "admin.token"))
+	if err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// cli runs `webgw ARGS... <admin flags>` and returns its stdout.
+func (h *harness) cli(ctx context.Context, g *gateway, args ...string) (string, error) {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, h.bin, append(args, g.admin()...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("webgw %s: %w\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out), nil
+}
+
+// startAgent starts `webgw expose` through g with args (flags, then the
+// target) and waits for the public URL it prints.
+func (h *harness) startAgent(ctx context.Context, dir, name string, g *gateway, env []string, args ...string) (*proc, *url.URL, error) {
+	// Info logs only connection events (no per-request lines); "tunnel
+	// up" says which transport a connection uses.
+	argv := append([]string{h.bin, "expose", "--gateway", g.httpsAddr, "--ca", g.caFile, "--log-level", "info"}, args...)
+	if n := h.place; n != nil {
+		argv = netnsArgv(n.agent, argv)
+	}
+	p, err := h.start(name, dir, argv, env, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	var public *url.URL
+	err = p.readLines(ctx, 30*time.Second, func(line string) bool {
+		u, err := url.Parse(strings.TrimSpace(line))
+		if err == nil && u.Scheme == "https" && u.Host != "" {
+			public = u
+			return true
+		}
+		return false
+	})
+	if err == nil {
+		err = checkTransport(ctx, p, args)
+	}
+	if err != nil {
+		p.stop()
+		return nil, nil, err
+	}
+	return p, public, nil
+}
+
+// checkTransport checks that an agent started with --transport T logs its
+// tunnels as up over T ("tunnel up ... transport=T"): an agent without the
+// transport may fall back to another one.
+func checkTransport(ctx context.Context, p *proc, args []string) error {
+	want := ""
+	for i, a := range args {
+		if a == "--transport" && i+1 < len(args) {
+			want = args[i+1]
+		}
+	}
+	if want == "" || want == "auto" {
+		return nil
+	}
+	var got []string
+	err := waitFor(ctx, 5*time.Second, p.name+" to log its tunnel", func() bool {
+		got = got[:0]
+		b, _ := os.ReadFile(p.logPath)
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if !strings.Contains(line, "tunnel up") {
+				continue
+			}
+			for f := range strings.FieldsSeq(line) {
+				if v, ok := strings.CutPrefix(f, "transport="); ok {
+					got = append(got, v)
+				}
+			}
+		}
+		return len(got) > 0
+	})
+	if err != nil {
+		return fmt.Errorf("%w:\n%s", err, p.tail())
+	}
+	for _, t := range got {
+		if t != want {
+			return fmt.Errorf("%s was started with --transport %s but its tunnel is up over %s (this webgw cannot use %s)", p.name, want, t, want)
+		}
+	}
+	return nil
+}
+
+// publicTarget reaches public (a service URL of g) through g's HTTPS address.
+func (g *gateway) publicTarget(key string, public *url.URL) *target {
+	return &target{key: key, base: public.Scheme + "://" + public.Host, dialAddr: g.httpsAddr,
+		tlsName: public.Hostname(), roots: g.caRoots, host: public.Host, netns: g.dialNS}
+}
+
+// stack is a gateway and an agent exposing a backend over one transport.
 type stack struct {
-	backend        *backend
+	backend        *backend // shared: the round stops it
+	transport      string
 	gateway, agent *proc
 	httpsAddr      string // the gateway's HTTPS and tunnel address
 	caFile         string
 	publicURL      *url.URL
 	caRoots        *x509.CertPool
+	dialNS         string           // the gateway's namespace, when placed in one
 	pprofAddr      map[*proc]string // pprof listeners when built with the hook
 }
 
@@ -229,83 +430,40 @@ func (s *stack) stop() {
 			p.stop()
 		}
 	}
-	if s.backend != nil {
-		s.backend.proc.stop()
-	}
 }
 
-func (h *harness) startStack(ctx context.Context, dir string) (_ *stack, err error) {
-	s := &stack{pprofAddr: map[*proc]string{}}
+// startStack starts a gateway and an agent with --transport transport that
+// exposes b; withPprof sets the pprof hook's environment for both.
+func (h *harness) startStack(ctx context.Context, dir string, b *backend, transport string, withPprof bool) (_ *stack, err error) {
+	s := &stack{backend: b, transport: transport, pprofAddr: map[*proc]string{}}
 	defer func() {
 		if err != nil {
 			s.stop()
 		}
 	}()
-	if s.backend, err = h.startBackend(ctx, filepath.Join(dir, "stack")); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	gwDir := filepath.Join(dir, "gateway-data")
 	var env []string
-	if h.pprof {
+	if withPprof {
 		env = []string{pprofEnv + "=" + filepath.Join(dir, "gateway.pprof-addr")}
 	}
-	s.gateway, err = h.start("gateway", dir, []string{h.bin, "gateway",
-		"--data-dir", gwDir,
-		"--https-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-		"--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0",
-		"--access-log=false", "--log-level", "warn",
-	}, env, false)
+	g, err := h.startGateway(ctx, dir, "gateway", env)
 	if err != nil {
 		return nil, err
 	}
-	// The banner: "  https+tunnel  ADDR" and "  ca            FILE".
-	err = s.gateway.readLines(ctx, 30*time.Second, func(line string) bool {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == "https+tunnel" {
-			s.httpsAddr = f[1]
-		}
-		if len(f) >= 2 && f[0] == "ca" {
-			s.caFile = f[1]
-		}
-		return s.httpsAddr != "" && s.caFile != ""
-	})
-	if err != nil {
-		return nil, err
-	}
-	pem, err := os.ReadFile(s.caFile)
-	if err != nil {
-		return nil, fmt.Errorf("gateway CA: %w", err)
-	}
-	s.caRoots = x509.NewCertPool()
-	if !s.caRoots.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("gateway CA %s holds no certificate", s.caFile)
-	}
+	s.gateway, s.httpsAddr, s.caFile, s.caRoots, s.dialNS = g.proc, g.httpsAddr, g.caFile, g.caRoots, g.dialNS
 
-	if h.pprof {
+	if withPprof {
 		env = []string{pprofEnv + "=" + filepath.Join(dir, "agent.pprof-addr")}
 	}
-	s.agent, err = h.start("agent", dir, []string{h.bin, "expose",
-		"--gateway", s.httpsAddr, "--ca", s.caFile, "--log-level", "warn",
-		"http://" + s.backend.httpAddr,
-	}, env, false)
-	if err != nil {
-		return nil, err
-	}
-	err = s.agent.readLines(ctx, 30*time.Second, func(line string) bool {
-		u, err := url.Parse(strings.TrimSpace(line))
-		if err == nil && u.Scheme == "https" && u.Host != "" {
-			s.publicURL = u
-			return true
-		}
-		return false
-	})
-	if err != nil {
+	if s.agent, s.publicURL, err = h.startAgent(ctx, dir, "agent", g, env, "--transport", transport, "http://"+b.httpAddr); err != nil {
 		return nil, err
 	}
 	if err := s.ready(ctx); err != nil {
 		return nil, err
 	}
-	if h.pprof {
+	if withPprof {
 		for p, file := range map[*proc]string{s.gateway: "gateway.pprof-addr", s.agent: "agent.pprof-addr"} {
 			b, err := os.ReadFile(filepath.Join(dir, file))
 			if err != nil {
@@ -318,15 +476,15 @@ func (h *harness) startStack(ctx context.Context, dir string) (_ *stack, err err
 }
 
 // webgwTarget reaches the backend through the gateway's public URL.
-func (s *stack) webgwTarget() *target {
-	return &target{key: keyWebgw, base: s.publicURL.Scheme + "://" + s.publicURL.Host, dialAddr: s.httpsAddr,
-		tlsName: s.publicURL.Hostname(), roots: s.caRoots, host: s.publicURL.Host}
+func (s *stack) webgwTarget(key string) *target {
+	return &target{key: key, base: s.publicURL.Scheme + "://" + s.publicURL.Host, dialAddr: s.httpsAddr,
+		tlsName: s.publicURL.Hostname(), roots: s.caRoots, host: s.publicURL.Host, netns: s.dialNS}
 }
 
 // ready polls the public URL until it answers 200 (the agent printed its URL,
 // so it should at once).
 func (s *stack) ready(ctx context.Context) error {
-	t := s.webgwTarget()
+	t := s.webgwTarget(webgwKey(s.transport))
 	tr := t.transport(false, 1)
 	defer tr.CloseIdleConnections()
 	deadline := time.Now().Add(10 * time.Second)

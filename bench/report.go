@@ -27,22 +27,54 @@ import (
 //	gateway_idle_kb_per_conn, agent_...  webgw only: the two parts of the above
 type Figures map[string]float64
 
-// Round maps direct_http, direct_https, webgw, webgw_vs_http and
-// webgw_vs_https (the ratios of that round) to their figures.
+// Round maps direct_http, direct_https, webgw (agent over tcp), webgw_quic
+// and the ratios of that round (webgw_vs_http, webgw_vs_https,
+// webgw_quic_vs_http, ...) to their figures.
 type Round map[string]Figures
 
-// addRatios adds webgw/direct for every figure both have.
+// addRatios adds webgw/direct for every webgw target and every figure both have.
 func (r Round) addRatios() {
-	w := r[keyWebgw]
-	for base, key := range map[string]string{keyHTTP: keyVsHTTP, keyHTTPS: keyVsHTTPS} {
-		f := Figures{}
-		for k, v := range w {
-			if d, ok := r[base][k]; ok && d != 0 && !strings.HasPrefix(k, "errors") && !strings.HasPrefix(k, "foreign") {
-				f[k] = v / d
-			}
+	for wk, w := range r {
+		if !isWebgwKey(wk) {
+			continue
 		}
-		r[key] = f
+		vsHTTP, vsHTTPS := ratioKeys(wk)
+		for base, key := range map[string]string{keyHTTP: vsHTTP, keyHTTPS: vsHTTPS} {
+			if _, ok := r[base]; !ok {
+				continue
+			}
+			f := Figures{}
+			for k, v := range w {
+				if d, ok := r[base][k]; ok && d != 0 && !strings.HasPrefix(k, "errors") && !strings.HasPrefix(k, "foreign") {
+					f[k] = v / d
+				}
+			}
+			r[key] = f
+		}
 	}
+}
+
+// medianRound is the per-figure median of rounds (ratios: the median of the
+// per-round ratios).
+func medianRound(rounds []Round) Round {
+	m := Round{}
+	if len(rounds) == 0 {
+		return m
+	}
+	for key := range rounds[0] {
+		f := Figures{}
+		for name := range rounds[0][key] {
+			var vs []float64
+			for _, rd := range rounds {
+				if v, ok := rd[key][name]; ok {
+					vs = append(vs, v)
+				}
+			}
+			f[name] = median(vs)
+		}
+		m[key] = f
+	}
+	return m
 }
 
 // Report is the result of Run.
@@ -67,6 +99,40 @@ type Report struct {
 	Rounds []Round `json:"rounds"`
 	Median Round   `json:"median"`
 	Goals  []Goal  `json:"goals"`
+	// Scenarios holds each run of the scenarios (failover_tcp,
+	// failover_quic, new_upstream; see failover.go and upstream.go), and
+	// ScenarioMedian their per-figure medians. ScenarioGoals are judged on
+	// the worst run.
+	Scenarios      map[string][]Figures `json:"scenarios,omitempty"`
+	ScenarioMedian map[string]Figures   `json:"scenario_median,omitempty"`
+	ScenarioGoals  []Goal               `json:"scenario_goals,omitempty"`
+	// Lossy holds each round of the lossy-link part (direct_http, webgw,
+	// webgw_quic and their ratios to direct_http), LossyMedian the medians.
+	Lossy       []Round `json:"lossy,omitempty"`
+	LossyMedian Round   `json:"lossy_median,omitempty"`
+	// Notes say what was skipped and why.
+	Notes []string `json:"notes,omitempty"`
+}
+
+// addScenario records one run of scenario key.
+func (r *Report) addScenario(key string, f Figures) {
+	if r.Scenarios == nil {
+		r.Scenarios = map[string][]Figures{}
+	}
+	r.Scenarios[key] = append(r.Scenarios[key], f)
+}
+
+// worst is the worst value of name over the runs of scenario key: the
+// lowest for rates and shares (rps_*, *_pct_*), else the highest.
+func (r *Report) worst(key, name string) float64 {
+	low := strings.HasPrefix(name, "rps") || strings.Contains(name, "_pct_")
+	var w float64
+	for i, f := range r.Scenarios[key] {
+		if v := f[name]; i == 0 || (!low && v > w) || (low && v < w) {
+			w = v
+		}
+	}
+	return w
 }
 
 // Settings are the run's parameters.
@@ -78,6 +144,14 @@ type Settings struct {
 	IdleConns int     `json:"idle_conns"`
 	BulkBytes int64   `json:"bulk_bytes"`
 	Protocol  string  `json:"protocol"`
+	// Transports are the agent transports measured, one webgw target each.
+	Transports []string `json:"transports"`
+	// Parts run (main, failover, upstream, lossy); ScenarioConns the steady load's workers.
+	Parts         []string `json:"parts"`
+	ScenarioConns int      `json:"scenario_conns"`
+	// Netem is the lossy part's link; LossyBulkBytes its bulk download.
+	Netem          string `json:"netem"`
+	LossyBulkBytes int64  `json:"lossy_bulk_bytes"`
 }
 
 // Goal is one goal of issue 2 and whether the median met it.
@@ -102,35 +176,40 @@ func newReport(cfg Config) *Report {
 		CPUModel: cpuModel(), Kernel: firstLine("/proc/sys/kernel/osrelease"), GoVersion: runtime.Version(),
 		Source: gitSource(), LoadAvgStart: loadAvg(),
 		Settings: Settings{Rounds: cfg.Rounds, DurationS: cfg.Duration.Seconds(), WarmupS: cfg.Warmup.Seconds(),
-			Conns: cfg.Conns, IdleConns: cfg.IdleConns, BulkBytes: cfg.BulkSize, Protocol: proto},
+			Conns: cfg.Conns, IdleConns: cfg.IdleConns, BulkBytes: cfg.BulkSize, Protocol: proto,
+			Parts: cfg.Parts, ScenarioConns: cfg.ScenarioConns, Netem: cfg.Netem, LossyBulkBytes: cfg.LossyBulkSize},
 	}
 }
 
 // finish computes the medians and the goals.
 func (r *Report) finish() {
 	r.LoadAvgEnd = loadAvg()
-	for _, rd := range r.Rounds {
-		for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {
-			for name, v := range rd[key] {
-				if strings.HasPrefix(name, "foreign_cpu_pct") {
+	r.finishScenarios()
+	r.LossyMedian = medianRound(r.Lossy)
+	for _, rd := range r.Lossy {
+		for key, f := range rd {
+			for name, v := range f {
+				if strings.HasPrefix(name, "foreign_cpu_pct") && !strings.Contains(key, "_vs_") {
 					r.ForeignPctMax = max(r.ForeignPctMax, v)
 				}
 			}
 		}
 	}
-	r.Median = Round{}
-	for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw, keyVsHTTP, keyVsHTTPS} {
-		f := Figures{}
-		for name := range r.Rounds[0][key] {
-			var vs []float64
-			for _, rd := range r.Rounds {
-				if v, ok := rd[key][name]; ok {
-					vs = append(vs, v)
+	if len(r.Rounds) == 0 {
+		return
+	}
+	for _, rd := range r.Rounds {
+		for key, f := range rd {
+			for name, v := range f {
+				if strings.HasPrefix(name, "foreign_cpu_pct") && !strings.Contains(key, "_vs_") {
+					r.ForeignPctMax = max(r.ForeignPctMax, v)
 				}
 			}
-			f[name] = median(vs)
 		}
-		r.Median[key] = f
+	}
+	r.Median = medianRound(r.Rounds)
+	if _, ok := r.Median[keyWebgw]; !ok {
+		return // the goals are judged on the tcp transport
 	}
 	m := r.Median
 	ratio := m[keyVsHTTP]["rps_1k"]
@@ -144,6 +223,43 @@ func (r *Report) finish() {
 		{Name: "RSS per held idle connection, gateway+agent",
 			Measured: m[keyWebgw]["idle_kb_per_conn"], Op: "<=", Limit: 16, Unit: "KB",
 			Met: m[keyWebgw]["idle_kb_per_conn"] <= 16},
+	}
+}
+
+// finishScenarios computes the scenarios' medians and goals.
+func (r *Report) finishScenarios() {
+	if len(r.Scenarios) == 0 {
+		return
+	}
+	r.ScenarioMedian = map[string]Figures{}
+	for key, runs := range r.Scenarios {
+		f := Figures{}
+		for name := range runs[0] {
+			var vs []float64
+			for _, run := range runs {
+				vs = append(vs, run[name])
+			}
+			f[name] = median(vs)
+		}
+		r.ScenarioMedian[key] = f
+	}
+	for _, tr := range r.Settings.Transports {
+		key := "failover_" + tr
+		if _, ok := r.Scenarios[key]; !ok {
+			continue
+		}
+		w := r.worst(key, "failed_get")
+		r.ScenarioGoals = append(r.ScenarioGoals, Goal{
+			Name:     fmt.Sprintf("failed GETs when one of two agents (%s) is killed under load, worst run", tr),
+			Measured: w, Op: "<=", Limit: 0, Met: w == 0, Unit: "requests",
+		})
+	}
+	if _, ok := r.Scenarios["new_upstream"]; ok {
+		w := max(r.worst("new_upstream", "cli_from_return_ms"), r.worst("new_upstream", "api_from_return_ms"))
+		r.ScenarioGoals = append(r.ScenarioGoals, Goal{
+			Name:     "a new direct upstream's first request after the change returned (CLI and API), worst run",
+			Measured: w, Op: "<=", Limit: 100, Met: w <= 100, Unit: "ms",
+		})
 	}
 }
 
@@ -168,11 +284,23 @@ func (r *Report) WriteTable(w io.Writer) {
 	if r.BusyPctBefore > 10 || r.ForeignPctMax > 5 {
 		fmt.Fprintf(w, "WARNING: the machine was not quiet; other work competed for the cores and the figures are low\n")
 	}
-	fmt.Fprintf(w, "%d rounds (median), %s per req/s run after %s warm-up, %d keep-alive clients, %s, %d idle conns, bulk %s\n\n",
-		s.Rounds, fmtDur(s.DurationS), fmtDur(s.WarmupS), s.Conns, s.Protocol, s.IdleConns, formatSize(s.BulkBytes))
+	if len(r.Rounds) > 0 {
+		fmt.Fprintf(w, "%d rounds (median), %s per req/s run after %s warm-up, %d keep-alive clients, %s, %d idle conns, bulk %s\n\n",
+			s.Rounds, fmtDur(s.DurationS), fmtDur(s.WarmupS), s.Conns, s.Protocol, s.IdleConns, formatSize(s.BulkBytes))
+		r.writeMain(w)
+	}
+	r.writeScenarios(w)
+	r.writeLossy(w)
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "\nnote: %s\n", n)
+	}
+}
 
+// writeMain prints the direct-against-webgw table and the goals of issue 2.
+func (r *Report) writeMain(w io.Writer) {
+	s := r.Settings
 	m := r.Median
-	rows := []struct{ label, key, format string }{
+	rows := []tableRow{
 		{"req/s, 1 KiB body", "rps_1k", "%.0f"},
 		{"  latency p50, ms", "p50_ms_1k", "%.2f"},
 		{"  latency p99, ms", "p99_ms_1k", "%.2f"},
@@ -185,24 +313,24 @@ func (r *Report) WriteTable(w io.Writer) {
 		{"  CPU s/GiB (backend | gateway+agent)", "bulk_cpu_s_per_gib", "%.2f"},
 		{fmt.Sprintf("RSS KB per held conn, %d idle (backend | gw+agent)", s.IdleConns), "idle_kb_per_conn", "%.1f"},
 	}
-	const lw = 52
-	fmt.Fprintf(w, "%-*s %12s %12s %12s %11s %11s\n", lw, "measurement (median)", "direct http", "direct https", "webgw", "webgw/http", "webgw/https")
-	fmt.Fprintf(w, "%s\n", strings.Repeat("-", lw+4*12+12))
-	for _, row := range rows {
-		fmt.Fprintf(w, "%-*s %12s %12s %12s %11s %11s\n", lw, row.label,
-			fmtVal(row.format, m[keyHTTP], row.key), fmtVal(row.format, m[keyHTTPS], row.key), fmtVal(row.format, m[keyWebgw], row.key),
-			fmtVal("%.2f", m[keyVsHTTP], row.key), fmtVal("%.2f", m[keyVsHTTPS], row.key))
+	writeTargets(w, m, r.Settings.Transports, rows)
+	for _, tr := range r.Settings.Transports {
+		wg, ok := m[webgwKey(tr)]
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(w, "\nwebgw %s CPU per request, µs (1 KiB | small): gateway %.1f | %.1f, agent %.1f | %.1f, backend %.1f | %.1f, load generator %.1f | %.1f\n", tr,
+			wg["gateway_cpu_us_per_req_1k"], wg["gateway_cpu_us_per_req_small"], wg["agent_cpu_us_per_req_1k"], wg["agent_cpu_us_per_req_small"],
+			wg["backend_cpu_us_per_req_1k"], wg["backend_cpu_us_per_req_small"], wg["loadgen_cpu_us_per_req_1k"], wg["loadgen_cpu_us_per_req_small"])
+		fmt.Fprintf(w, "webgw %s RSS per held conn, KB: gateway %.1f, agent %.1f\n", tr, wg["gateway_idle_kb_per_conn"], wg["agent_idle_kb_per_conn"])
 	}
-
-	wg := m[keyWebgw]
-	fmt.Fprintf(w, "\nwebgw CPU per request, µs (1 KiB | small): gateway %.1f | %.1f, agent %.1f | %.1f, backend %.1f | %.1f, load generator %.1f | %.1f\n",
-		wg["gateway_cpu_us_per_req_1k"], wg["gateway_cpu_us_per_req_small"], wg["agent_cpu_us_per_req_1k"], wg["agent_cpu_us_per_req_small"],
-		wg["backend_cpu_us_per_req_1k"], wg["backend_cpu_us_per_req_small"], wg["loadgen_cpu_us_per_req_1k"], wg["loadgen_cpu_us_per_req_small"])
-	fmt.Fprintf(w, "load generator CPU per request, µs (1 KiB): direct http %.1f, direct https %.1f, webgw %.1f\n",
-		m[keyHTTP]["loadgen_cpu_us_per_req_1k"], m[keyHTTPS]["loadgen_cpu_us_per_req_1k"], wg["loadgen_cpu_us_per_req_1k"])
-	fmt.Fprintf(w, "webgw RSS per held conn, KB: gateway %.1f, agent %.1f\n", wg["gateway_idle_kb_per_conn"], wg["agent_idle_kb_per_conn"])
+	var lg []string
+	for _, key := range targetKeys(m, r.Settings.Transports) {
+		lg = append(lg, fmt.Sprintf("%s %.1f", columnName(key), m[key]["loadgen_cpu_us_per_req_1k"]))
+	}
+	fmt.Fprintf(w, "load generator CPU per request, µs (1 KiB): %s\n", strings.Join(lg, ", "))
 	for i, rd := range r.Rounds {
-		for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {
+		for _, key := range targetKeys(rd, r.Settings.Transports) {
 			for _, body := range []string{"1k", "small"} {
 				if n := rd[key]["errors_"+body]; n > 0 {
 					fmt.Fprintf(w, "WARNING: round %d, %s %s: %.0f failed requests\n", i+1, key, body, n)
@@ -228,6 +356,187 @@ func (r *Report) WriteTable(w io.Writer) {
 			line += "; " + g.Note
 		}
 		fmt.Fprintln(w, line)
+	}
+}
+
+// writeLossy prints the lossy-link part.
+func (r *Report) writeLossy(w io.Writer) {
+	if len(r.Lossy) == 0 {
+		return
+	}
+	s := r.Settings
+	fmt.Fprintf(w, "\nlossy link: %q each way between two network namespaces (gateway and load generator | agent and backend)\n", s.Netem)
+	fmt.Fprintf(w, "(%d rounds, median; %s per req/s run, %d keep-alive clients; direct: the load generator to the backend across the same link)\n\n",
+		len(r.Lossy), fmtDur(s.DurationS), s.Conns)
+	writeTargets(w, r.LossyMedian, s.Transports, []tableRow{
+		{"req/s, 1 KiB body", "rps_1k", "%.0f"},
+		{"  latency p50, ms", "p50_ms_1k", "%.1f"},
+		{"  latency p99, ms", "p99_ms_1k", "%.1f"},
+		{"  CPU µs/req (backend | gateway+agent)", "cpu_us_per_req_1k", "%.1f"},
+		{"req/s, small GET (3-byte body)", "rps_small", "%.0f"},
+		{"  latency p50, ms", "p50_ms_small", "%.1f"},
+		{"  latency p99, ms", "p99_ms_small", "%.1f"},
+		{"  CPU µs/req (backend | gateway+agent)", "cpu_us_per_req_small", "%.1f"},
+		{"bulk MiB/s, one " + formatSize(s.LossyBulkBytes) + " download", "bulk_mib_s", "%.1f"},
+		{"  CPU s/GiB (backend | gateway+agent)", "bulk_cpu_s_per_gib", "%.2f"},
+	})
+	for i, rd := range r.Lossy {
+		for _, key := range targetKeys(rd, s.Transports) {
+			for _, body := range []string{"1k", "small"} {
+				if n := rd[key]["errors_"+body]; n > 0 {
+					fmt.Fprintf(w, "WARNING: lossy round %d, %s %s: %.0f failed requests\n", i+1, key, body, n)
+				}
+			}
+		}
+	}
+}
+
+// writeScenarios prints the failover and new-upstream scenarios: the median
+// of the runs, and the worst run in parentheses.
+func (r *Report) writeScenarios(w io.Writer) {
+	if len(r.Scenarios) == 0 {
+		return
+	}
+	var failover []string // in the order of -transports
+	for _, tr := range r.Settings.Transports {
+		if _, ok := r.Scenarios["failover_"+tr]; ok {
+			failover = append(failover, "failover_"+tr)
+		}
+	}
+	cell := func(key, name, format string) string {
+		if _, ok := r.ScenarioMedian[key][name]; !ok {
+			return "-"
+		}
+		return fmt.Sprintf(format+" ("+format+")", r.ScenarioMedian[key][name], r.worst(key, name))
+	}
+	const lw = 60
+	if len(failover) > 0 {
+		runs := len(r.Scenarios[failover[0]])
+		fmt.Fprintf(w, "\nfailover: two agents (--connections 2 each) serve one name, one is killed (SIGKILL) under steady load\n")
+		fmt.Fprintf(w, "(%d workers, GET and POST /small in turn; %d runs: median (worst))\n\n", r.Settings.ScenarioConns, runs)
+		fmt.Fprintf(w, "%-*s", lw, "measurement")
+		for _, key := range failover {
+			fmt.Fprintf(w, " %18s", "agent "+strings.TrimPrefix(key, "failover_"))
+		}
+		fmt.Fprintf(w, "\n%s\n", strings.Repeat("-", lw+19*len(failover)))
+		for _, row := range []struct{ label, name, format string }{
+			{"failed GET", "failed_get", "%.0f"},
+			{"failed POST", "failed_post", "%.0f"},
+			{"kill -> last failed request, ms (0: none failed)", "last_fail_ms", "%.0f"},
+			{"kill -> throughput back to 90% of before, ms", "takeover_ms", "%.0f"},
+			{"slowest request across the kill, ms", "slowest_ms", "%.0f"},
+			{"req/s before the kill", "rps_before", "%.0f"},
+			{"req/s after the kill", "rps_after", "%.0f"},
+			{"watched after the kill, ms", "observed_ms", "%.0f"},
+			{"lowest 100 ms window before the kill, % of mean", "window_min_pct_before", "%.0f"},
+		} {
+			fmt.Fprintf(w, "%-*s", lw, row.label)
+			for _, key := range failover {
+				fmt.Fprintf(w, " %18s", cell(key, row.name, row.format))
+			}
+			fmt.Fprintln(w)
+		}
+	}
+	if runs, ok := r.Scenarios["new_upstream"]; ok {
+		const key = "new_upstream"
+		fmt.Fprintf(w, "\nnew upstream: a service with one direct upstream, under steady load, gets a second one\n")
+		fmt.Fprintf(w, "(%d workers; first request at the new backend, by its clock; %d runs: median (worst))\n\n", r.Settings.ScenarioConns, len(runs))
+		fmt.Fprintf(w, "%-*s %18s %18s\n", lw, "ms to the new backend's first request", "from start", "from return")
+		fmt.Fprintf(w, "%s\n", strings.Repeat("-", lw+38))
+		fmt.Fprintf(w, "%-*s %18s %18s\n", lw, "webgw service set up --add-upstream URL (CLI)", cell(key, "cli_from_start_ms", "%.1f"), cell(key, "cli_from_return_ms", "%.1f"))
+		fmt.Fprintf(w, "%-*s %18s %18s\n", lw, "PUT /v1/services/up (API)", cell(key, "api_from_start_ms", "%.1f"), cell(key, "api_from_return_ms", "%.1f"))
+		fmt.Fprintf(w, "the CLI ran %s ms, the PUT took %s ms; failed requests %s\n",
+			cell(key, "cli_call_ms", "%.1f"), cell(key, "api_call_ms", "%.1f"), cell(key, "failed", "%.0f"))
+	}
+	var busy float64
+	for _, runs := range r.Scenarios {
+		for _, f := range runs {
+			busy = max(busy, f["busy_pct_before"])
+		}
+	}
+	fmt.Fprintf(w, "machine busy before each scenario run (300 ms sample): at most %.0f%%\n", busy)
+
+	fmt.Fprintf(w, "\ngoals (scenarios)\n")
+	for _, g := range r.ScenarioGoals {
+		verdict := "MISS"
+		if g.Met {
+			verdict = "met"
+		}
+		op := map[string]string{">=": "≥", "<=": "≤"}[g.Op]
+		fmt.Fprintf(w, "  %-4s %-84s %10s  (goal %s %g %s)\n", verdict, g.Name, fmt.Sprintf("%.1f %s", g.Measured, g.Unit), op, g.Limit, g.Unit)
+	}
+}
+
+// tableRow is one measurement of a target table.
+type tableRow struct{ label, key, format string }
+
+// targetKeys are m's targets in column order: direct http, direct https,
+// then webgw per transport.
+func targetKeys(m Round, transports []string) []string {
+	var keys []string
+	for _, k := range []string{keyHTTP, keyHTTPS} {
+		if _, ok := m[k]; ok {
+			keys = append(keys, k)
+		}
+	}
+	for _, tr := range transports {
+		if _, ok := m[webgwKey(tr)]; ok {
+			keys = append(keys, webgwKey(tr))
+		}
+	}
+	return keys
+}
+
+// columnName is a target's column header: "direct http", "webgw tcp".
+func columnName(key string) string {
+	switch key {
+	case keyHTTP:
+		return "direct http"
+	case keyHTTPS:
+		return "direct https"
+	case keyWebgw:
+		return "webgw tcp"
+	}
+	return strings.ReplaceAll(key, "_", " ")
+}
+
+// writeTargets prints one column per target, then webgw/direct ratios per
+// transport ("tcp/http").
+func writeTargets(w io.Writer, m Round, transports []string, rows []tableRow) {
+	keys := targetKeys(m, transports)
+	type col struct{ head, key, format string }
+	var cols []col
+	for _, k := range keys {
+		cols = append(cols, col{columnName(k), k, ""})
+	}
+	for _, k := range keys {
+		if !isWebgwKey(k) {
+			continue
+		}
+		tr := strings.TrimPrefix(strings.TrimPrefix(columnName(k), "webgw"), " ")
+		vsHTTP, vsHTTPS := ratioKeys(k)
+		for _, rk := range []struct{ key, base string }{{vsHTTP, "http"}, {vsHTTPS, "https"}} {
+			if _, ok := m[rk.key]; ok {
+				cols = append(cols, col{tr + "/" + rk.base, rk.key, "%.2f"})
+			}
+		}
+	}
+	const lw = 52
+	fmt.Fprintf(w, "%-*s", lw, "measurement (median)")
+	for _, c := range cols {
+		fmt.Fprintf(w, " %12s", c.head)
+	}
+	fmt.Fprintf(w, "\n%s\n", strings.Repeat("-", lw+13*len(cols)))
+	for _, row := range rows {
+		fmt.Fprintf(w, "%-*s", lw, row.label)
+		for _, c := range cols {
+			format := row.format
+			if c.format != "" {
+				format = c.format
+			}
+			fmt.Fprintf(w, " %12s", fmtVal(format, m[c.key], row.key))
+		}
+		fmt.Fprintln(w)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -23,7 +24,23 @@ const (
 	defaultConns     = 64
 	defaultIdleConns = 1000
 	defaultBulkSize  = 256 << 20
+	// defaultScenarioConns is the steady load of the failover and
+	// new-upstream scenarios.
+	defaultScenarioConns = 16
 )
+
+// Parts of a run (-parts).
+const (
+	partMain     = "main"     // req/s, latency, CPU, bulk, idle RSS: direct against webgw per transport
+	partFailover = "failover" // one of two agents killed under load
+	partUpstream = "upstream" // a direct upstream added under load
+	partLossy    = "lossy"    // direct against webgw per transport across an emulated lossy link
+)
+
+var allParts = []string{partMain, partFailover, partUpstream, partLossy}
+
+// allTransports are the agent transports the harness knows (--transport).
+var allTransports = []string{"tcp", "quic"}
 
 // Config is one harness run. The zero value of each field means its default.
 type Config struct {
@@ -46,6 +63,24 @@ type Config struct {
 	// PprofDir, when set, builds webgw with a harness-side pprof listener and
 	// writes CPU and heap profiles of gateway and agent (last round) there.
 	PprofDir string
+	// Parts lists what to run (partMain, partFailover, partUpstream, partLossy); nil
+	// means all.
+	Parts []string
+	// FailoverWatch is the longest a failover run watches after the kill
+	// while requests fail or throughput is not back; 0 means 60 s.
+	FailoverWatch time.Duration
+	// Netem is the lossy link, in netem's words, applied in each direction;
+	// "" means "loss 1% delay 10ms".
+	Netem string
+	// LossyBulkSize is the bulk download across the lossy link; 0 means 32 MiB.
+	LossyBulkSize int64
+	// Transports are the agent transports measured (tcp, quic), each as its
+	// own webgw target; nil means tcp, and quic too when this webgw's agent
+	// can use it.
+	Transports []string
+	// ScenarioConns is the number of workers of the steady load of the
+	// failover and new-upstream scenarios; 0 means 16.
+	ScenarioConns int
 	// Backend is the command that runs `bench backend`; nil re-executes this program.
 	Backend []string
 	// Progress receives one line per step; nil is silent.
@@ -71,7 +106,24 @@ func (c *Config) complete() {
 	if c.BulkSize == 0 {
 		c.BulkSize = defaultBulkSize
 	}
+	if c.Parts == nil {
+		c.Parts = allParts
+	}
+	if c.ScenarioConns == 0 {
+		c.ScenarioConns = defaultScenarioConns
+	}
+	if c.Netem == "" {
+		c.Netem = defaultNetem
+	}
+	if c.FailoverWatch == 0 {
+		c.FailoverWatch = defaultFailoverWatch
+	}
+	if c.LossyBulkSize == 0 {
+		c.LossyBulkSize = defaultLossyBulkSize
+	}
 }
+
+func (c *Config) has(part string) bool { return slices.Contains(c.Parts, part) }
 
 func (c *Config) validate() error {
 	switch {
@@ -87,6 +139,31 @@ func (c *Config) validate() error {
 		return fmt.Errorf("-idle-conns %d not accepted; use 1-100000", c.IdleConns)
 	case c.BulkSize < 0:
 		return fmt.Errorf("-bulk-size %d not accepted; use a positive size such as 256MiB", c.BulkSize)
+	case c.LossyBulkSize < 0:
+		return fmt.Errorf("-lossy-bulk-size %d not accepted; use a positive size such as 32MiB", c.LossyBulkSize)
+	case c.ScenarioConns < 0 || c.ScenarioConns > 10000:
+		return fmt.Errorf("-scenario-conns %d not accepted; use 1-10000", c.ScenarioConns)
+	}
+	if c.Netem != "" {
+		if _, _, err := parseNetem(c.Netem); err != nil {
+			return err
+		}
+	}
+	if c.Parts != nil && len(c.Parts) == 0 {
+		return fmt.Errorf("-parts is empty; use a comma-separated list of %s", strings.Join(allParts, ", "))
+	}
+	for _, t := range c.Transports {
+		if !slices.Contains(allTransports, t) {
+			return fmt.Errorf("-transports: %q not accepted; use tcp, quic or tcp,quic", t)
+		}
+	}
+	if c.Transports != nil && len(c.Transports) == 0 {
+		return fmt.Errorf("-transports is empty; use tcp, quic or tcp,quic")
+	}
+	for _, p := range c.Parts {
+		if !slices.Contains(allParts, p) {
+			return fmt.Errorf("-parts: %q not accepted; use a comma-separated list of %s", p, strings.Join(allParts, ", "))
+		}
 	}
 	return nil
 }
@@ -95,10 +172,27 @@ func (c *Config) validate() error {
 const (
 	keyHTTP    = "direct_http"    // harness -> backend, plain HTTP
 	keyHTTPS   = "direct_https"   // harness -> backend, HTTPS served by the backend itself
-	keyWebgw   = "webgw"          // harness -> gateway (HTTPS terminated) -> tunnel -> agent -> backend
+	keyWebgw   = "webgw"          // harness -> gateway (HTTPS terminated) -> TCP tunnel -> agent -> backend
 	keyVsHTTP  = "webgw_vs_http"  // webgw / direct_http, per round
 	keyVsHTTPS = "webgw_vs_https" // webgw / direct_https, per round
 )
+
+// webgwKey is the target key of webgw with the agent on transport: "webgw"
+// for tcp (the key of earlier reports), "webgw_quic" for quic.
+func webgwKey(transport string) string {
+	if transport == "tcp" {
+		return keyWebgw
+	}
+	return keyWebgw + "_" + transport
+}
+
+// isWebgwKey says whether key is a webgw target (not direct, not a ratio).
+func isWebgwKey(key string) bool {
+	return strings.HasPrefix(key, keyWebgw) && !strings.Contains(key, "_vs_")
+}
+
+// ratioKeys are the keys of key's ratios to direct http and direct https.
+func ratioKeys(key string) (vsHTTP, vsHTTPS string) { return key + "_vs_http", key + "_vs_https" }
 
 // harness owns the processes and files of one Run.
 type harness struct {
@@ -112,6 +206,20 @@ type harness struct {
 	backendRoots      *x509.CertPool // trusts certFile
 
 	procs procTable
+
+	// place, while the lossy part runs, puts gateways in place.gw and
+	// agents and backends in place.agent; nil is loopback in this
+	// process's namespace. Owned by Run's goroutine.
+	place *lossyNet
+	// extra are more processes of ours (the link emulator) that req/s runs
+	// do not count as other load. Owned by Run's goroutine.
+	extra []*proc
+}
+
+// selfArgv is the command that runs this program (or the test binary
+// playing it) with a role argument after it.
+func (h *harness) selfArgv() []string {
+	return append([]string(nil), h.backend[:len(h.backend)-1]...)
 }
 
 // Run builds webgw, runs cfg.Rounds interleaved rounds and returns the report.
@@ -167,8 +275,25 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if h.certFile, h.keyFile, h.backendRoots, err = writeSelfSigned(work); err != nil {
 		return nil, err
 	}
+	if h.cfg.Transports == nil {
+		h.cfg.Transports = []string{"tcp"}
+		if why := h.probeTransport(ctx, "quic"); why != nil {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("quic not measured: %v", why))
+			h.logf("quic not measured: %v", why)
+		} else {
+			h.cfg.Transports = append(h.cfg.Transports, "quic")
+		}
+	} else if slices.Contains(h.cfg.Transports, "quic") {
+		if why := h.probeTransport(ctx, "quic"); why != nil {
+			return nil, fmt.Errorf("-transports quic: %w", why)
+		}
+	}
+	rep.Settings.Transports = h.cfg.Transports
 
 	for r := range cfg.Rounds {
+		if !cfg.has(partMain) {
+			break
+		}
 		round, err := h.round(ctx, r)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -178,17 +303,31 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		rep.Rounds = append(rep.Rounds, round)
 	}
+	if err := h.scenarios(ctx, rep); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("interrupted: %w", ctx.Err())
+		}
+		return nil, err
+	}
+	if cfg.has(partLossy) {
+		if err := h.lossy(ctx, rep); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("interrupted: %w", ctx.Err())
+			}
+			return nil, err
+		}
+	}
 	rep.finish()
 	return rep, nil
 }
 
 // round runs one round: idle connections (each on fresh processes, so no
 // earlier test's freed memory hides their cost), then req/s for the 1 KiB and
-// the small body, then the bulk download, each as direct_http, direct_https,
-// webgw in turn.
+// the small body, then the bulk download, each as direct_http, direct_https
+// and webgw over each transport in turn.
 func (h *harness) round(ctx context.Context, r int) (Round, error) {
 	last := r == h.cfg.Rounds-1
-	rd := Round{keyHTTP: {}, keyHTTPS: {}, keyWebgw: {}}
+	rd := Round{keyHTTP: {}, keyHTTPS: {}}
 	tag := fmt.Sprintf("round %d/%d", r+1, h.cfg.Rounds)
 	dir := filepath.Join(h.work, fmt.Sprintf("round%d", r+1))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -211,47 +350,64 @@ func (h *harness) round(ctx context.Context, r int) (Round, error) {
 		h.logf("%s  idle %-13s %7.1f KB per held connection (backend)", tag, key, res.total)
 	}
 
-	// The stack for everything else; its gateway and agent are fresh for the idle test.
-	s, err := h.startStack(ctx, dir)
+	// One backend for everything else, and a gateway and an agent per
+	// transport, fresh for the idle test. The first transport's stack has
+	// the pprof hook.
+	backend, err := h.startBackend(ctx, filepath.Join(dir, "stack"))
 	if err != nil {
 		return nil, err
 	}
-	defer s.stop()
+	defer backend.proc.stop()
 	targets := map[string]*target{
-		keyHTTP:  s.backend.target(keyHTTP, h.backendRoots),
-		keyHTTPS: s.backend.target(keyHTTPS, h.backendRoots),
-		keyWebgw: s.webgwTarget(),
+		keyHTTP:  backend.target(keyHTTP, h.backendRoots),
+		keyHTTPS: backend.target(keyHTTPS, h.backendRoots),
 	}
 	measured := map[string][]*proc{
-		keyHTTP:  {s.backend.proc},
-		keyHTTPS: {s.backend.proc},
-		keyWebgw: {s.gateway, s.agent},
+		keyHTTP:  {backend.proc},
+		keyHTTPS: {backend.proc},
 	}
-
-	var whileHeld func()
-	if last && h.pprof {
-		whileHeld = func() {
-			h.saveProfiles(ctx, s, "heap.txt", "heap?debug=1") // ends with runtime.MemStats: stacks, heap, GC
-			h.saveProfiles(ctx, s, "goroutine.txt", "goroutine?debug=1")
-			h.saveProfiles(ctx, s, "heap", "heap?gc=1")
+	keys := []string{keyHTTP, keyHTTPS}
+	var first *stack
+	for i, tr := range h.cfg.Transports {
+		key := webgwKey(tr)
+		s, err := h.startStack(ctx, filepath.Join(dir, tr), backend, tr, i == 0 && h.pprof)
+		if err != nil {
+			return nil, fmt.Errorf("webgw over %s: %w", tr, err)
 		}
+		defer s.stop()
+		if i == 0 {
+			first = s
+		}
+		rd[key] = Figures{}
+		keys = append(keys, key)
+		targets[key] = s.webgwTarget(key)
+		measured[key] = []*proc{s.gateway, s.agent}
+
+		var whileHeld func()
+		if last && i == 0 && h.pprof {
+			whileHeld = func() {
+				h.saveProfiles(ctx, s, "heap.txt", "heap?debug=1") // ends with runtime.MemStats: stacks, heap, GC
+				h.saveProfiles(ctx, s, "goroutine.txt", "goroutine?debug=1")
+				h.saveProfiles(ctx, s, "heap", "heap?gc=1")
+			}
+		}
+		res, err := h.idle(ctx, targets[key], measured[key], whileHeld)
+		if err != nil {
+			return nil, fmt.Errorf("idle %s: %w", key, err)
+		}
+		rd[key]["idle_kb_per_conn"] = res.total
+		rd[key]["gateway_idle_kb_per_conn"] = res.per[0]
+		rd[key]["agent_idle_kb_per_conn"] = res.per[1]
+		h.logf("%s  idle %-13s %7.1f KB per held connection (gateway %.1f + agent %.1f)", tag, key, res.total, res.per[0], res.per[1])
 	}
-	res, err := h.idle(ctx, targets[keyWebgw], measured[keyWebgw], whileHeld)
-	if err != nil {
-		return nil, fmt.Errorf("idle webgw: %w", err)
-	}
-	rd[keyWebgw]["idle_kb_per_conn"] = res.total
-	rd[keyWebgw]["gateway_idle_kb_per_conn"] = res.per[0]
-	rd[keyWebgw]["agent_idle_kb_per_conn"] = res.per[1]
-	h.logf("%s  idle %-13s %7.1f KB per held connection (gateway %.1f + agent %.1f)", tag, keyWebgw, res.total, res.per[0], res.per[1])
 
 	for _, body := range []struct{ key, path string }{{"1k", "/1k"}, {"small", "/small"}} {
-		for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {
+		for _, key := range keys {
 			var onMeasure func() func()
-			if last && h.pprof && key == keyWebgw && body.key == "1k" {
-				onMeasure = func() func() { return h.startCPUProfiles(ctx, s) }
+			if last && h.pprof && key == keys[2] && body.key == "1k" {
+				onMeasure = func() func() { return h.startCPUProfiles(ctx, first) }
 			}
-			lr, err := h.load(ctx, targets[key], body.path, measured[key], s.backend.proc, onMeasure)
+			lr, err := h.load(ctx, targets[key], body.path, measured[key], backend.proc, onMeasure)
 			if err != nil {
 				return nil, fmt.Errorf("load %s %s: %w", key, body.key, err)
 			}
@@ -265,7 +421,7 @@ func (h *harness) round(ctx context.Context, r int) (Round, error) {
 			f["loadgen_cpu_us_per_req"+sfx] = lr.loadgenUS
 			f["errors"+sfx] = float64(lr.errors)
 			f["foreign_cpu_pct"+sfx] = lr.foreignPct
-			if key == keyWebgw {
+			if isWebgwKey(key) {
 				f["gateway_cpu_us_per_req"+sfx] = lr.perUS[0]
 				f["agent_cpu_us_per_req"+sfx] = lr.perUS[1]
 			}
@@ -274,8 +430,8 @@ func (h *harness) round(ctx context.Context, r int) (Round, error) {
 		}
 	}
 
-	for _, key := range []string{keyHTTP, keyHTTPS, keyWebgw} {
-		br, err := h.bulk(ctx, targets[key], measured[key])
+	for _, key := range keys {
+		br, err := h.bulk(ctx, targets[key], measured[key], h.cfg.BulkSize)
 		if err != nil {
 			return nil, fmt.Errorf("bulk %s: %w", key, err)
 		}
@@ -285,6 +441,79 @@ func (h *harness) round(ctx context.Context, r int) (Round, error) {
 	}
 	rd.addRatios()
 	return rd, nil
+}
+
+// probeTransport checks that an agent reaches a gateway over transport:
+// nil when its tunnel comes up over it, else why not.
+func (h *harness) probeTransport(ctx context.Context, transport string) error {
+	dir := filepath.Join(h.work, "probe-"+transport)
+	g, err := h.startGateway(ctx, dir, "gateway", nil)
+	if err != nil {
+		return err
+	}
+	defer g.proc.stop()
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	// An agent that cannot use the transport logs "tunnel down" at once
+	// and retries: do not wait for the timeout then.
+	go func() {
+		for pctx.Err() == nil {
+			if b, _ := os.ReadFile(filepath.Join(dir, "agent.log")); strings.Contains(string(b), "tunnel down") {
+				cancel()
+				return
+			}
+			sleep(pctx, 50*time.Millisecond)
+		}
+	}()
+	p, _, err := h.startAgent(pctx, dir, "agent", g, nil, "--transport", transport, "http://127.0.0.1:9")
+	if err == nil {
+		p.stop()
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if pctx.Err() != nil {
+		// No URL: say what the agent logged last.
+		b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		return fmt.Errorf("webgw expose --transport %s: no tunnel came up; its log ends: %s", transport, lines[len(lines)-1])
+	}
+	return err
+}
+
+// scenarios runs the failover and new-upstream scenarios cfg.Rounds times
+// each, on fresh processes every time.
+func (h *harness) scenarios(ctx context.Context, rep *Report) error {
+	for r := range h.cfg.Rounds {
+		tag := fmt.Sprintf("run %d/%d", r+1, h.cfg.Rounds)
+		if h.cfg.has(partFailover) {
+			for _, tr := range h.cfg.Transports {
+				key := "failover_" + tr
+				busy := busyPct(ctx, 300*time.Millisecond)
+				f, err := h.failover(ctx, scenarioDir(h.work, key, r), tr)
+				if err != nil {
+					return fmt.Errorf("failover (%s) %s: %w", tr, tag, err)
+				}
+				f["busy_pct_before"] = busy
+				rep.addScenario(key, f)
+				h.logf("%s  failover %-4s failed GET %.0f, POST %.0f; last failure %.0f ms, throughput back %.0f ms after the kill (%.0f req/s before, %.0f after; slowest %.0f ms)",
+					tag, tr, f["failed_get"], f["failed_post"], f["last_fail_ms"], f["takeover_ms"], f["rps_before"], f["rps_after"], f["slowest_ms"])
+			}
+		}
+		if h.cfg.has(partUpstream) {
+			busy := busyPct(ctx, 300*time.Millisecond)
+			f, err := h.newUpstream(ctx, scenarioDir(h.work, "new-upstream", r))
+			if err != nil {
+				return fmt.Errorf("new upstream %s: %w", tag, err)
+			}
+			f["busy_pct_before"] = busy
+			rep.addScenario("new_upstream", f)
+			h.logf("%s  new upstream: first request %.1f ms after `service set` returned (%.1f ms after it started; it ran %.1f ms), %.1f ms after the API PUT returned (%.1f after it started; it took %.1f ms); %.0f failed",
+				tag, f["cli_from_return_ms"], f["cli_from_start_ms"], f["cli_call_ms"], f["api_from_return_ms"], f["api_from_start_ms"], f["api_call_ms"], f["failed"])
+		}
+	}
+	return nil
 }
 
 func errNote(n int) string {
