@@ -25,10 +25,14 @@ func TestPickerChoice(t *testing.T) {
 		t.Errorf("both work: %q probe=%v, want tcp", tr, probe)
 	}
 	// A lossy TCP link prefers QUIC.
-	p.tcpSample(addr, 5, 100, now.Add(time.Minute))
-	p.tcpSample(addr, 5, 100, now.Add(time.Minute+10*time.Second))
+	p.tcpSample(addr, 2, 100, now.Add(time.Minute-20*time.Second))
+	if p.lossy(addr, now.Add(time.Minute)) {
+		t.Fatal("2 of 100 segments retransmitted: want not lossy (TCP still wins at 5% loss)")
+	}
+	p.tcpSample(addr, 15, 100, now.Add(time.Minute))
+	p.tcpSample(addr, 15, 100, now.Add(time.Minute+10*time.Second))
 	if !p.lossy(addr, now.Add(time.Minute+10*time.Second)) {
-		t.Fatal("10 of 200 segments retransmitted: want lossy")
+		t.Fatal("32 of 300 segments retransmitted: want lossy")
 	}
 	if tr, _ := p.choice(addr, now.Add(time.Minute+10*time.Second)); tr != TransportQUIC {
 		t.Errorf("lossy TCP: %q, want quic", tr)
@@ -188,7 +192,7 @@ func TestAutoTransport(t *testing.T) {
 		}, TransportQUIC, time.Second},
 		{"lossy tcp: quic", func(f *fakeLink, a *Agent) {
 			f.delay[TransportQUIC] = 50 * time.Millisecond
-			a.pick.tcpSample("gw:443", 50, 1000, time.Now())
+			a.pick.tcpSample("gw:443", 150, 1000, time.Now())
 		}, TransportQUIC, time.Second},
 	}
 	for _, tt := range tests {
