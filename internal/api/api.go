@@ -45,11 +45,13 @@ type Server struct {
 
 // GatewayInfo is the static part of /v1/status.
 type GatewayInfo struct {
-	ID        string    `json:"id"`
-	Version   string    `json:"version"`
-	Domain    string    `json:"domain"`
-	HTTPAddr  string    `json:"http_addr"`
-	HTTPSAddr string    `json:"https_addr"`
+	ID        string `json:"id"`
+	Version   string `json:"version"`
+	Domain    string `json:"domain"`
+	HTTPAddr  string `json:"http_addr"`
+	HTTPSAddr string `json:"https_addr"`
+	// HTTP3Addr is the UDP address of HTTP/3 and QUIC agent tunnels; empty when off.
+	HTTP3Addr string    `json:"http3_addr,omitempty"`
 	APIAddr   string    `json:"api_addr"`
 	Open      bool      `json:"open"`
 	Started   time.Time `json:"started"`

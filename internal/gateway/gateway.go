@@ -237,7 +237,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		CheckUpstream: checkUpstream,
 		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Info: api.GatewayInfo{ID: g.ID, Version: Version, Domain: cfg.Domain, HTTPAddr: g.HTTPAddr,
-			HTTPSAddr: g.HTTPSAddr, APIAddr: g.APIAddr, Open: *cfg.Open, Started: time.Now().UTC()},
+			HTTPSAddr: g.HTTPSAddr, HTTP3Addr: g.H3Addr, APIAddr: g.APIAddr, Open: *cfg.Open, Started: time.Now().UTC()},
 	}
 	g.apiSrv = &http.Server{
 		Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10,
