@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -178,7 +179,13 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		apiLn.Close()
 		return nil, cfgErr("upstream_allow: %v", err)
 	}
-	g.upstreams = netpolicy.New(allow, nil)
+	var public []netip.Addr
+	for _, ip := range cfg.PublicIPs {
+		if a, err := netip.ParseAddr(ip); err == nil {
+			public = append(public, a.Unmap())
+		}
+	}
+	g.upstreams = netpolicy.NewWithPublic(allow, public)
 	var checkUpstream func(model.ParsedUpstream) error
 	if len(allow) > 0 {
 		checkUpstream = g.upstreams.CheckUpstream

@@ -108,6 +108,20 @@ func ParseAllow(specs []string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// NewWithPublic is New whose own addresses are the host's interface
+// addresses (cached as with New's default) plus public, the gateway's
+// configured public addresses, which behind 1:1 NAT are on no interface.
+func NewWithPublic(allow []netip.Prefix, public []netip.Addr) *Policy {
+	p := New(allow, nil)
+	if len(public) > 0 {
+		pub := append([]netip.Addr(nil), public...)
+		p.own = func() []netip.Addr {
+			return append(append(make([]netip.Addr, 0, 8), p.interfaceAddrs()...), pub...)
+		}
+	}
+	return p
+}
+
 // interfaceAddrs is the default own function: the host's interface
 // addresses, cached for ownRefresh. A failed lookup keeps the previous list.
 func (p *Policy) interfaceAddrs() []netip.Addr {

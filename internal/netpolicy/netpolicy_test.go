@@ -270,3 +270,20 @@ func TestNewNormalizes(t *testing.T) {
 		}
 	}
 }
+
+// TestNewWithPublic: a configured public address (on no interface, behind
+// NAT) is the gateway's own: a wide allow list does not reach it.
+func TestNewWithPublic(t *testing.T) {
+	pub := netip.MustParseAddr("203.0.113.7")
+	p := NewWithPublic([]netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, []netip.Addr{pub})
+	if err := p.Check(pub); err == nil {
+		t.Fatal("the gateway's public address allowed by 0.0.0.0/0")
+	}
+	if err := p.Check(netip.MustParseAddr("203.0.113.8")); err != nil {
+		t.Fatalf("another address refused: %v", err)
+	}
+	q := NewWithPublic([]netip.Prefix{netip.MustParsePrefix("203.0.113.7/32")}, []netip.Addr{pub})
+	if err := q.Check(pub); err != nil {
+		t.Fatalf("the public address listed on its own refused: %v", err)
+	}
+}

@@ -94,6 +94,15 @@ func (b *balancedTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		tried   []*route.Upstream
 		lastErr error
 	)
+	if req.Body != nil && req.Body != http.NoBody {
+		// http.Transport closes the body when it cannot get a connection;
+		// keep it open so the request can go to another upstream. The
+		// server closes the real body when the handler returns.
+		r := new(http.Request)
+		*r = *req
+		r.Body = noClose{req.Body}
+		req = r
+	}
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		u := b.svc.Pick(clientIP, tried...)
 		if u == nil {
@@ -159,5 +168,10 @@ func (b *endBody) Write(p []byte) (int, error) {
 	}
 	return 0, errors.ErrUnsupported
 }
+
+// noClose is a request body whose Close does nothing.
+type noClose struct{ io.ReadCloser }
+
+func (noClose) Close() error { return nil }
 
 var _ http.RoundTripper = (*balancedTransport)(nil)

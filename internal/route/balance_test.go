@@ -410,3 +410,25 @@ func BenchmarkPick(b *testing.B) {
 		})
 	}
 }
+
+// TestChecksTurnedOffBringUpstreamBack: an upstream that active checks took
+// out is usable again once the checks are turned off (nothing else would
+// ever bring it back).
+func TestChecksTurnedOffBringUpstreamBack(t *testing.T) {
+	tb := NewTable(nil)
+	sv := model.Service{Name: "web", Tenant: "acme", Protocol: model.ProtoHTTP,
+		Upstreams: []model.Upstream{{URL: "http://[2001:db8::1]:80"}},
+		Health:    &model.HealthCheck{Interval: model.Duration(time.Hour), UnhealthyThreshold: 1}}
+	s := tb.Configure(sv)
+	defer tb.Close()
+	u := s.Upstreams()[0]
+	u.Health.CheckResult(s.policy(), false)
+	if s.Live() {
+		t.Fatal("upstream failing its check still live")
+	}
+	sv.Health = nil
+	tb.Configure(sv)
+	if s.Upstreams()[0] != u || !s.Live() {
+		t.Fatalf("with checks off the upstream stays out (state %s)", u.Health.State(time.Now()))
+	}
+}

@@ -119,6 +119,14 @@ func (h *Health) State(now time.Time) string {
 	return "healthy"
 }
 
+// resetActive forgets the active checks' verdict (they were turned off).
+func (h *Health) resetActive() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.passes, h.fails = 0, 0
+	h.down.Store(false)
+}
+
 // CheckResult records one active check. It reports whether the verdict changed.
 func (h *Health) CheckResult(p *HealthPolicy, ok bool) bool {
 	h.mu.Lock()

@@ -412,6 +412,12 @@ func (t *Table) setDirectLocked(s *Service, sv model.Service) {
 	s.ups.Store(newUpList(ups))
 	t.updateEmptyLocked(s)
 	c := s.cfg.Load()
+	if c == nil || !c.policy.Active {
+		// No checks run to bring an upstream back: forget their verdict.
+		for _, u := range ups {
+			u.Health.resetActive()
+		}
+	}
 	if c != nil && c.policy.Active && !t.closed {
 		ctx, cancel := context.WithCancel(context.Background())
 		c.checks = cancel
