@@ -268,13 +268,12 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 }
 
 // quicListenConfig is the QUIC config of the UDP listener shared by HTTP/3
-// clients and agent tunnels: the tunnel's windows and stream limits, but no
-// keepalive from the gateway's side, so an idle stranger's HTTP/3
-// connection times out; agents send their own keepalives, and a silent one
-// is dropped after the idle timeout.
+// clients and agent tunnels: the tunnel's windows, stream limits and short
+// idle timeout (a killed agent is noticed in 4 s), with the gateway sending
+// keepalive PINGs too, so a connection waiting for a slow answer is not cut
+// (idle HTTP/3 clients are closed by the HTTP/3 server's idle timeout).
 func quicListenConfig() *quic.Config {
 	q := tunnel.QUICConfig(nil, true)
-	q.KeepAlivePeriod = 0
 	q.HandshakeIdleTimeout = 5 * time.Second // quic-go aborts a handshake after twice this
 	return q
 }
