@@ -194,6 +194,7 @@ func (m *quicMux) done() <-chan struct{} { return m.conn.Context().Done() }
 func (m *quicMux) isClosed() bool        { return m.conn.Context().Err() != nil }
 func (m *quicMux) remoteAddr() net.Addr  { return m.conn.RemoteAddr() }
 func (m *quicMux) transport() string     { return "quic" }
+func (m *quicMux) reads() uint64         { return 0 } // no tunnel keepalive over QUIC
 
 // ping returns the smoothed RTT that quic-go keeps from acknowledgements;
 // the connection's own keepalive guarantees a sample at least every

@@ -152,6 +152,10 @@ type muxer interface {
 	remoteAddr() net.Addr
 	close() error
 	transport() string
+	// reads counts progress of the connection (bytes read, writes done):
+	// proof of life while a ping waits behind queued data. 0 when not
+	// counted (QUIC).
+	reads() uint64
 }
 
 // ErrSessionClosed is returned by Open and Accept once the session has ended,
@@ -212,18 +216,33 @@ func (s *Session) keepalive(interval, timeout time.Duration) {
 			_, err := s.mux.ping()
 			res <- err
 		}()
+		// A ping waits behind the data queued before it, which on a slow
+		// link may take longer than timeout to drain: while bytes keep
+		// arriving from the peer, or our writes keep being taken by it, it
+		// is alive and the wait goes on. Only a timeout with no progress
+		// at all ends the session.
 		deadline := time.NewTimer(timeout)
 		var dead error
-		select {
-		case err := <-res:
-			res = nil // received
-			if err != nil && !s.mux.isClosed() {
-				dead = fmt.Errorf("%w: %w", errPingTimeout, err)
+		seen := s.mux.reads()
+	wait:
+		for {
+			select {
+			case err := <-res:
+				res = nil // received
+				if err != nil && !s.mux.isClosed() {
+					dead = fmt.Errorf("%w: %w", errPingTimeout, err)
+				}
+			case <-deadline.C:
+				if n := s.mux.reads(); n != seen {
+					seen = n
+					deadline.Reset(timeout)
+					continue
+				}
+				dead = fmt.Errorf("%w within %v", errPingTimeout, timeout)
+			case <-s.kaStop:
+			case <-s.mux.done():
 			}
-		case <-deadline.C:
-			dead = fmt.Errorf("%w within %v", errPingTimeout, timeout)
-		case <-s.kaStop:
-		case <-s.mux.done():
+			break wait
 		}
 		deadline.Stop()
 		if dead != nil {
@@ -377,6 +396,7 @@ func (y *yamuxMux) isClosed() bool               { return y.mux.IsClosed() }
 func (y *yamuxMux) ping() (time.Duration, error) { return y.mux.Ping() }
 func (y *yamuxMux) remoteAddr() net.Addr         { return y.bc.conn.RemoteAddr() }
 func (y *yamuxMux) transport() string            { return "tcp" }
+func (y *yamuxMux) reads() uint64                { return y.bc.progress.Load() }
 
 func (y *yamuxMux) close() error {
 	err := y.mux.Close()
@@ -400,6 +420,10 @@ func (s stream) CloseWrite() error { return s.Stream.Close() }
 // while its previous write was in flight.
 type batchConn struct {
 	conn net.Conn
+	// progress counts reads that brought bytes and writes that completed:
+	// the keepalive's proof of life (a write completes once the peer's
+	// kernel has taken its bytes, when the socket buffer was full).
+	progress atomic.Uint64
 
 	// wmu serialises Write calls, so the bytes of one Write stay contiguous
 	// even when it must wait for room (as with a net.Conn).
@@ -415,6 +439,7 @@ type batchConn struct {
 
 const (
 	batchMax     = 256 << 10 // writers wait when this much is pending
+	flushSlice   = 64 << 10  // the flusher's largest single write
 	batchInitCap = 16 << 10
 	// closeFlushWait bounds how long Close lets pending bytes out before it
 	// closes the connection under a blocked write.
@@ -428,7 +453,13 @@ func newBatchConn(c net.Conn) *batchConn {
 	return b
 }
 
-func (b *batchConn) Read(p []byte) (int, error) { return b.conn.Read(p) }
+func (b *batchConn) Read(p []byte) (int, error) {
+	n, err := b.conn.Read(p)
+	if n > 0 {
+		b.progress.Add(1)
+	}
+	return n, err
+}
 
 // Write queues p for the flusher. It returns once p is queued, not written;
 // it waits only while batchMax bytes are pending. A write error of the
@@ -481,7 +512,15 @@ func (b *batchConn) flushLoop() {
 		b.mu.Unlock()
 		b.cond.Broadcast() // wake writers waiting for room
 
-		_, err := b.conn.Write(out)
+		// Written in slices, so the keepalive sees progress on a slow link
+		// (a write returns once the peer has taken enough of the bytes).
+		var err error
+		for rest := out; len(rest) > 0 && err == nil; {
+			n := min(len(rest), flushSlice)
+			_, err = b.conn.Write(rest[:n])
+			rest = rest[n:]
+			b.progress.Add(1)
+		}
 		spare = out[:0]
 		if err != nil {
 			b.mu.Lock()

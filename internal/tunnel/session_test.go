@@ -1095,3 +1095,66 @@ func TestSessionReadDeadline(t *testing.T) {
 		})
 	}
 }
+
+// slowConn writes at most chunk bytes per tick: a slow uplink.
+type slowConn struct {
+	net.Conn
+	chunk int
+	tick  time.Duration
+}
+
+func (c slowConn) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), c.chunk)
+		time.Sleep(c.tick) // the link's pace, not a wait for readiness
+		m, err := c.Conn.Write(p[:k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[k:]
+	}
+	return n, nil
+}
+
+// TestKeepaliveBehindQueuedData: on a slow link a ping's answer waits behind
+// the data queued before it, longer than PingTimeout; the session lives on
+// while that data keeps arriving.
+func TestKeepaliveBehindQueuedData(t *testing.T) {
+	a, b := tcpPair(t)
+	cfg := &Config{KeepAliveInterval: 30 * time.Millisecond, PingTimeout: 130 * time.Millisecond}
+	gw, err := Server(a, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	// The agent's side sends at 32 KiB per 20 ms (1.6 MB/s): 256 KiB
+	// queued ahead of a ping answer take 160 ms to drain, more than
+	// PingTimeout, while each 64 KiB write takes 40 ms.
+	ag, err := Client(slowConn{Conn: b, chunk: 32 << 10, tick: 20 * time.Millisecond}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ag.Close()
+	const size = 2 << 20
+	go func() {
+		st, err := ag.Open()
+		if err != nil {
+			return
+		}
+		st.Write(make([]byte, size))
+		st.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	st, err := gw.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, st)
+	if err != nil || n != size {
+		t.Fatalf("read %d bytes, %v; want %d: the keepalive ended a session that was busy", n, err, size)
+	}
+	if gw.IsClosed() || ag.IsClosed() {
+		t.Fatal("session closed by the keepalive while data was flowing")
+	}
+}
