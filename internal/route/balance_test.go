@@ -432,3 +432,37 @@ func TestChecksTurnedOffBringUpstreamBack(t *testing.T) {
 		t.Fatalf("with checks off the upstream stays out (state %s)", u.Health.State(time.Now()))
 	}
 }
+
+// TestAgentShareNotPerConnection: an agent's weight is shared by its
+// tunnel connections: an agent with 3 connections gets the same share as
+// one with 1, under round robin and least request alike.
+func TestAgentShareNotPerConnection(t *testing.T) {
+	for _, lb := range []model.LBPolicy{model.LBRoundRobin, model.LBLeastRequest} {
+		tb := NewTable(nil)
+		s := tb.Configure(model.Service{Name: "web", Tenant: "acme", Protocol: model.ProtoHTTP, LB: lb})
+		for range 3 {
+			if err := tb.Attach("web", &Agent{ID: "a", Tenant: "acme", Session: &fakeOpener{}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tb.Attach("web", &Agent{ID: "b", Tenant: "acme", Session: &fakeOpener{}}); err != nil {
+			t.Fatal(err)
+		}
+		perAgent := map[string]int{}
+		perConn := map[*Upstream]int{}
+		for range 600 {
+			u := s.Pick("")
+			perAgent[u.Agent.ID]++
+			perConn[u]++
+			if lb == model.LBLeastRequest {
+				u.Begin() // requests stay outstanding: least request spreads by them
+			}
+		}
+		if perAgent["a"] != 300 || perAgent["b"] != 300 {
+			t.Errorf("%s: agent a (3 connections) got %d, agent b (1) got %d; want 300 each", lb, perAgent["a"], perAgent["b"])
+		}
+		if len(perConn) != 4 {
+			t.Errorf("%s: picks went to %d connections, want all 4", lb, len(perConn))
+		}
+	}
+}

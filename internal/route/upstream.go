@@ -154,37 +154,66 @@ func (u *Upstream) Dial(ctx context.Context, h *tunnel.Header) (net.Conn, error)
 }
 
 // upList is a service's upstreams with the round-robin schedule built for
-// their weights. Immutable once published.
+// their weights. Immutable once published (but for the groups' counters).
 type upList struct {
 	all []*Upstream
-	// sched lists indexes into all, each upstream as often as its weight,
+	// groups gathers the upstreams of one key: the connections of one
+	// agent process (or a direct URL). The weight is the group's, shared
+	// by its connections, so an agent's share does not grow with the
+	// number of tunnels it keeps.
+	groups []upGroup
+	// sib is the size of the group of all[i].
+	sib []int
+	// sched lists indexes into groups, each as often as its weight,
 	// interleaved (smooth weighted round robin).
 	sched []int
 }
 
+type upGroup struct {
+	members []int          // indexes into all
+	next    *atomic.Uint32 // round robin among the members
+}
+
 func newUpList(all []*Upstream) *upList {
-	l := &upList{all: all}
+	l := &upList{all: all, sib: make([]int, len(all))}
+	byKey := map[string]int{}
+	var weights []int
+	for i, u := range all {
+		g, ok := byKey[u.key]
+		if !ok {
+			g = len(l.groups)
+			byKey[u.key] = g
+			l.groups = append(l.groups, upGroup{next: new(atomic.Uint32)})
+			weights = append(weights, u.weight)
+		}
+		l.groups[g].members = append(l.groups[g].members, i)
+	}
+	for _, g := range l.groups {
+		for _, i := range g.members {
+			l.sib[i] = len(g.members)
+		}
+	}
 	total := 0
-	for _, u := range all {
-		total += u.weight
+	for _, w := range weights {
+		total += w
 	}
 	if total == 0 {
 		return l
 	}
 	// Scale down very large weight sums to keep the schedule short.
 	const maxSched = 4096
-	w := make([]int, len(all))
-	for i, u := range all {
-		w[i] = u.weight
+	w := make([]int, len(weights))
+	for i, x := range weights {
+		w[i] = x
 		if total > maxSched {
-			w[i] = max(1, u.weight*maxSched/total)
+			w[i] = max(1, x*maxSched/total)
 		}
 	}
 	sum := 0
 	for _, x := range w {
 		sum += x
 	}
-	cur := make([]int, len(all))
+	cur := make([]int, len(w))
 	l.sched = make([]int, 0, sum)
 	for range sum {
 		best := 0
@@ -262,16 +291,20 @@ func (s *Service) pick1(l *upList, clientIP string, tried []*Upstream, now time.
 	}
 	switch s.lb() {
 	case model.LBLeastRequest:
+		// Fewest outstanding per unit of weight, a connection of an agent
+		// holding a share of its agent's weight: o1*n1/w1 < o2*n2/w2.
 		var best *Upstream
-		start := int(s.next.Add(1))
+		bestCost, bestW := int64(0), int64(1)
+		start := int(s.next.Add(1) % uint32(n))
 		for i := range n {
-			u := l.all[(start+i)%n]
+			k := (start + i) % n
+			u := l.all[k]
 			if !ok(u) {
 				continue
 			}
-			// fewest outstanding per unit of weight: o1/w1 < o2/w2
-			if best == nil || (u.Outstanding()+1)*int64(best.weight) < (best.Outstanding()+1)*int64(u.weight) {
-				best = u
+			cost, w := (u.Outstanding()+1)*int64(l.sib[k]), int64(u.weight)
+			if best == nil || cost*bestW < bestCost*w {
+				best, bestCost, bestW = u, cost, w
 			}
 		}
 		return best
@@ -300,11 +333,16 @@ func (s *Service) pick1(l *upList, clientIP string, tried []*Upstream, now time.
 	if len(l.sched) == 0 {
 		return nil
 	}
-	start := int(s.next.Add(1) - 1)
 	m := len(l.sched)
+	start := int((s.next.Add(1) - 1) % uint32(m))
 	for i := range m {
-		if u := l.all[l.sched[(start+i)%m]]; ok(u) {
-			return u
+		g := &l.groups[l.sched[(start+i)%m]]
+		k := len(g.members)
+		off := int((g.next.Add(1) - 1) % uint32(k))
+		for j := range k {
+			if u := l.all[g.members[(off+j)%k]]; ok(u) {
+				return u
+			}
 		}
 	}
 	return nil
