@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/webgw/webgw/internal/model"
+	"github.com/webgw/webgw/internal/tunnel"
 )
 
 // directService configures a service with direct upstreams of the given weights.
@@ -464,5 +465,27 @@ func TestAgentShareNotPerConnection(t *testing.T) {
 		if len(perConn) != 4 {
 			t.Errorf("%s: picks went to %d connections, want all 4", lb, len(perConn))
 		}
+	}
+}
+
+// TestDialCountsOutstanding: a connection from Service.Dial (passthrough)
+// is a request in flight at its upstream until closed.
+func TestDialCountsOutstanding(t *testing.T) {
+	tb := NewTable(nil)
+	s := tb.Configure(model.Service{Name: "web", Tenant: "acme", Protocol: model.ProtoTLS, LB: model.LBLeastRequest})
+	if err := tb.Attach("web", &Agent{ID: "a", Session: &fakeOpener{}}); err != nil {
+		t.Fatal(err)
+	}
+	c, u, err := s.Dial(&tunnel.Header{Kind: tunnel.KindTLS, Service: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Outstanding() != 1 {
+		t.Fatalf("outstanding %d with a connection open, want 1", u.Outstanding())
+	}
+	c.Close()
+	c.Close()
+	if u.Outstanding() != 0 {
+		t.Fatalf("outstanding %d after close, want 0", u.Outstanding())
 	}
 }

@@ -30,8 +30,9 @@ var _ Opener = (*tunnel.Session)(nil)
 
 // Errors from Service.Dial, so callers can choose the status code.
 var (
-	// ErrNoUpstream: the service has no live agent.
-	ErrNoUpstream = errors.New("no agent connected for this service")
+	// ErrNoUpstream: the service has no usable upstream (no agent
+	// connected, or every upstream down).
+	ErrNoUpstream = errors.New("no usable upstream for this service")
 	// ErrBusy: every agent is at its stream limit.
 	ErrBusy = errors.New("every agent of this service is at its stream limit")
 )
@@ -202,6 +203,9 @@ type countedConn struct {
 	up     *Upstream
 	svc    *Service
 	closed atomic.Bool
+	// outstanding is set when the connection counts as a request in
+	// flight at its upstream until it is closed (Service.DialContext).
+	outstanding bool
 }
 
 func (c *countedConn) Read(p []byte) (int, error) {
@@ -244,6 +248,9 @@ func (c *countedConn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
 		if a := c.up.Agent; a != nil {
 			a.streams.Add(-1)
+		}
+		if c.outstanding {
+			c.up.End()
 		}
 		if m := c.svc.Metrics; m != nil {
 			m.Streams.Dec()

@@ -379,6 +379,10 @@ func (s *Service) DialContext(ctx context.Context, h *tunnel.Header, clientIP st
 		tried = append(tried, u)
 		c, err := u.Dial(ctx, h)
 		if err == nil {
+			// The connection is the request (a passthrough or h2c stream):
+			// it counts as outstanding until closed, for least_request.
+			u.Begin()
+			c.(*countedConn).outstanding = true
 			return c, u, nil
 		}
 		if errors.Is(err, ErrBusy) {
