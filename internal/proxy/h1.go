@@ -294,14 +294,16 @@ func (u *upConn) close() {
 }
 
 // getUp returns a connection to the upstream the balancer picks for this
-// request (not one of tried, unless no other is left): one of its pooled
+// request (not one of *tried, unless no other is left; those it cannot
+// reach are added to *tried): one of its pooled
 // connections when a live one is there, else a new one (to the next
 // upstream when that one cannot be reached). Picking per request, not per
 // connection, spreads requests over replicas even when one would do.
-func (sp *svcProxy) getUp(ctx context.Context, svc *route.Service, clientIP string, tried []*route.Upstream) (*upConn, error) {
+func (sp *svcProxy) getUp(ctx context.Context, svc *route.Service, clientIP string, triedp *[]*route.Upstream) (*upConn, error) {
 	var lastErr error
 	busy := false
 	for range 8 {
+		tried := *triedp
 		up := svc.Pick(clientIP, tried...)
 		if up == nil && len(tried) > 0 && lastErr == nil && !busy {
 			// Every upstream was tried once already (a stale pooled
@@ -349,7 +351,9 @@ func (sp *svcProxy) getUp(ctx context.Context, svc *route.Service, clientIP stri
 			up.Report(false)
 			lastErr = err
 		}
-		tried = append(tried, up)
+		// Recorded for the request's later attempts too: an upstream that
+		// could not be reached is not dialled again for it.
+		*triedp = append(*triedp, up)
 		if ctx != nil && ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -481,7 +485,7 @@ func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool)
 func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http.Request, clientIP string, info func(*http.Response) error) (*upConn, *http.Response, chan error, error) {
 	var tried []*route.Upstream
 	for attempt := 1; ; attempt++ {
-		u, err := sp.getUp(ctx, svc, clientIP, tried)
+		u, err := sp.getUp(ctx, svc, clientIP, &tried)
 		if err != nil {
 			return nil, nil, nil, err
 		}

@@ -43,6 +43,9 @@ type HTTP struct {
 	// AltSvc is sent as the Alt-Svc header of every response (HTTP/3
 	// advertisement), unless the service sends its own; "" sends none.
 	AltSvc string
+
+	altSvcOnce sync.Once
+	altSvc     []string // AltSvc as a header value; set once
 }
 
 type svcProxy struct {
@@ -191,7 +194,10 @@ func HostName(hostport string) string {
 func (p *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	if p.AltSvc != "" {
-		w.Header().Set("Alt-Svc", p.AltSvc)
+		// One shared slice, not one per request: its capacity is 1, so an
+		// Add appends to a copy, and a backend's own value replaces it.
+		p.altSvcOnce.Do(func() { p.altSvc = []string{p.AltSvc} })
+		w.Header()["Alt-Svc"] = p.altSvc
 	}
 	host := HostName(r.Host)
 	svc := p.Lookup(host)
