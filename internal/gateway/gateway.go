@@ -209,6 +209,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	names := &edge.Names{Domain: cfg.Domain, Table: g.table}
 	httpsPort := portOf(g.HTTPSAddr)
 	px := &proxy.HTTP{Lookup: names.Lookup, Log: log, AccessLog: *cfg.AccessLog}
+	g.table.OnRetire = px.Retire
 	if udpPC != nil {
 		px.AltSvc = edge.AltSvc(httpsPort)
 	}

@@ -416,6 +416,13 @@ func (sp *svcProxy) putUp(u *upConn) {
 // sweepLocked drops the pooled connections of upstreams that are gone or
 // draining (the balancer no longer picks them).
 func (sp *svcProxy) sweepLocked() {
+	now := time.Now()
+	// Now and then, also close connections idle longer than idleTimeout
+	// (a direct upstream's socket would otherwise wait in the pool).
+	aged := sp.idleTimeout > 0 && now.Sub(sp.swept) > sp.idleTimeout/4
+	if aged {
+		sp.swept = now
+	}
 	for a, list := range sp.idle {
 		if len(list) == 0 || a.Gone() || a.Draining() {
 			for _, u := range list {
@@ -423,6 +430,19 @@ func (sp *svcProxy) sweepLocked() {
 			}
 			sp.nidle -= len(list)
 			delete(sp.idle, a)
+			continue
+		}
+		if aged {
+			// Most recently used last: the stale ones are at the front.
+			n := 0
+			for n < len(list) && now.Sub(list[n].idleSince) > sp.idleTimeout {
+				list[n].close()
+				n++
+			}
+			if n > 0 {
+				sp.idle[a] = append(list[:0], list[n:]...)
+				sp.nidle -= n
+			}
 		}
 	}
 }

@@ -58,6 +58,10 @@ type svcProxy struct {
 	mu      sync.Mutex
 	idle    map[*route.Upstream][]*upConn // pooled connections per upstream, most recently used last; guarded by mu
 	nidle   int                           // streams in idle; guarded by mu
+	swept   time.Time                     // last sweep for age; guarded by mu
+	// idleTimeout closes pooled connections idle this long (swept as
+	// connections come back to the pool); read-only.
+	idleTimeout time.Duration
 }
 
 type ctxKey struct{}
@@ -115,7 +119,7 @@ func (p *HTTP) newSvcProxy(svc *route.Service) *svcProxy {
 		ErrorHandler:  p.errorHandler,
 		ErrorLog:      nil,
 	}
-	return &svcProxy{rp: rp, transport: bt, hdr: hdr, maxIdle: maxIdle}
+	return &svcProxy{rp: rp, transport: bt, hdr: hdr, maxIdle: maxIdle, idleTimeout: idle}
 }
 
 // CloseIdle closes every pooled idle connection of svc.
@@ -123,6 +127,16 @@ func (p *HTTP) CloseIdle(svc *route.Service) {
 	sp := p.proxyFor(svc)
 	sp.transport.closeIdle(false)
 	sp.closeIdle()
+}
+
+// Retire closes every pooled idle connection of a service entry the table
+// no longer routes to (removed, or replaced); route.Table.OnRetire.
+func (p *HTTP) Retire(svc *route.Service) {
+	if v, ok := svc.ExtLoaded(); ok {
+		sp := v.(*svcProxy)
+		sp.transport.closeIdle(false)
+		sp.closeIdle()
+	}
 }
 
 // DrainIdle closes the pooled idle connections of svc's draining or gone

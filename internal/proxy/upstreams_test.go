@@ -116,3 +116,33 @@ func TestH2CBalancedAndDrained(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestRetireClosesPool: when the table replaces a service entry (its
+// protocol changed), the old entry's pooled streams are closed.
+func TestRetireClosesPool(t *testing.T) {
+	e := newEnv(t)
+	e.table.OnRetire = e.p.Retire
+	svc, fa := e.addService(t, "web", model.ProtoHTTP, serveHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "ok")
+	})))
+	resp := e.get(t, "web.gw.test", "/")
+	readBody(t, resp)
+	resp.Body.Close()
+	deadline := time.Now().Add(waitTimeout)
+	for fa.agent.Streams() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams open, want the pooled one", fa.agent.Streams())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	e.table.Upsert("web", "", model.ProtoH2C, false) // replaces the entry
+	if e.table.Lookup("web") == svc {
+		t.Fatal("entry not replaced")
+	}
+	for fa.agent.Streams() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams still open after the entry was retired", fa.agent.Streams())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

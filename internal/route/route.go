@@ -174,6 +174,14 @@ func (s *Service) CountRequest() { s.requests.Add(1) }
 // Requests is the number of requests or streams served since start.
 func (s *Service) Requests() int64 { return s.requests.Load() }
 
+// ExtLoaded returns the proxy layer's per-service state if Ext created it.
+func (s *Service) ExtLoaded() (any, bool) {
+	if p := s.ext.Load(); p != nil {
+		return *p, true
+	}
+	return nil, false
+}
+
 // Ext returns the proxy layer's per-service state, creating it with init once.
 func (s *Service) Ext(init func() any) any {
 	if p := s.ext.Load(); p != nil {
@@ -270,6 +278,10 @@ type Table struct {
 	Domain string
 	// Log receives health changes; nil discards.
 	Log *slog.Logger
+	// OnRetire is called, in its own goroutine, with a service entry that
+	// was removed or replaced by a new one (owner or protocol changed), so
+	// the proxy layer can close what it pools for it; nil means nothing.
+	OnRetire func(*Service)
 
 	metrics *Metrics // may be nil
 
@@ -356,6 +368,7 @@ func (t *Table) upsertLocked(name, tenant string, proto model.Protocol, stored b
 		}
 		ns.ups.Store(newUpList(ups))
 		t.services[name] = ns
+		t.retire(s)
 		if c := ns.cfg.Load(); c != nil {
 			t.setDirectLocked(ns, c.spec)
 		}
@@ -474,6 +487,13 @@ func (t *Table) Remove(name string) {
 	if t.metrics != nil {
 		t.metrics.dropService(name)
 	}
+	t.retire(s)
+}
+
+func (t *Table) retire(s *Service) {
+	if t.OnRetire != nil {
+		go t.OnRetire(s)
+	}
 }
 
 // Close stops every service's health checks.
@@ -554,6 +574,7 @@ func (t *Table) ExpireAnonymous(now time.Time, idle time.Duration) []string {
 			if t.metrics != nil {
 				t.metrics.dropService(name) // under mu, as in Remove
 			}
+			t.retire(s)
 		}
 	}
 	t.mu.Unlock()
