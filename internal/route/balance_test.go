@@ -302,11 +302,11 @@ func TestServiceWithoutUsableUpstreamNotLive(t *testing.T) {
 	for range p.MaxFailures {
 		u.Report(false)
 	}
-	if u.Health.State(time.Now()) != "ejected" {
-		t.Fatalf("state %s, want ejected", u.Health.State(time.Now()))
-	}
 	// Ejecting the only upstream would turn its errors into 503s: it keeps
 	// its traffic.
+	if u.Health.State(time.Now()) != "healthy" {
+		t.Fatalf("state %s, want healthy: a lone upstream is not ejected", u.Health.State(time.Now()))
+	}
 	if !s.Live() || s.Pick("192.0.2.1") != u {
 		t.Fatal("the only upstream, passively ejected, no longer gets requests")
 	}
@@ -487,5 +487,26 @@ func TestDialCountsOutstanding(t *testing.T) {
 	c.Close()
 	if u.Outstanding() != 0 {
 		t.Fatalf("outstanding %d after close, want 0", u.Outstanding())
+	}
+}
+
+// TestEjectionCap: passive ejection takes out at most half of a service's
+// upstreams at once.
+func TestEjectionCap(t *testing.T) {
+	s := directService(t, NewTable(nil), "", 1, 1, 1, 1)
+	p := s.policy()
+	for _, u := range s.Upstreams() {
+		for range p.MaxFailures {
+			u.Report(false)
+		}
+	}
+	out := 0
+	for _, u := range s.Upstreams() {
+		if u.Health.State(time.Now()) == "ejected" {
+			out++
+		}
+	}
+	if out != 2 {
+		t.Fatalf("%d of 4 upstreams ejected, want 2 (half)", out)
 	}
 }

@@ -170,6 +170,13 @@ const maxEjectionFactor = 10
 // RequestResult records the outcome of one request (or dial) at now. It
 // reports whether the upstream was just ejected.
 func (h *Health) RequestResult(p *HealthPolicy, ok bool, now time.Time) bool {
+	return h.requestResult(p, ok, now, nil)
+}
+
+// requestResult is RequestResult where may, when not nil, is asked before
+// an ejection: false keeps the upstream in (the failures stay counted, so
+// the next one asks again).
+func (h *Health) requestResult(p *HealthPolicy, ok bool, now time.Time, may func() bool) bool {
 	if p.MaxFailures <= 0 || (ok && !h.failing.Load()) {
 		return false
 	}
@@ -195,7 +202,7 @@ func (h *Health) RequestResult(p *HealthPolicy, ok bool, now time.Time) bool {
 		h.probation = true
 	}
 	h.reqFails++
-	if h.reqFails >= p.MaxFailures || h.probation {
+	if (h.reqFails >= p.MaxFailures || h.probation) && (may == nil || may()) {
 		h.reqFails = 0
 		h.probation = false
 		h.ejections++

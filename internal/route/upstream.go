@@ -100,9 +100,33 @@ func (u *Upstream) End() { u.outstanding.Add(-1) }
 // 5xx answer.
 func (u *Upstream) Report(ok bool) {
 	p := u.svc.policy()
-	if u.Health.RequestResult(p, ok, time.Now()) && u.svc.table != nil {
+	now := time.Now()
+	may := func() bool { return u.svc.mayEject(u, now) }
+	if u.Health.requestResult(p, ok, now, may) && u.svc.table != nil {
 		u.svc.table.logEjection(u)
 	}
+}
+
+// mayEject reports whether passive ejection may take u out at now: at most
+// half of the service's upstreams (counted by agent or URL) are ejected at
+// once, so clients that provoke 5xx answers cannot empty the pool, and a
+// lone upstream is never ejected (it would only turn errors into 503s).
+func (s *Service) mayEject(u *Upstream, now time.Time) bool {
+	l := s.list()
+	ejected := 0
+	for _, g := range l.groups {
+		for _, i := range g.members {
+			m := l.all[i]
+			if m.key == u.key {
+				break
+			}
+			if !m.Health.down.Load() && !m.Health.Usable(now) {
+				ejected++
+				break
+			}
+		}
+	}
+	return ejected+1 <= len(l.groups)/2
 }
 
 // ReportStatus records an HTTP answer's status for passive ejection.
