@@ -98,6 +98,10 @@ type HTTPS struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes bounds request headers; 0 means 64 KiB.
 	MaxHeaderBytes int
+	// MaxH3ConnsPerIP bounds concurrent HTTP/3 connections from one remote
+	// IP address (each may hold 100 streams and their buffers); more are
+	// closed at once, and the client falls back to TCP. 0 means 64.
+	MaxH3ConnsPerIP int
 	// PassthroughIdle closes passthrough streams idle this long; 0 means 1 h.
 	PassthroughIdle time.Duration
 
@@ -111,6 +115,7 @@ type HTTPS struct {
 	h1stop   context.CancelFunc // ends idle H1 connections; set with h1ctx under mu
 	h1wg     sync.WaitGroup     // H1, passthrough and HTTP/3 connections; Add only under mu while !shutdown
 	udp      udpState           // guarded by mu; set by ServeUDP
+	h3PerIP  map[string]int     // live HTTP/3 connections per remote IP; guarded by mu
 
 	termOnce sync.Once
 	term     *tls.Config // shared by terminated connections; set once by termConfig

@@ -116,12 +116,20 @@ func (e *HTTPS) serveQUIC(ctx context.Context, c *quic.Conn, srv *http3.Server) 
 		// The hook owns c and this goroutine, as Tunnel does on the TCP side.
 		go e.TunnelQUIC(ctx, c)
 	case http3.NextProtoH3:
+		ip := remoteIP(c.RemoteAddr())
+		if !e.h3Admit(ip) {
+			e.log().Debug("http3 connection refused: too many from this address", "remote", c.RemoteAddr().String())
+			c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeExcessiveLoad), "too many connections")
+			return
+		}
 		if _, ok := e.h1Begin(); !ok {
+			e.h3Release(ip)
 			c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
 			return
 		}
 		go func() {
 			defer e.h1wg.Done()
+			defer e.h3Release(ip)
 			if err := srv.ServeQUICConn(c); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				e.log().Debug("http3 connection", "remote", c.RemoteAddr().String(), "err", err)
 			}
@@ -132,6 +140,44 @@ func (e *HTTPS) serveQUIC(ctx context.Context, c *quic.Conn, srv *http3.Server) 
 		// crypto/tls refuses a handshake without a common protocol.
 		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeGeneralProtocolError), "unexpected alpn "+alpn)
 	}
+}
+
+// h3Admit counts a new HTTP/3 connection from ip, or reports false when ip
+// already holds MaxH3ConnsPerIP.
+func (e *HTTPS) h3Admit(ip string) bool {
+	limit := e.MaxH3ConnsPerIP
+	if limit == 0 {
+		limit = 64
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.h3PerIP[ip] >= limit {
+		return false
+	}
+	if e.h3PerIP == nil {
+		e.h3PerIP = map[string]int{}
+	}
+	e.h3PerIP[ip]++
+	return true
+}
+
+func (e *HTTPS) h3Release(ip string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.h3PerIP[ip]--; e.h3PerIP[ip] <= 0 {
+		delete(e.h3PerIP, ip)
+	}
+}
+
+func remoteIP(a net.Addr) string {
+	if u, ok := a.(*net.UDPAddr); ok {
+		return u.IP.String()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
 }
 
 // quicTLSConfig picks the TLS config for each QUIC ClientHello: the tunnel

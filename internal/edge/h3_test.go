@@ -388,3 +388,48 @@ func TestH3Shutdown(t *testing.T) {
 		t.Fatal("Shutdown did not return after the request finished")
 	}
 }
+
+// TestH3ConnsPerIP: one address holds at most MaxH3ConnsPerIP HTTP/3
+// connections; a connection over the limit is closed at once, and a slot
+// freed by a closed connection is taken again.
+func TestH3ConnsPerIP(t *testing.T) {
+	env := newH3Edge(t, func(e *HTTPS) { e.MaxH3ConnsPerIP = 2 })
+	env.addService(t, "shop", model.ProtoHTTP, serveHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "ok")
+	})))
+	// get makes a request on a new client, whose connection stays open.
+	get := func() (*http3.Transport, error) {
+		c := env.h3Client(t)
+		resp, err := c.Get("https://shop.gw.test/")
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return nil, fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return c.Transport.(*http3.Transport), nil
+	}
+	first, err := get()
+	if err != nil {
+		t.Fatalf("first connection: %v", err)
+	}
+	if _, err := get(); err != nil {
+		t.Fatalf("second connection: %v", err)
+	}
+	if _, err := get(); err == nil {
+		t.Fatal("a third connection from the same address was served")
+	}
+	first.Close()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		_, err := get()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection served after one of the two closed: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
