@@ -35,6 +35,8 @@ var rank = map[string]int{
 	"internal/store/storetest": 2,
 	"test/e2e":                 7,
 	"bench":                    7,
+
+	"internal/proxyproto": 1,
 }
 
 type pkgInfo struct {
