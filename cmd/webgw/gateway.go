@@ -56,6 +56,7 @@ underscores instead of dashes. Flags win over the file.`,
 			set("api-addr", &cfg.APIAddr, flags.APIAddr)
 			set("store", &cfg.Store, flags.Store)
 			set("log-level", &cfg.LogLevel, flags.LogLevel)
+			set("port-range", &cfg.PortRange, flags.PortRange)
 			if fs.Changed("public-ip") {
 				cfg.PublicIPs = flags.PublicIPs
 			}
@@ -79,6 +80,9 @@ underscores instead of dashes. Flags win over the file.`,
 			}
 			if fs.Changed("max-quick-tunnels-per-ip") {
 				cfg.Limits.MaxQuickTunnelsPerIP = flags.Limits.MaxQuickTunnelsPerIP
+			}
+			if fs.Changed("max-ports-per-tenant") {
+				cfg.Limits.MaxPortsPerTenant = flags.Limits.MaxPortsPerTenant
 			}
 			if fs.Changed("max-header-bytes") {
 				cfg.Limits.MaxHeaderBytes = flags.Limits.MaxHeaderBytes
@@ -134,8 +138,10 @@ underscores instead of dashes. Flags win over the file.`,
 	f.BoolVar(&accessLog, "access-log", true, "log one line per request or stream")
 	f.BoolVar(&http3, "http3", true, "serve HTTP/3 and QUIC agent tunnels on UDP at the HTTPS port (advertised with Alt-Svc)")
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&flags.PortRange, "port-range", gateway.DefaultPortRange, "public TCP/UDP ports handed out to services: FIRST-LAST, or one port")
 	f.Int64Var(&flags.Limits.MaxStreamsPerAgent, "max-streams-per-agent", 1024, "concurrent streams per agent session")
 	f.IntVar(&flags.Limits.MaxAgentsPerTenant, "max-agents-per-tenant", 100, "concurrent agent sessions per tenant")
+	f.IntVar(&flags.Limits.MaxPortsPerTenant, "max-ports-per-tenant", gateway.DefaultMaxPortsPerTenant, "public TCP/UDP ports one tenant may hold")
 	f.IntVar(&flags.Limits.MaxQuickTunnelsPerIP, "max-quick-tunnels-per-ip", 10, "concurrent quick-tunnel (no token) agent sessions per remote address")
 	f.IntVar(&flags.Limits.MaxHeaderBytes, "max-header-bytes", 64<<10, "largest accepted request header")
 	f.DurationVar(&flags.Limits.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "time allowed to send request headers")

@@ -50,6 +50,10 @@ type Config struct {
 	// HTTP3 serves HTTP/3 and QUIC agent tunnels on UDP at the HTTPS port,
 	// advertised with Alt-Svc; nil means true.
 	HTTP3 *bool `yaml:"http3"`
+	// PortRange is the range public TCP and UDP ports are allocated from,
+	// FIRST-LAST (20000-29999) or one port (20000); "" means 20000-20099
+	// (DefaultPortRange).
+	PortRange string `yaml:"port_range"`
 	// LogLevel is debug, info, warn or error; "" means info.
 	LogLevel string `yaml:"log_level"`
 	// Limits on what strangers and agents can send.
@@ -71,9 +75,18 @@ type Limits struct {
 	// MaxQuickTunnelsPerIP bounds concurrent anonymous (quick-tunnel) agent
 	// sessions from one address; 0 means 10.
 	MaxQuickTunnelsPerIP int `yaml:"max_quick_tunnels_per_ip"`
+	// MaxPortsPerTenant bounds the public TCP and UDP ports one tenant may
+	// hold; 0 means 100 (DefaultMaxPortsPerTenant).
+	MaxPortsPerTenant int `yaml:"max_ports_per_tenant"`
 	// QuickTunnelIdle forgets a quick-tunnel name this long after its last agent left; 0 means 10 min.
 	QuickTunnelIdle time.Duration `yaml:"quick_tunnel_idle"`
 }
+
+// Defaults of the public port settings.
+const (
+	DefaultPortRange         = "20000-20099"
+	DefaultMaxPortsPerTenant = 100
+)
 
 // ConfigError is bad configuration; the CLI exits 2 for it.
 type ConfigError struct{ Msg string }
@@ -115,6 +128,7 @@ func (c *Config) Complete() {
 	def(&c.HTTPSAddr, "127.0.0.1:8443")
 	def(&c.DNSAddr, "127.0.0.1:8053")
 	def(&c.APIAddr, "127.0.0.1:8081")
+	def(&c.PortRange, DefaultPortRange)
 	def(&c.LogLevel, "info")
 	c.Domain = strings.ToLower(strings.TrimSuffix(c.Domain, "."))
 	if c.Open == nil {
@@ -160,6 +174,9 @@ func (c *Config) Validate() error {
 	if strings.Contains(c.Store, "://") && !strings.HasPrefix(c.Store, "bolt://") {
 		return cfgErr("store: %q not accepted; use a file path, bolt://PATH or etcd://HOST:PORT", c.Store)
 	}
+	if _, err := model.ParsePortRange(c.PortRange); err != nil {
+		return cfgErr("port_range: %v", err)
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -183,7 +200,8 @@ func (c *Config) Validate() error {
 	for _, n := range []struct {
 		key string
 		v   int64
-	}{{"max_streams_per_agent", l.MaxStreamsPerAgent}, {"max_agents_per_tenant", int64(l.MaxAgentsPerTenant)}, {"max_quick_tunnels_per_ip", int64(l.MaxQuickTunnelsPerIP)}} {
+	}{{"max_streams_per_agent", l.MaxStreamsPerAgent}, {"max_agents_per_tenant", int64(l.MaxAgentsPerTenant)}, {"max_quick_tunnels_per_ip", int64(l.MaxQuickTunnelsPerIP)},
+		{"max_ports_per_tenant", int64(l.MaxPortsPerTenant)}} {
 		if n.v < 0 {
 			return cfgErr("limits.%s: %d not accepted; use a positive count (0 for the default)", n.key, n.v)
 		}

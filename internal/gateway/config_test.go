@@ -22,6 +22,7 @@ func TestCompleteDefaults(t *testing.T) {
 		"dns_addr":   {c.DNSAddr, "127.0.0.1:8053"},
 		"api_addr":   {c.APIAddr, "127.0.0.1:8081"},
 		"log_level":  {c.LogLevel, "info"},
+		"port_range": {c.PortRange, "20000-20099"},
 		"store":      {c.Store, ""}, // <data_dir>/state.db, resolved by Start
 	}
 	for key, gw := range want {
@@ -97,6 +98,16 @@ func TestValidate(t *testing.T) {
 		{"negative quick tunnel idle", func(c *gateway.Config) { c.Limits.QuickTunnelIdle = -time.Second }, "limits"},
 		{"negative streams", func(c *gateway.Config) { c.Limits.MaxStreamsPerAgent = -1 }, "limits"},
 		{"negative agents", func(c *gateway.Config) { c.Limits.MaxAgentsPerTenant = -1 }, "limits"},
+		{"port range", func(c *gateway.Config) { c.PortRange = "20000-29999" }, ""},
+		{"port range of one port", func(c *gateway.Config) { c.PortRange = "20000" }, ""},
+		{"port range all ports", func(c *gateway.Config) { c.PortRange = "1-65535" }, ""},
+		{"port range zero", func(c *gateway.Config) { c.PortRange = "0-100" }, "port_range:"},
+		{"port range too high", func(c *gateway.Config) { c.PortRange = "60000-65536" }, "port_range:"},
+		{"port range reversed", func(c *gateway.Config) { c.PortRange = "29999-20000" }, "port_range:"},
+		{"port range colon", func(c *gateway.Config) { c.PortRange = "20000:29999" }, "use FIRST-LAST such as 20000-29999"},
+		{"port range empty after complete", func(c *gateway.Config) { c.PortRange = "" }, "port_range:"},
+		{"max ports per tenant", func(c *gateway.Config) { c.Limits.MaxPortsPerTenant = 5 }, ""},
+		{"negative max ports per tenant", func(c *gateway.Config) { c.Limits.MaxPortsPerTenant = -1 }, "limits.max_ports_per_tenant"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -158,22 +169,24 @@ store: /srv/webgw/state.db
 open: false
 access_log: false
 log_level: warn
+port_range: 30000-30999
 limits:
   max_header_bytes: 8192
   read_header_timeout: 5s
   idle_timeout: 2m
   max_streams_per_agent: 10
   max_agents_per_tenant: 3
+  max_ports_per_tenant: 7
   quick_tunnel_idle: 1h
 `, check: func(t *testing.T, c *gateway.Config) {
 			if c.Version != 1 || c.DataDir != "/srv/webgw" || c.Domain != "gw.example.org" || c.HTTPAddr != "0.0.0.0:80" ||
 				c.HTTPSAddr != "0.0.0.0:443" || c.DNSAddr != "0.0.0.0:53" || c.APIAddr != "127.0.0.1:8081" ||
 				len(c.PublicIPs) != 2 || len(c.UpstreamAllow) != 2 || c.Store != "/srv/webgw/state.db" || c.Open == nil || *c.Open ||
-				c.AccessLog == nil || *c.AccessLog || c.LogLevel != "warn" {
+				c.AccessLog == nil || *c.AccessLog || c.LogLevel != "warn" || c.PortRange != "30000-30999" {
 				t.Errorf("decoded %+v", c)
 			}
 			want := gateway.Limits{MaxHeaderBytes: 8192, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute,
-				MaxStreamsPerAgent: 10, MaxAgentsPerTenant: 3, QuickTunnelIdle: time.Hour}
+				MaxStreamsPerAgent: 10, MaxAgentsPerTenant: 3, MaxPortsPerTenant: 7, QuickTunnelIdle: time.Hour}
 			if c.Limits != want {
 				t.Errorf("limits %+v, want %+v", c.Limits, want)
 			}
@@ -186,6 +199,13 @@ limits:
 		{name: "unknown nested key", yaml: "limits:\n  max_streams: 3\n", wantErr: "max_streams"},
 		{name: "flag spelling", yaml: "data-dir: /x\n", wantErr: "data-dir"},
 		{name: "wrong type", yaml: "open: maybe\n", wantErr: "open"},
+		{name: "port range as a number", yaml: "port_range: 20000\n", check: func(t *testing.T, c *gateway.Config) {
+			c.Complete()
+			if c.PortRange != "20000" || c.Validate() != nil {
+				t.Errorf("port_range: 20000 gave %q (%v)", c.PortRange, c.Validate())
+			}
+		}},
+		{name: "port range as a list", yaml: "port_range: [20000, 20010]\n", wantErr: "port_range"},
 		{name: "int duration", yaml: "limits:\n  idle_timeout: 30\n", wantErr: "idle_timeout"},
 		{name: "not a map", yaml: "- a\n- b\n", wantErr: "config"},
 	}
@@ -221,6 +241,7 @@ func FuzzLoadConfig(f *testing.F) {
 		"version: 1\nlimits:\n  idle_timeout: 5s\n",
 		"public_ip: [1.2.3.4]\nopen: false\n",
 		"store: etcd://x\n",
+		"port_range: 20000-20099\nlimits:\n  max_ports_per_tenant: 5\n",
 		"unknown: 1\n",
 		"limits: [1, 2]\n",
 		"&a [*a]\n",

@@ -1,11 +1,15 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/webgw/webgw/internal/model"
@@ -16,6 +20,8 @@ const (
 	TenantsPrefix  = "tenants/"
 	TokensPrefix   = "tokens/"
 	ServicesPrefix = "services/"
+	// PortsPrefix holds ports/<proto>/<number> (PortKey).
+	PortsPrefix = "ports/"
 )
 
 // rollbackTimeout bounds the clean-up of a half-done CreateTenant, which runs
@@ -31,6 +37,14 @@ func TokenKey(hash string) string { return TokensPrefix + hash }
 
 // ServiceKey is the key of the service record (JSON model.Service) named name.
 func ServiceKey(name string) string { return ServicesPrefix + name }
+
+// PortKey is the key of the record (JSON model.Port) of public port n of
+// proto: ports/<proto>/<number>, the number in decimal without leading
+// zeros ("ports/tcp/20000"). Port records are created once and never
+// rewritten, so an entry's Rev is the revision that allocated it.
+func PortKey(proto model.PortProto, n int) string {
+	return PortsPrefix + string(proto) + "/" + strconv.Itoa(n)
+}
 
 // GetJSON reads key and decodes its JSON value into v. It returns the
 // entry's revision, for a later PutJSON.
@@ -331,4 +345,298 @@ func checkTokenHash(h string) error {
 		}
 	}
 	return nil
+}
+
+// Errors of the port records, so the API can decide with errors.Is. The
+// status each suggests is in brackets.
+var (
+	// ErrInvalidPort: the request is malformed: an unknown protocol, a bad
+	// number, a port outside the operator's range, a bad owner name (400).
+	ErrInvalidPort = errors.New("store: invalid port request")
+	// ErrPortTaken: the port asked for is held by another tenant or service (409).
+	ErrPortTaken = errors.New("store: port taken")
+	// ErrRangeFull: every port of the operator's range is held (409).
+	ErrRangeFull = errors.New("store: port range full")
+	// ErrQuota: the tenant already holds its quota of ports (403).
+	ErrQuota = errors.New("store: port quota reached")
+	// ErrNotOwner: the port is held by another tenant (403).
+	ErrNotOwner = errors.New("store: port held by another tenant")
+)
+
+// maxPortAttempts bounds the create-only writes one AllocatePort makes when
+// other gateways keep taking the ports it tries.
+const maxPortAttempts = 128
+
+// AllocatePort gives service p.Service of p.Tenant (empty: an anonymous
+// quick tunnel) a public port of protocol p.Proto from the range r, stores
+// its record (with p.Created as given) and returns it.
+//
+// With p.Number 0 it picks a free port: it starts at a random offset in r
+// and scans, claiming each candidate with a create-only write, so two
+// gateways sharing the store never get the same port. When no port is free
+// it returns an error wrapping ErrRangeFull. With p.Number set it takes
+// exactly that port, which must be in r: if another tenant or service holds
+// it, the error wraps ErrPortTaken; if this tenant's service already holds
+// it, AllocatePort succeeds and returns the stored record (idempotent).
+//
+// quota > 0 is how many ports (tcp and udp together) the tenant may hold;
+// 0 means no quota. Beyond it the error wraps ErrQuota. The quota holds
+// under concurrent allocations: after its write, an allocation checks that
+// fewer than quota of the tenant's ports were allocated before it (by
+// revision), and removes its record again otherwise.
+//
+// Bad input returns an error wrapping ErrInvalidPort.
+func AllocatePort(ctx context.Context, s Store, p model.Port, r model.PortRange, quota int) (model.Port, error) {
+	op := "allocate " + string(p.Proto) + " port"
+	if p.Number != 0 {
+		op = "allocate port " + p.String()
+	}
+	if err := checkPortRequest(p, r, quota); err != nil {
+		return model.Port{}, fmt.Errorf("%s: %w: %w", op, ErrInvalidPort, err)
+	}
+	if p.Number != 0 {
+		return takePort(ctx, s, op, p, quota)
+	}
+	all, err := listPortEntries(ctx, s)
+	if err != nil {
+		return model.Port{}, fmt.Errorf("%s: %w", op, err)
+	}
+	if err := checkQuota(all, p.Tenant, quota); err != nil {
+		return model.Port{}, fmt.Errorf("%s: %w", op, err)
+	}
+	taken := make(map[int]bool)
+	for _, e := range all {
+		if e.port.Proto == p.Proto {
+			taken[e.port.Number] = true
+		}
+	}
+	size := r.Size()
+	start := rand.IntN(size)
+	attempts := 0
+	for i := 0; i < size; i++ {
+		n := r.First + (start+i)%size
+		if taken[n] {
+			continue
+		}
+		if attempts == maxPortAttempts {
+			return model.Port{}, fmt.Errorf("%s: %d ports tried in %s, all taken meanwhile by other allocations; try again: %w",
+				op, attempts, r, ErrConflict)
+		}
+		attempts++
+		p.Number = n
+		rev, err := PutJSON(ctx, s, PortKey(p.Proto, n), p, 0)
+		if errors.Is(err, ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return model.Port{}, fmt.Errorf("%s: %w", op, err)
+		}
+		if err := keepWithinQuota(ctx, s, p, rev, quota); err != nil {
+			return model.Port{}, fmt.Errorf("%s: %w", op, err)
+		}
+		return p, nil
+	}
+	return model.Port{}, fmt.Errorf("%s: all %d ports of %s are held: %w", op, size, r, ErrRangeFull)
+}
+
+// takePort is AllocatePort of the one port p.Number.
+func takePort(ctx context.Context, s Store, op string, p model.Port, quota int) (model.Port, error) {
+	key := PortKey(p.Proto, p.Number)
+	for attempt := 0; attempt < maxUpdateAttempts; attempt++ {
+		var cur model.Port
+		_, err := GetJSON(ctx, s, key, &cur)
+		if err == nil {
+			if cur.Tenant == p.Tenant && cur.Service == p.Service {
+				return cur, nil
+			}
+			return model.Port{}, fmt.Errorf("%s: held by another tenant or service: %w", op, ErrPortTaken)
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return model.Port{}, fmt.Errorf("%s: %w", op, err)
+		}
+		all, err := listPortEntries(ctx, s)
+		if err != nil {
+			return model.Port{}, fmt.Errorf("%s: %w", op, err)
+		}
+		if err := checkQuota(all, p.Tenant, quota); err != nil {
+			return model.Port{}, fmt.Errorf("%s: %w", op, err)
+		}
+		rev, err := PutJSON(ctx, s, key, p, 0)
+		if errors.Is(err, ErrConflict) {
+			continue // taken meanwhile: read who holds it
+		}
+		if err != nil {
+			return model.Port{}, fmt.Errorf("%s: %w", op, err)
+		}
+		if err := keepWithinQuota(ctx, s, p, rev, quota); err != nil {
+			return model.Port{}, fmt.Errorf("%s: %w", op, err)
+		}
+		return p, nil
+	}
+	return model.Port{}, fmt.Errorf("%s: still changing after %d attempts: %w", op, maxUpdateAttempts, ErrConflict)
+}
+
+// checkPortRequest checks AllocatePort's input.
+func checkPortRequest(p model.Port, r model.PortRange, quota int) error {
+	if !p.Proto.Valid() {
+		return fmt.Errorf("protocol %q not accepted; use tcp or udp", p.Proto)
+	}
+	if !r.Valid() {
+		return fmt.Errorf("port range %d-%d is empty or outside 1-%d", r.First, r.Last, model.MaxPort)
+	}
+	if p.Number != 0 {
+		if err := model.ValidatePort(p.Number); err != nil {
+			return err
+		}
+		if !r.Contains(p.Number) {
+			return fmt.Errorf("port %d is outside the gateway's range %s; ask for one in it, or for any (0)", p.Number, r)
+		}
+	}
+	if p.Tenant != "" {
+		if err := model.ValidateTenantName(p.Tenant); err != nil {
+			return err
+		}
+	}
+	if err := model.ValidateName(p.Service); err != nil {
+		return fmt.Errorf("service: %w", err)
+	}
+	if quota < 0 {
+		return fmt.Errorf("quota %d; use a count, or 0 for none", quota)
+	}
+	return nil
+}
+
+// portEntry is a decoded port record with its revision.
+type portEntry struct {
+	port model.Port
+	rev  int64
+}
+
+// listPortEntries decodes every port record, in key order.
+func listPortEntries(ctx context.Context, s Store) ([]portEntry, error) {
+	entries, err := s.List(ctx, PortsPrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]portEntry, 0, len(entries))
+	for _, e := range entries {
+		var p model.Port
+		if err := json.Unmarshal(e.Value, &p); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", e.Key, err)
+		}
+		out = append(out, portEntry{port: p, rev: e.Rev})
+	}
+	return out, nil
+}
+
+// checkQuota refuses when tenant already holds quota (> 0) ports.
+func checkQuota(all []portEntry, tenant string, quota int) error {
+	if quota == 0 {
+		return nil
+	}
+	held := 0
+	for _, e := range all {
+		if e.port.Tenant == tenant {
+			held++
+		}
+	}
+	if held >= quota {
+		return fmt.Errorf("tenant holds %d ports, its quota is %d; release one first: %w", held, quota, ErrQuota)
+	}
+	return nil
+}
+
+// keepWithinQuota runs after p was written at revision rev. If quota or
+// more of the tenant's ports were written before it (a concurrent
+// allocation passed the same check), it deletes p's record again and
+// returns an error wrapping ErrQuota. The first quota allocations by
+// revision always stay, so concurrent allocations never exceed the quota.
+func keepWithinQuota(ctx context.Context, s Store, p model.Port, rev int64, quota int) error {
+	if quota == 0 {
+		return nil
+	}
+	all, err := listPortEntries(ctx, s)
+	if err == nil {
+		before := 0
+		for _, e := range all {
+			if e.port.Tenant == p.Tenant && e.rev < rev {
+				before++
+			}
+		}
+		if before < quota {
+			return nil
+		}
+		err = fmt.Errorf("tenant holds %d ports, its quota is %d; release one first: %w", before, quota, ErrQuota)
+	} else {
+		err = fmt.Errorf("check quota: %w", err)
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	if derr := s.Delete(rctx, PortKey(p.Proto, p.Number), rev); derr != nil {
+		return errors.Join(err, fmt.Errorf("roll back port %s: %w", p, derr))
+	}
+	return err
+}
+
+// ReleasePort deletes the record of port n of proto if tenant (empty: an
+// anonymous quick tunnel) holds it. It returns an error wrapping
+// ErrNotFound when no one holds the port, ErrNotOwner when another tenant
+// does, and ErrInvalidPort for a bad protocol or number.
+func ReleasePort(ctx context.Context, s Store, proto model.PortProto, n int, tenant string) error {
+	op := fmt.Sprintf("release port %s/%d", proto, n)
+	if !proto.Valid() {
+		return fmt.Errorf("%s: %w: protocol %q not accepted; use tcp or udp", op, ErrInvalidPort, proto)
+	}
+	if err := model.ValidatePort(n); err != nil {
+		return fmt.Errorf("%s: %w: %w", op, ErrInvalidPort, err)
+	}
+	key := PortKey(proto, n)
+	for attempt := 0; attempt < maxUpdateAttempts; attempt++ {
+		var cur model.Port
+		rev, err := GetJSON(ctx, s, key, &cur)
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		if cur.Tenant != tenant {
+			return fmt.Errorf("%s: %w", op, ErrNotOwner)
+		}
+		err = s.Delete(ctx, key, rev)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ErrConflict):
+			continue
+		default:
+			return fmt.Errorf("%s: %w", op, err)
+		}
+	}
+	return fmt.Errorf("%s: still changing after %d attempts: %w", op, maxUpdateAttempts, ErrConflict)
+}
+
+// ListPorts returns every port record, sorted by protocol, then number.
+func ListPorts(ctx context.Context, s Store) ([]model.Port, error) {
+	all, err := listPortEntries(ctx, s)
+	if err != nil {
+		return nil, fmt.Errorf("list ports: %w", err)
+	}
+	out := make([]model.Port, 0, len(all))
+	for _, e := range all {
+		out = append(out, e.port)
+	}
+	slices.SortFunc(out, comparePorts)
+	return out, nil
+}
+
+// PortsOf returns the ports tenant (empty: anonymous quick tunnels) holds,
+// sorted as ListPorts.
+func PortsOf(ctx context.Context, s Store, tenant string) ([]model.Port, error) {
+	all, err := ListPorts(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(all, func(p model.Port) bool { return p.Tenant != tenant }), nil
+}
+
+func comparePorts(a, b model.Port) int {
+	return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Number, b.Number))
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -377,5 +378,407 @@ func TestUpdateServiceConcurrent(t *testing.T) {
 	}
 	if len(got.Upstreams) != writers {
 		t.Errorf("%d upstreams after %d concurrent appends: %+v", len(got.Upstreams), writers, got.Upstreams)
+	}
+}
+
+func TestPortKey(t *testing.T) {
+	for _, c := range []struct{ got, want string }{
+		{store.PortKey(model.PortTCP, 20000), "ports/tcp/20000"},
+		{store.PortKey(model.PortUDP, 22), "ports/udp/22"},
+	} {
+		if c.got != c.want {
+			t.Errorf("key %q, want %q", c.got, c.want)
+		}
+	}
+	if !strings.HasPrefix(store.PortKey(model.PortTCP, 1), store.PortsPrefix) {
+		t.Errorf("PortKey is not under PortsPrefix %q", store.PortsPrefix)
+	}
+}
+
+var portCreated = time.Unix(1700000000, 0).UTC()
+
+func newPort(proto model.PortProto, n int, tenant, service string) model.Port {
+	return model.Port{Proto: proto, Number: n, Tenant: tenant, Service: service, Created: portCreated}
+}
+
+func TestAllocatePortAny(t *testing.T) {
+	ctx := testContext(t)
+	s := openBolt(t)
+	r := model.PortRange{First: 20000, Last: 20002}
+	seen := map[int]bool{}
+	for i := 0; i < r.Size(); i++ {
+		p, err := store.AllocatePort(ctx, s, newPort(model.PortTCP, 0, "acme", "ssh"), r, 0)
+		if err != nil {
+			t.Fatalf("AllocatePort #%d: %v", i, err)
+		}
+		if !r.Contains(p.Number) || seen[p.Number] {
+			t.Fatalf("AllocatePort #%d = %d: outside %s or given twice (%v)", i, p.Number, r, seen)
+		}
+		seen[p.Number] = true
+		var stored model.Port
+		if _, err := store.GetJSON(ctx, s, store.PortKey(model.PortTCP, p.Number), &stored); err != nil || stored != p {
+			t.Fatalf("stored %+v (err %v), want %+v", stored, err, p)
+		}
+	}
+	_, err := store.AllocatePort(ctx, s, newPort(model.PortTCP, 0, "acme", "ssh"), r, 0)
+	if !errors.Is(err, store.ErrRangeFull) || !strings.Contains(err.Error(), "20000-20002") {
+		t.Fatalf("AllocatePort in a full range = %v, want ErrRangeFull naming the range", err)
+	}
+	// udp ports are a space of their own.
+	if p, err := store.AllocatePort(ctx, s, newPort(model.PortUDP, 0, "acme", "resolver"), r, 0); err != nil || !r.Contains(p.Number) {
+		t.Fatalf("AllocatePort udp with tcp full = %+v, %v", p, err)
+	}
+}
+
+func TestAllocatePortSpecific(t *testing.T) {
+	ctx := testContext(t)
+	s := openBolt(t)
+	r := model.PortRange{First: 20000, Last: 20099}
+	want := newPort(model.PortTCP, 20005, "acme", "ssh")
+	got, err := store.AllocatePort(ctx, s, want, r, 0)
+	if err != nil || got != want {
+		t.Fatalf("AllocatePort(%s) = %+v, %v; want %+v", want, got, err, want)
+	}
+	// Taking it again for the same owner succeeds and returns the stored record.
+	again := want
+	again.Created = portCreated.Add(time.Hour)
+	if got, err := store.AllocatePort(ctx, s, again, r, 0); err != nil || got != want {
+		t.Fatalf("AllocatePort again by its owner = %+v, %v; want %+v", got, err, want)
+	}
+	for _, other := range []model.Port{
+		newPort(model.PortTCP, 20005, "acme", "web"),  // same tenant, other service
+		newPort(model.PortTCP, 20005, "other", "ssh"), // other tenant
+		newPort(model.PortTCP, 20005, "", "ssh"),      // anonymous
+	} {
+		_, err := store.AllocatePort(ctx, s, other, r, 0)
+		if !errors.Is(err, store.ErrPortTaken) {
+			t.Errorf("AllocatePort(%+v) of a held port = %v, want ErrPortTaken", other, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "acme") {
+			t.Errorf("AllocatePort(%+v): %q names the holder", other, err)
+		}
+	}
+	// The same number in udp is another port.
+	if _, err := store.AllocatePort(ctx, s, newPort(model.PortUDP, 20005, "other", "resolver"), r, 0); err != nil {
+		t.Fatalf("AllocatePort udp/20005: %v", err)
+	}
+	ports, err := store.ListPorts(ctx, s)
+	if err != nil || len(ports) != 2 || ports[0] != want {
+		t.Fatalf("ListPorts = %+v, %v", ports, err)
+	}
+}
+
+func TestAllocatePortRace(t *testing.T) {
+	ctx := testContext(t)
+	r := model.PortRange{First: 20000, Last: 20001}
+	// rivalFirst stores a rival's record just before the first write of a
+	// port record, as another gateway winning the race for it would.
+	rivalFirst := func(s store.Store) (*putHook, *model.Port) {
+		rival := newPort(model.PortTCP, 0, "other", "db")
+		return &putHook{Store: s, before: func(key string) {
+			if rival.Number != 0 {
+				return
+			}
+			n, err := strconv.Atoi(strings.TrimPrefix(key, "ports/tcp/"))
+			if err != nil {
+				t.Errorf("port key %q", key)
+			}
+			rival.Number = n
+			if _, err := store.PutJSON(ctx, s, key, rival, 0); err != nil {
+				t.Errorf("rival: %v", err)
+			}
+		}}, &rival
+	}
+
+	hook, _ := rivalFirst(openBolt(t))
+	if _, err := store.AllocatePort(ctx, hook, newPort(model.PortTCP, 20000, "acme", "ssh"), r, 0); !errors.Is(err, store.ErrPortTaken) {
+		t.Fatalf("AllocatePort losing the race for one port = %v, want ErrPortTaken", err)
+	}
+	// For any port, losing a race means trying the next one.
+	hook, rival := rivalFirst(openBolt(t))
+	got, err := store.AllocatePort(ctx, hook, newPort(model.PortTCP, 0, "acme", "ssh"), r, 0)
+	if err != nil || got.Number == rival.Number || !r.Contains(got.Number) {
+		t.Fatalf("AllocatePort after losing a race = %+v, %v; the rival holds %d", got, err, rival.Number)
+	}
+}
+
+// putHook calls before(key) ahead of every write of a port record.
+type putHook struct {
+	store.Store
+	before func(key string)
+}
+
+func (h *putHook) Put(ctx context.Context, key string, value []byte, expect int64) (int64, error) {
+	if strings.HasPrefix(key, store.PortsPrefix) {
+		h.before(key)
+	}
+	return h.Store.Put(ctx, key, value, expect)
+}
+
+// conflictPorts makes every write of a port record lose to another writer.
+type conflictPorts struct{ store.Store }
+
+func (c conflictPorts) Put(ctx context.Context, key string, value []byte, expect int64) (int64, error) {
+	if strings.HasPrefix(key, store.PortsPrefix) {
+		return 0, store.ErrConflict
+	}
+	return c.Store.Put(ctx, key, value, expect)
+}
+
+func TestAllocatePortBoundedTries(t *testing.T) {
+	ctx := testContext(t)
+	s := openBolt(t)
+	_, err := store.AllocatePort(ctx, conflictPorts{s}, newPort(model.PortTCP, 0, "acme", "ssh"), model.PortRange{First: 20000, Last: 29999}, 0)
+	if !errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrRangeFull) {
+		t.Fatalf("AllocatePort under endless contention = %v, want ErrConflict (try again)", err)
+	}
+	// A small range under the same contention is exhausted first: full.
+	_, err = store.AllocatePort(ctx, conflictPorts{s}, newPort(model.PortTCP, 0, "acme", "ssh"), model.PortRange{First: 20000, Last: 20009}, 0)
+	if !errors.Is(err, store.ErrRangeFull) {
+		t.Fatalf("AllocatePort with every port taken meanwhile = %v, want ErrRangeFull", err)
+	}
+}
+
+func TestAllocatePortInvalid(t *testing.T) {
+	ctx := testContext(t)
+	s := openBolt(t)
+	r := model.PortRange{First: 20000, Last: 20099}
+	tests := []struct {
+		name    string
+		p       model.Port
+		r       model.PortRange
+		quota   int
+		wantErr string
+	}{
+		{"no protocol", newPort("", 0, "acme", "ssh"), r, 0, `protocol ""`},
+		{"sctp", newPort("sctp", 0, "acme", "ssh"), r, 0, `protocol "sctp" not accepted; use tcp or udp`},
+		{"negative number", newPort(model.PortTCP, -1, "acme", "ssh"), r, 0, "use 1-65535"},
+		{"number too big", newPort(model.PortTCP, 65536, "acme", "ssh"), r, 0, "use 1-65535"},
+		{"outside the range", newPort(model.PortTCP, 22, "acme", "ssh"), r, 0, "outside the gateway's range 20000-20099"},
+		{"empty range", newPort(model.PortTCP, 0, "acme", "ssh"), model.PortRange{}, 0, "port range"},
+		{"reversed range", newPort(model.PortTCP, 0, "acme", "ssh"), model.PortRange{First: 20, Last: 10}, 0, "port range"},
+		{"bad tenant", newPort(model.PortTCP, 0, "Acme", "ssh"), r, 0, "tenant name"},
+		{"no service", newPort(model.PortTCP, 0, "acme", ""), r, 0, "service"},
+		{"bad service", newPort(model.PortTCP, 0, "acme", "my_ssh"), r, 0, "service"},
+		{"negative quota", newPort(model.PortTCP, 0, "acme", "ssh"), r, -1, "quota -1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := store.AllocatePort(ctx, s, tt.p, tt.r, tt.quota)
+			if !errors.Is(err, store.ErrInvalidPort) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("AllocatePort = %v, want ErrInvalidPort containing %q", err, tt.wantErr)
+			}
+		})
+	}
+	if list, err := s.List(ctx, ""); err != nil || len(list) != 0 {
+		t.Fatalf("invalid requests wrote %d entries (err %v)", len(list), err)
+	}
+}
+
+func TestAllocatePortQuota(t *testing.T) {
+	ctx := testContext(t)
+	s := openBolt(t)
+	r := model.PortRange{First: 20000, Last: 20099}
+	const quota = 2
+	a, err := store.AllocatePort(ctx, s, newPort(model.PortTCP, 0, "acme", "ssh"), r, quota)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.AllocatePort(ctx, s, newPort(model.PortUDP, 20050, "acme", "resolver"), r, quota); err != nil {
+		t.Fatal(err)
+	}
+	// tcp and udp count together.
+	for _, p := range []model.Port{newPort(model.PortTCP, 0, "acme", "ssh"), newPort(model.PortTCP, 20060, "acme", "ssh")} {
+		if _, err := store.AllocatePort(ctx, s, p, r, quota); !errors.Is(err, store.ErrQuota) || !strings.Contains(err.Error(), "quota is 2") {
+			t.Errorf("AllocatePort(%s) beyond the quota = %v, want ErrQuota naming it", p, err)
+		}
+	}
+	// Taking a held port again is not a new port.
+	if _, err := store.AllocatePort(ctx, s, newPort(model.PortUDP, 20050, "acme", "resolver"), r, quota); err != nil {
+		t.Errorf("AllocatePort of an own port at the quota = %v, want success", err)
+	}
+	// Other tenants have quotas of their own; 0 means none.
+	if _, err := store.AllocatePort(ctx, s, newPort(model.PortTCP, 0, "other", "ssh"), r, quota); err != nil {
+		t.Errorf("AllocatePort for another tenant = %v", err)
+	}
+	if _, err := store.AllocatePort(ctx, s, newPort(model.PortTCP, 0, "acme", "ssh"), r, 0); err != nil {
+		t.Errorf("AllocatePort with no quota = %v", err)
+	}
+	if err := store.ReleasePort(ctx, s, model.PortTCP, a.Number, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.AllocatePort(ctx, s, newPort(model.PortTCP, 0, "acme", "ssh"), r, 4); err != nil {
+		t.Errorf("AllocatePort after a release = %v", err)
+	}
+	if mine, err := store.PortsOf(ctx, s, "acme"); err != nil || len(mine) != 3 {
+		t.Errorf("PortsOf(acme) = %+v, %v; want 3 ports", mine, err)
+	}
+}
+
+// allocateConcurrently runs AllocatePort from workers goroutines until each
+// gets an error; it returns the ports given and the errors that ended them.
+func allocateConcurrently(t *testing.T, s store.Store, workers int, r model.PortRange, quota int) ([]model.Port, []error) {
+	t.Helper()
+	ctx := testContext(t)
+	type result struct {
+		ports []model.Port
+		err   error
+	}
+	results := make(chan result, workers)
+	for i := 0; i < workers; i++ {
+		go func() {
+			var res result
+			for {
+				p, err := store.AllocatePort(ctx, s, newPort(model.PortTCP, 0, "acme", "ssh"), r, quota)
+				if err != nil {
+					res.err = err
+					break
+				}
+				res.ports = append(res.ports, p)
+			}
+			results <- res
+		}()
+	}
+	var ports []model.Port
+	var errs []error
+	for i := 0; i < workers; i++ {
+		res := <-results
+		ports = append(ports, res.ports...)
+		errs = append(errs, res.err)
+	}
+	return ports, errs
+}
+
+// TestAllocatePortConcurrent: 8 allocators sharing a range of 20 ports get
+// 20 distinct ports, then all see the range full.
+func TestAllocatePortConcurrent(t *testing.T) {
+	s := openBolt(t)
+	r := model.PortRange{First: 20000, Last: 20019}
+	ports, errs := allocateConcurrently(t, s, 8, r, 0)
+	for _, err := range errs {
+		if !errors.Is(err, store.ErrRangeFull) {
+			t.Errorf("allocator ended with %v, want ErrRangeFull", err)
+		}
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if seen[p.Number] || !r.Contains(p.Number) {
+			t.Errorf("port %d given twice or outside %s", p.Number, r)
+		}
+		seen[p.Number] = true
+	}
+	if len(ports) != r.Size() {
+		t.Errorf("%d ports given, want %d", len(ports), r.Size())
+	}
+	stored, err := store.ListPorts(testContext(t), s)
+	if err != nil || len(stored) != r.Size() {
+		t.Errorf("ListPorts = %d ports, %v; want %d", len(stored), err, r.Size())
+	}
+}
+
+// TestAllocatePortConcurrentQuota: concurrent allocators never take the
+// tenant past its quota, and together take all of it.
+func TestAllocatePortConcurrentQuota(t *testing.T) {
+	s := openBolt(t)
+	const quota = 3
+	ports, errs := allocateConcurrently(t, s, 8, model.PortRange{First: 20000, Last: 20099}, quota)
+	for _, err := range errs {
+		if !errors.Is(err, store.ErrQuota) {
+			t.Errorf("allocator ended with %v, want ErrQuota", err)
+		}
+	}
+	if len(ports) != quota {
+		t.Errorf("%d ports given (%+v), want the quota, %d", len(ports), ports, quota)
+	}
+	stored, err := store.PortsOf(testContext(t), s, "acme")
+	if err != nil || len(stored) != quota {
+		t.Errorf("PortsOf = %+v, %v; want %d ports (quota losers rolled back)", stored, err, quota)
+	}
+}
+
+func TestReleasePort(t *testing.T) {
+	ctx := testContext(t)
+	s := openBolt(t)
+	r := model.PortRange{First: 20000, Last: 20099}
+	for _, p := range []model.Port{newPort(model.PortTCP, 20001, "acme", "ssh"), newPort(model.PortUDP, 20001, "", "quick")} {
+		if _, err := store.AllocatePort(ctx, s, p, r, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tenant := range []string{"other", ""} {
+		if err := store.ReleasePort(ctx, s, model.PortTCP, 20001, tenant); !errors.Is(err, store.ErrNotOwner) {
+			t.Errorf("ReleasePort by %q = %v, want ErrNotOwner", tenant, err)
+		}
+	}
+	if err := store.ReleasePort(ctx, s, model.PortUDP, 20001, "acme"); !errors.Is(err, store.ErrNotOwner) {
+		t.Errorf("ReleasePort of an anonymous port by a tenant = %v, want ErrNotOwner", err)
+	}
+	if ports, err := store.ListPorts(ctx, s); err != nil || len(ports) != 2 {
+		t.Fatalf("refused releases changed the ports: %+v, %v", ports, err)
+	}
+	if err := store.ReleasePort(ctx, s, model.PortTCP, 20001, "acme"); err != nil {
+		t.Fatalf("ReleasePort by the owner: %v", err)
+	}
+	if err := store.ReleasePort(ctx, s, model.PortTCP, 20001, "acme"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("ReleasePort twice = %v, want ErrNotFound", err)
+	}
+	if err := store.ReleasePort(ctx, s, model.PortUDP, 20001, ""); err != nil {
+		t.Errorf("ReleasePort of an anonymous port: %v", err)
+	}
+	for _, c := range []struct {
+		proto model.PortProto
+		n     int
+	}{{"sctp", 20001}, {"", 20001}, {model.PortTCP, 0}, {model.PortTCP, 65536}} {
+		if err := store.ReleasePort(ctx, s, c.proto, c.n, "acme"); !errors.Is(err, store.ErrInvalidPort) {
+			t.Errorf("ReleasePort(%q, %d) = %v, want ErrInvalidPort", c.proto, c.n, err)
+		}
+	}
+	// A released port can be taken by anyone.
+	if _, err := store.AllocatePort(ctx, s, newPort(model.PortTCP, 20001, "other", "db"), r, 0); err != nil {
+		t.Errorf("AllocatePort of a released port: %v", err)
+	}
+}
+
+func TestListPorts(t *testing.T) {
+	ctx := testContext(t)
+	s := openBolt(t)
+	r := model.PortRange{First: 1, Last: 65535}
+	// Key order ("ports/tcp/100" < "ports/tcp/20000" < "ports/tcp/3000") is not number order.
+	for _, p := range []model.Port{
+		newPort(model.PortUDP, 53, "acme", "resolver"),
+		newPort(model.PortTCP, 3000, "other", "web"),
+		newPort(model.PortTCP, 20000, "acme", "ssh"),
+		newPort(model.PortTCP, 100, "acme", "ssh"),
+	} {
+		if _, err := store.AllocatePort(ctx, s, p, r, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := store.ListPorts(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range all {
+		got = append(got, p.String())
+	}
+	if want := []string{"tcp/100", "tcp/3000", "tcp/20000", "udp/53"}; !slices.Equal(got, want) {
+		t.Errorf("ListPorts = %v, want %v", got, want)
+	}
+	mine, err := store.PortsOf(ctx, s, "acme")
+	if err != nil || len(mine) != 3 || mine[0].Number != 100 || mine[2].Proto != model.PortUDP {
+		t.Errorf("PortsOf(acme) = %+v, %v", mine, err)
+	}
+	if none, err := store.PortsOf(ctx, s, "nobody"); err != nil || none == nil || len(none) != 0 {
+		t.Errorf("PortsOf(nobody) = %#v, %v; want an empty, non-nil slice", none, err)
+	}
+	if _, err := s.Put(ctx, "ports/tcp/9", []byte("{not json"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.ListPorts(ctx, s); err == nil || !strings.Contains(err.Error(), "ports/tcp/9") {
+		t.Errorf("ListPorts with bad JSON = %v, want an error naming the key", err)
+	}
+	if _, err := store.AllocatePort(ctx, s, newPort(model.PortTCP, 0, "acme", "ssh"), r, 0); err == nil || !strings.Contains(err.Error(), "ports/tcp/9") {
+		t.Errorf("AllocatePort with bad JSON = %v, want an error naming the key", err)
 	}
 }
