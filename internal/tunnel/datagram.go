@@ -121,10 +121,9 @@ func (d *DatagramReader) ReadDatagram(buf []byte) (n int, err error) {
 // destination (ECONNREFUSED, from an ICMP unreachable) is an error.
 //
 // Both conns must support deadlines. RelayUDP closes neither: the caller
-// owns and closes both. It stops
-// its reads and writes by setting deadlines in the past, and clears the
-// deadlines before it returns; it returns only after both directions have
-// stopped. The stream may be left inside a frame (and bytes buffered by
+// owns and closes both. It stops its reads and writes by setting deadlines
+// in the past, and clears the deadlines before it returns; it returns only
+// after both directions have stopped. The stream may be left inside a frame (and bytes buffered by
 // RelayUDP are lost), so it is of no further use for datagrams.
 //
 // It holds two buffers of MaxDatagramLen bytes while it runs.

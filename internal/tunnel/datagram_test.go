@@ -501,14 +501,14 @@ func TestRelayUDPStops(t *testing.T) {
 // TestRelayUDPTrafficDefersIdle keeps datagrams moving for several idle
 // timeouts: the relay stays up, then expires once traffic stops.
 func TestRelayUDPTrafficDefersIdle(t *testing.T) {
-	const idle = 300 * time.Millisecond
+	const idle = 500 * time.Millisecond
 	gw, agent := relayStreams(t, "raw")
 	_, errc := startRelay(t, t.Context(), agent, idle)
 	dr := NewDatagramReader(gw)
 	buf := make([]byte, 100)
-	tick := time.NewTicker(idle / 6)
+	tick := time.NewTicker(idle / 10)
 	defer tick.Stop()
-	for i := range 15 { // 2.5 idle timeouts
+	for i := range 20 { // two idle timeouts
 		<-tick.C
 		if err := WriteDatagram(gw, []byte{byte(i)}); err != nil {
 			t.Fatalf("datagram %d: %v", i, err)
