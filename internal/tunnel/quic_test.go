@@ -416,3 +416,28 @@ func TestQUICStreamClose(t *testing.T) {
 		t.Errorf("streams left: gateway %d, agent %d", gw.NumStreams(), agent.NumStreams())
 	}
 }
+
+// TestQUICSilentPeerDefaults: with the default settings a QUIC session
+// whose peer falls silent (a killed agent: UDP carries no reset) ends in
+// about 1.5 s, well before the 4 s idle timeout, while an idle healthy
+// session lives on.
+func TestQUICSilentPeerDefaults(t *testing.T) {
+	var relay *udpRelay
+	agent, gw, _ := quicSessions(t, nil, func(tb testing.TB, to net.Addr) net.Addr {
+		relay = newUDPRelay(tb, to)
+		return relay.Addr()
+	})
+	if closed(gw.CloseChan(), 3*time.Second) || agent.IsClosed() {
+		t.Fatal("an idle healthy session ended")
+	}
+	relay.Drop()
+	start := time.Now()
+	if !closed(gw.CloseChan(), 5*time.Second) {
+		t.Fatal("the gateway's session outlived its silent peer by 5 s")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("the gateway noticed its silent peer after %v, want about 1.5 s (the idle timeout is 4 s)", d.Round(time.Millisecond))
+	} else {
+		t.Logf("silent peer noticed after %v", d.Round(time.Millisecond))
+	}
+}
