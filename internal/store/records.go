@@ -140,8 +140,31 @@ func DeleteTenant(ctx context.Context, s Store, name string) error {
 			return fmt.Errorf("delete tenant %s: %w", name, err)
 		}
 	}
+	if err := releasePortsIf(ctx, s, func(p model.Port) bool { return p.Tenant == name }); err != nil {
+		return fmt.Errorf("delete tenant %s: %w", name, err)
+	}
 	if err := s.Delete(ctx, TenantKey(name), AnyRev); err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("delete tenant %s: %w", name, err)
+	}
+	return nil
+}
+
+// releasePortsIf deletes the port records match accepts.
+func releasePortsIf(ctx context.Context, s Store, match func(model.Port) bool) error {
+	entries, err := s.List(ctx, PortsPrefix)
+	if err != nil {
+		return fmt.Errorf("release ports: %w", err)
+	}
+	for _, e := range entries {
+		if err := deleteIf(ctx, s, e.Key, func(v []byte) (bool, error) {
+			var p model.Port
+			if err := json.Unmarshal(v, &p); err != nil {
+				return false, err
+			}
+			return match(p), nil
+		}); err != nil {
+			return fmt.Errorf("release port %s: %w", e.Key, err)
+		}
 	}
 	return nil
 }
@@ -268,6 +291,10 @@ func DeleteService(ctx context.Context, s Store, name string, ifRev int64, check
 		err = s.Delete(ctx, ServiceKey(name), rev)
 		switch {
 		case err == nil:
+			// Its public ports go with it.
+			if err := releasePortsIf(ctx, s, func(p model.Port) bool { return p.Service == name && p.Tenant == svc.Tenant }); err != nil {
+				return fmt.Errorf("delete service %s: %w", name, err)
+			}
 			return nil
 		case errors.Is(err, ErrConflict) && ifRev <= 0:
 			continue

@@ -782,3 +782,55 @@ func TestListPorts(t *testing.T) {
 		t.Errorf("AllocatePort with bad JSON = %v, want an error naming the key", err)
 	}
 }
+
+// TestDeleteReleasesPorts: deleting a service releases its ports, and
+// deleting a tenant releases every port it holds; others' ports stay.
+func TestDeleteReleasesPorts(t *testing.T) {
+	ctx := testContext(t)
+	s := openBolt(t)
+	acme, _ := newTenant("acme")
+	other, _ := newTenant("other")
+	for _, tn := range []model.Tenant{acme, other} {
+		if err := store.CreateTenant(ctx, s, tn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, owner := range map[string]string{"ssh": "acme", "resolver": "acme", "game": "other"} {
+		if _, err := store.PutJSON(ctx, s, store.ServiceKey(name), model.Service{Name: name, Tenant: owner, Protocol: model.ProtoTLS}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := model.PortRange{First: 20000, Last: 20099}
+	for _, p := range []model.Port{
+		newPort(model.PortTCP, 20001, "acme", "ssh"), newPort(model.PortTCP, 20002, "acme", "ssh"),
+		newPort(model.PortUDP, 20003, "acme", "resolver"), newPort(model.PortUDP, 20004, "other", "game"),
+	} {
+		if _, err := store.AllocatePort(ctx, s, p, r, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	numbers := func() []int {
+		ports, err := store.ListPorts(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []int
+		for _, p := range ports {
+			out = append(out, p.Number)
+		}
+		slices.Sort(out)
+		return out
+	}
+	if err := store.DeleteService(ctx, s, "ssh", 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := numbers(); !slices.Equal(got, []int{20003, 20004}) {
+		t.Fatalf("ports after deleting ssh: %v, want 20003 and 20004", got)
+	}
+	if err := store.DeleteTenant(ctx, s, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if got := numbers(); !slices.Equal(got, []int{20004}) {
+		t.Fatalf("ports after deleting tenant acme: %v, want only other's 20004", got)
+	}
+}
