@@ -1,0 +1,242 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/webgw/webgw/internal/proxy"
+	"github.com/webgw/webgw/internal/proxyproto"
+	"github.com/webgw/webgw/internal/route"
+	"github.com/webgw/webgw/internal/tunnel"
+)
+
+// forwardDialTimeout bounds opening the upstream of a forwarded connection
+// or UDP session.
+const forwardDialTimeout = 10 * time.Second
+
+// TCPForwarder forwards the connections of a public TCP port to a service:
+// each one becomes a KindTCP tunnel stream to an agent (or a connection to a
+// direct upstream), spliced with half-close. Set the exported fields before
+// Serve; they are not changed afterwards.
+type TCPForwarder struct {
+	// Lookup returns the service the port forwards to; a nil result closes
+	// the connection. Called once per connection.
+	Lookup func() *route.Service
+	// ProxyProtocol, when 1 or 2, sends a PROXY header of that version
+	// (client address -> the address the client connected to) as the first
+	// bytes towards the backend. 0 sends none.
+	ProxyProtocol int
+	// IdleTimeout closes a connection after no byte moved either way for
+	// this long; 0 means 10 min.
+	IdleTimeout time.Duration
+	// Log gets debug messages about failed connections; nil discards them.
+	Log *slog.Logger
+
+	mu       sync.Mutex
+	lns      map[net.Listener]struct{} // listeners being served; guarded by mu
+	conns    map[*fwdConn]struct{}     // open connections; guarded by mu
+	shutdown bool                      // Shutdown was called; guarded by mu
+	wg       sync.WaitGroup            // one per connection goroutine
+}
+
+// fwdConn is one forwarded connection; its fields are guarded by
+// TCPForwarder.mu.
+type fwdConn struct {
+	client net.Conn
+	stream net.Conn           // nil until dialled
+	cancel context.CancelFunc // cancels the dial
+	closed bool               // force-closed by Shutdown
+}
+
+func (f *TCPForwarder) log() *slog.Logger {
+	if f.Log != nil {
+		return f.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// Serve accepts connections on ln and forwards each one until ctx ends or
+// ln is closed (then it returns nil), or Accept fails for good. It closes
+// ln. Connections accepted run on after Serve returns, until they end or
+// Shutdown closes them.
+func (f *TCPForwarder) Serve(ctx context.Context, ln net.Listener) error {
+	if f.ProxyProtocol < 0 || f.ProxyProtocol > 2 {
+		ln.Close()
+		return fmt.Errorf("tcp forwarder: ProxyProtocol %d, want 0 (none), 1 or 2", f.ProxyProtocol)
+	}
+	f.mu.Lock()
+	if f.shutdown {
+		f.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	if f.lns == nil {
+		f.lns = make(map[net.Listener]struct{})
+	}
+	f.lns[ln] = struct{}{}
+	f.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer func() {
+		stop()
+		ln.Close()
+		f.mu.Lock()
+		delete(f.lns, ln)
+		f.mu.Unlock()
+	}()
+
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Like net/http: back off on resource exhaustion (EMFILE).
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				f.log().Debug("tcp forwarder accept", "err", err)
+				t := time.NewTimer(backoff)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return nil
+				}
+				continue
+			}
+			return fmt.Errorf("tcp forwarder accept: %w", err)
+		}
+		backoff = 0
+		fc := &fwdConn{client: c}
+		f.mu.Lock()
+		if f.shutdown {
+			f.mu.Unlock()
+			c.Close()
+			continue
+		}
+		if f.conns == nil {
+			f.conns = make(map[*fwdConn]struct{})
+		}
+		f.conns[fc] = struct{}{}
+		f.wg.Add(1)
+		f.mu.Unlock()
+		go func() {
+			defer f.wg.Done()
+			f.handle(fc)
+			f.mu.Lock()
+			delete(f.conns, fc)
+			f.mu.Unlock()
+		}()
+	}
+}
+
+// handle forwards one connection and closes it.
+func (f *TCPForwarder) handle(fc *fwdConn) {
+	c := fc.client
+	svc := f.lookup()
+	if svc == nil {
+		c.Close()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), forwardDialTimeout)
+	defer cancel()
+	f.mu.Lock()
+	if fc.closed {
+		f.mu.Unlock()
+		return
+	}
+	fc.cancel = cancel
+	f.mu.Unlock()
+
+	client := clientAddr(c.RemoteAddr())
+	stream, _, err := svc.DialContext(ctx, &tunnel.Header{Kind: tunnel.KindTCP, Service: svc.Name, Client: client}, clientHost(client))
+	if err != nil {
+		f.log().Debug("tcp forward dial", "service", svc.Name, "remote", client, "err", err)
+		c.Close()
+		return
+	}
+	f.mu.Lock()
+	if fc.closed {
+		f.mu.Unlock()
+		stream.Close()
+		return
+	}
+	fc.stream = stream
+	f.mu.Unlock()
+	if f.ProxyProtocol != 0 {
+		if err := proxyproto.WriteHeader(stream, proxyproto.Version(f.ProxyProtocol), c.RemoteAddr(), c.LocalAddr()); err != nil {
+			f.log().Debug("tcp forward proxy header", "service", svc.Name, "remote", client, "err", err)
+			stream.Close()
+			c.Close()
+			return
+		}
+	}
+	idle := f.IdleTimeout
+	if idle == 0 {
+		idle = 10 * time.Minute
+	}
+	proxy.Splice(c, stream, idle)
+	svc.CountRequest()
+}
+
+func (f *TCPForwarder) lookup() *route.Service {
+	if f.Lookup == nil {
+		return nil
+	}
+	return f.Lookup()
+}
+
+// Conns is the number of open forwarded connections.
+func (f *TCPForwarder) Conns() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.conns)
+}
+
+// Shutdown stops accepting (closing the listeners Serve is serving) and
+// waits for the open connections to end. When ctx ends first, it closes
+// them and returns ctx's error; their goroutines then end as soon as each
+// upstream has seen the close (a tunnel stream's peer closes too, or the
+// idle timeout passes), and Conns counts them until then.
+func (f *TCPForwarder) Shutdown(ctx context.Context) error {
+	f.mu.Lock()
+	f.shutdown = true
+	for ln := range f.lns {
+		ln.Close()
+	}
+	f.mu.Unlock()
+	done := make(chan struct{})
+	go func() { f.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	f.mu.Lock()
+	for fc := range f.conns {
+		fc.closed = true
+		if fc.cancel != nil {
+			fc.cancel()
+		}
+		fc.client.Close()
+		if fc.stream != nil {
+			fc.stream.Close()
+		}
+	}
+	f.mu.Unlock()
+	return ctx.Err()
+}
+
+// clientHost returns the host of a host:port address, or addr itself.
+func clientHost(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
+}
