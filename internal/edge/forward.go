@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/webgw/webgw/internal/proxy"
@@ -239,4 +241,228 @@ func clientHost(addr string) string {
 		return host
 	}
 	return addr
+}
+
+// UDPForwarder forwards the datagrams of a public UDP port to a service: each
+// client address gets a session, a KindUDP tunnel stream (or a connection to
+// a direct upstream) carrying its datagrams framed both ways. Set the
+// exported fields before Serve; they are not changed afterwards.
+type UDPForwarder struct {
+	// Lookup returns the service the port forwards to; a nil result drops
+	// the new client's datagram. Called once per new session.
+	Lookup func() *route.Service
+	// IdleTimeout ends a session after no datagram moved either way for
+	// this long; 0 means 60 s.
+	IdleTimeout time.Duration
+	// MaxSessions bounds the sessions open at once; the datagrams of new
+	// clients beyond it are dropped. 0 means 1024.
+	MaxSessions int
+	// Log gets debug messages about failed sessions and rate-limited
+	// warnings about drops; nil discards them.
+	Log *slog.Logger
+
+	mu       sync.Mutex
+	sessions map[udpKey]*udpSession // guarded by mu
+	drops    atomic.Int64
+	dropLog  atomic.Int64 // unix nanos of the last drop warning
+}
+
+// udpKey identifies a session: the port's socket and the client address.
+type udpKey struct {
+	pc     net.PacketConn
+	client string
+}
+
+// udpQueue is how many datagrams from the client wait for a session's
+// stream before more are dropped.
+const udpQueue = 64
+
+// udpSession is one client's flow. Its goroutine (UDPForwarder.run) owns
+// the stream; the serve loop only queues datagrams.
+type udpSession struct {
+	client net.Addr
+	queue  chan []byte  // client -> stream; never closed
+	last   atomic.Int64 // unix nanos when a datagram last moved either way
+}
+
+func (s *udpSession) touch() { s.last.Store(time.Now().UnixNano()) }
+
+func (f *UDPForwarder) log() *slog.Logger {
+	if f.Log != nil {
+		return f.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// Sessions is the number of open sessions.
+func (f *UDPForwarder) Sessions() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.sessions)
+}
+
+// Drops is the number of datagrams dropped so far: of new clients over
+// MaxSessions, or queued behind a stream that does not keep up.
+func (f *UDPForwarder) Drops() int64 { return f.drops.Load() }
+
+// Serve reads datagrams from pc and forwards them until ctx ends or pc is
+// closed (then it returns nil), or a read fails for good. It closes pc and
+// returns only after every session it started has ended.
+func (f *UDPForwarder) Serve(ctx context.Context, pc net.PacketConn) error {
+	idle := f.IdleTimeout
+	if idle == 0 {
+		idle = 60 * time.Second
+	}
+	maxSessions := f.MaxSessions
+	if maxSessions == 0 {
+		maxSessions = 1024
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	stop := context.AfterFunc(ctx, func() { pc.Close() })
+	defer func() {
+		stop()
+		pc.Close()
+		cancel()
+		wg.Wait()
+	}()
+
+	buf := make([]byte, tunnel.MaxDatagramLen)
+	for {
+		n, addr, err := pc.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("udp forwarder read: %w", err)
+		}
+		p := make([]byte, n)
+		copy(p, buf[:n])
+		key := udpKey{pc, addr.String()}
+		f.mu.Lock()
+		s := f.sessions[key]
+		if s == nil {
+			if len(f.sessions) >= maxSessions {
+				f.mu.Unlock()
+				f.drop("udp forwarder at MaxSessions, dropping new clients' datagrams", "max_sessions", maxSessions)
+				continue
+			}
+			if f.sessions == nil {
+				f.sessions = make(map[udpKey]*udpSession)
+			}
+			s = &udpSession{client: addr, queue: make(chan []byte, udpQueue)}
+			s.touch()
+			f.sessions[key] = s
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				f.run(sctx, pc, key, s, idle)
+			}()
+		}
+		f.mu.Unlock()
+		select {
+		case s.queue <- p:
+		default:
+			f.drop("udp forwarder stream not keeping up, dropping datagrams", "remote", key.client)
+		}
+	}
+}
+
+// drop counts a dropped datagram and logs msg at most every 10 s.
+func (f *UDPForwarder) drop(msg string, args ...any) {
+	f.drops.Add(1)
+	now := time.Now().UnixNano()
+	if prev := f.dropLog.Load(); now-prev >= int64(10*time.Second) && f.dropLog.CompareAndSwap(prev, now) {
+		f.log().Warn(msg, append(args, "drops", f.drops.Load())...)
+	}
+}
+
+// run is session s's goroutine: it opens the stream, writes the client's
+// queued datagrams to it, and runs (and stops) the goroutine that writes
+// the stream's datagrams back to the client, until the session ends.
+func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s *udpSession, idle time.Duration) {
+	// The session leaves the map first when it ends, so that the client's
+	// next datagram opens a new one rather than queue to this one.
+	remove := sync.OnceFunc(func() {
+		f.mu.Lock()
+		delete(f.sessions, key)
+		f.mu.Unlock()
+	})
+	defer remove()
+	svc := f.lookupUDP()
+	if svc == nil {
+		return
+	}
+	client := clientAddr(s.client)
+	dctx, dcancel := context.WithTimeout(ctx, forwardDialTimeout)
+	stream, _, err := svc.DialContext(dctx, &tunnel.Header{Kind: tunnel.KindUDP, Service: svc.Name, Client: client}, clientHost(client))
+	dcancel()
+	if err != nil {
+		f.log().Debug("udp forward dial", "service", svc.Name, "remote", client, "err", err)
+		return
+	}
+	svc.CountRequest()
+	defer stream.Close()
+
+	readerDone := make(chan struct{})
+	go func() { // stream -> client
+		defer close(readerDone)
+		dr := tunnel.NewDatagramReader(stream)
+		buf := make([]byte, tunnel.MaxDatagramLen)
+		for {
+			n, err := dr.ReadDatagram(buf)
+			if err != nil {
+				if errors.Is(err, io.ErrShortBuffer) {
+					continue
+				}
+				return
+			}
+			s.touch()
+			if _, err := pc.WriteTo(buf[:n], s.client); err != nil && errors.Is(err, net.ErrClosed) {
+				return
+			}
+		}
+	}()
+	defer func() {
+		remove()
+		// Unblock the reader (a closed tunnel stream may still be read
+		// until the peer closes too) and wait for it.
+		stream.SetReadDeadline(time.Unix(1, 0))
+		<-readerDone
+	}()
+
+	timer := time.NewTimer(idle)
+	defer timer.Stop()
+	for {
+		select {
+		case p := <-s.queue:
+			stream.SetWriteDeadline(time.Now().Add(idle))
+			if err := tunnel.WriteDatagram(stream, p); err != nil {
+				f.log().Debug("udp forward write", "service", svc.Name, "remote", client, "err", err)
+				return
+			}
+			s.touch()
+		case <-timer.C:
+			quiet := time.Since(time.Unix(0, s.last.Load()))
+			if quiet >= idle {
+				return
+			}
+			timer.Reset(idle - quiet)
+		case <-readerDone:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (f *UDPForwarder) lookupUDP() *route.Service {
+	if f.Lookup == nil {
+		return nil
+	}
+	return f.Lookup()
 }

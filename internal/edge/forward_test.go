@@ -342,3 +342,211 @@ func TestTCPForwarderShutdown(t *testing.T) {
 		}
 	})
 }
+
+// udpEcho starts a loopback UDP echo server and returns its address.
+func udpEcho(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65535)
+		for {
+			n, addr, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], addr)
+		}
+	}()
+	t.Cleanup(func() {
+		pc.Close()
+		<-done
+	})
+	return pc.LocalAddr().String()
+}
+
+// relayTo is a fake agent's serve function for KindUDP streams: it relays
+// each stream to a new UDP socket connected to addr, as an agent does.
+func relayTo(t *testing.T, addr string) func(*tunnel.Header, net.Conn) {
+	return func(h *tunnel.Header, st net.Conn) {
+		defer st.Close()
+		if h.Kind != tunnel.KindUDP {
+			t.Errorf("stream kind %v, want udp", h.Kind)
+			return
+		}
+		uc, err := net.Dial("udp", addr)
+		if err != nil {
+			return
+		}
+		defer uc.Close()
+		tunnel.RelayUDP(context.Background(), st, uc, 0)
+	}
+}
+
+// startUDPForwarder serves f on a loopback port until the test ends and
+// returns the port's address.
+func startUDPForwarder(t *testing.T, f *UDPForwarder) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- f.Serve(ctx, pc) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		if n := f.Sessions(); n != 0 {
+			t.Errorf("Sessions() = %d after Serve returned, want 0", n)
+		}
+	})
+	return pc.LocalAddr().String()
+}
+
+func dialUDP(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(waitTimeout))
+	return c
+}
+
+// udpRoundTrip sends p on c and checks that the same datagram comes back.
+func udpRoundTrip(t *testing.T, c net.Conn, p []byte) {
+	t.Helper()
+	if _, err := c.Write(p); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 65535)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("echo of %d bytes: %v", len(p), err)
+	}
+	if !bytes.Equal(buf[:n], p) {
+		t.Fatalf("sent %d bytes, got back %d that differ", len(p), n)
+	}
+}
+
+func TestUDPForwarderEcho(t *testing.T) {
+	svc, fa := forwardService(t, relayTo(t, udpEcho(t)))
+	f := &UDPForwarder{Lookup: func() *route.Service { return svc }}
+	c := dialUDP(t, startUDPForwarder(t, f))
+	for _, size := range []int{1, 1200, 8000, 0} {
+		p := bytes.Repeat([]byte{byte(size)}, size)
+		for i := range p {
+			p[i] += byte(i)
+		}
+		udpRoundTrip(t, c, p)
+	}
+	h := <-fa.headers
+	if h.Kind != tunnel.KindUDP || h.Service != "port" || h.Client != c.LocalAddr().String() {
+		t.Errorf("header %+v, want kind udp, service port, client %s", h, c.LocalAddr())
+	}
+	if n := f.Sessions(); n != 1 {
+		t.Errorf("Sessions() = %d, want 1", n)
+	}
+}
+
+func TestUDPForwarderClients(t *testing.T) {
+	svc, fa := forwardService(t, relayTo(t, udpEcho(t)))
+	f := &UDPForwarder{Lookup: func() *route.Service { return svc }}
+	addr := startUDPForwarder(t, f)
+	a, b := dialUDP(t, addr), dialUDP(t, addr)
+	for i := range 3 {
+		udpRoundTrip(t, a, []byte(fmt.Sprintf("a%d", i)))
+		udpRoundTrip(t, b, []byte(fmt.Sprintf("b%d", i)))
+	}
+	if n := f.Sessions(); n != 2 {
+		t.Errorf("Sessions() = %d, want 2", n)
+	}
+	clients := map[string]bool{}
+	for range 2 {
+		clients[(<-fa.headers).Client] = true
+	}
+	if !clients[a.LocalAddr().String()] || !clients[b.LocalAddr().String()] {
+		t.Errorf("streams for %v, want one each for %v and %v", clients, a.LocalAddr(), b.LocalAddr())
+	}
+	select {
+	case h := <-fa.headers:
+		t.Errorf("a third stream, for %s", h.Client)
+	default:
+	}
+}
+
+func TestUDPForwarderIdle(t *testing.T) {
+	svc, fa := forwardService(t, relayTo(t, udpEcho(t)))
+	f := &UDPForwarder{Lookup: func() *route.Service { return svc }, IdleTimeout: 100 * time.Millisecond}
+	c := dialUDP(t, startUDPForwarder(t, f))
+	udpRoundTrip(t, c, []byte("one"))
+	<-fa.headers
+	waitFor(t, "the idle session to end", func() bool { return f.Sessions() == 0 })
+	// The agent's side of the stream ends too.
+	waitFor(t, "the agent's stream to close", func() bool { return fa.agent.Streams() == 0 })
+	// The client's next datagram opens a new session.
+	udpRoundTrip(t, c, []byte("two"))
+	<-fa.headers
+}
+
+func TestUDPForwarderStreamEnds(t *testing.T) {
+	// The agent answers one datagram, then closes the stream.
+	svc, _ := forwardService(t, func(_ *tunnel.Header, st net.Conn) {
+		defer st.Close()
+		buf := make([]byte, tunnel.MaxDatagramLen)
+		n, err := tunnel.NewDatagramReader(st).ReadDatagram(buf)
+		if err == nil {
+			tunnel.WriteDatagram(st, buf[:n])
+		}
+	})
+	f := &UDPForwarder{Lookup: func() *route.Service { return svc }}
+	c := dialUDP(t, startUDPForwarder(t, f))
+	udpRoundTrip(t, c, []byte("only"))
+	waitFor(t, "the session to end", func() bool { return f.Sessions() == 0 })
+}
+
+func TestUDPForwarderMaxSessions(t *testing.T) {
+	svc, _ := forwardService(t, relayTo(t, udpEcho(t)))
+	f := &UDPForwarder{Lookup: func() *route.Service { return svc }, MaxSessions: 1}
+	addr := startUDPForwarder(t, f)
+	a, b := dialUDP(t, addr), dialUDP(t, addr)
+	udpRoundTrip(t, a, []byte("first"))
+	if _, err := b.Write([]byte("over")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a drop", func() bool { return f.Drops() == 1 })
+	if n := f.Sessions(); n != 1 {
+		t.Errorf("Sessions() = %d, want 1", n)
+	}
+	udpRoundTrip(t, a, []byte("still served"))
+}
+
+func TestUDPForwarderNoService(t *testing.T) {
+	noAgent, _ := forwardService(t, nil)
+	for _, tt := range []struct {
+		name string
+		svc  *route.Service
+	}{
+		{"no service", nil},
+		{"no live upstream", noAgent},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &UDPForwarder{Lookup: func() *route.Service { return tt.svc }}
+			c := dialUDP(t, startUDPForwarder(t, f))
+			if _, err := c.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			// Whether or not the session was opened yet, it must end (dial
+			// fails) and Serve must stop cleanly; nothing comes back.
+			waitFor(t, "the session to end", func() bool { return f.Sessions() == 0 })
+		})
+	}
+}
