@@ -637,21 +637,7 @@ func TestHTTPSShutdown(t *testing.T) {
 		io.WriteString(w, "finished")
 	})))
 	client := env.client(t, false)
-	type result struct {
-		body string
-		err  error
-	}
-	res := make(chan result, 1)
-	go func() {
-		resp, err := client.Get("https://shop.gw.test/")
-		if err != nil {
-			res <- result{err: err}
-			return
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		res <- result{string(b), err}
-	}()
+	res := getAsync(client, "https://shop.gw.test/")
 	<-started
 	stopped := make(chan struct{})
 	go func() {
@@ -702,4 +688,26 @@ func TestHTTPSShutdownRace(t *testing.T) {
 		}
 		e.Shutdown(context.Background())
 	}
+}
+
+// getResult is what getAsync's GET brought.
+type getResult struct {
+	body string
+	err  error
+}
+
+// getAsync GETs url with client in a goroutine and delivers the whole body.
+func getAsync(client *http.Client, url string) <-chan getResult {
+	res := make(chan getResult, 1)
+	go func() {
+		resp, err := client.Get(url)
+		if err != nil {
+			res <- getResult{err: err}
+			return
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		res <- getResult{string(b), err}
+	}()
+	return res
 }

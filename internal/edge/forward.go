@@ -157,7 +157,7 @@ func (f *TCPForwarder) handle(fc *fwdConn) {
 	f.mu.Unlock()
 
 	client := clientAddr(c.RemoteAddr())
-	stream, _, err := svc.DialContext(ctx, &tunnel.Header{Kind: tunnel.KindTCP, Service: svc.Name, Client: client}, clientHost(client))
+	stream, _, err := svc.DialContext(ctx, &tunnel.Header{Kind: tunnel.KindTCP, Service: svc.Name, Client: client}, remoteIP(c.RemoteAddr()))
 	if err != nil {
 		f.log().Debug("tcp forward dial", "service", svc.Name, "remote", client, "err", err)
 		c.Close()
@@ -233,14 +233,6 @@ func (f *TCPForwarder) Shutdown(ctx context.Context) error {
 	}
 	f.mu.Unlock()
 	return ctx.Err()
-}
-
-// clientHost returns the host of a host:port address, or addr itself.
-func clientHost(addr string) string {
-	if host, _, err := net.SplitHostPort(addr); err == nil {
-		return host
-	}
-	return addr
 }
 
 // UDPForwarder forwards the datagrams of a public UDP port to a service: each
@@ -399,7 +391,7 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 	}
 	client := clientAddr(s.client)
 	dctx, dcancel := context.WithTimeout(ctx, forwardDialTimeout)
-	stream, _, err := svc.DialContext(dctx, &tunnel.Header{Kind: tunnel.KindUDP, Service: svc.Name, Client: client}, clientHost(client))
+	stream, _, err := svc.DialContext(dctx, &tunnel.Header{Kind: tunnel.KindUDP, Service: svc.Name, Client: client}, remoteIP(s.client))
 	dcancel()
 	if err != nil {
 		f.log().Debug("udp forward dial", "service", svc.Name, "remote", client, "err", err)

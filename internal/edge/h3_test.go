@@ -340,21 +340,7 @@ func TestH3Shutdown(t *testing.T) {
 		io.WriteString(w, "finished")
 	})))
 	client := env.h3Client(t)
-	type result struct {
-		body string
-		err  error
-	}
-	res := make(chan result, 1)
-	go func() {
-		resp, err := client.Get("https://shop.gw.test/")
-		if err != nil {
-			res <- result{err: err}
-			return
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		res <- result{string(b), err}
-	}()
+	res := getAsync(client, "https://shop.gw.test/")
 	<-started
 	stopped := make(chan error, 1)
 	go func() {
