@@ -306,7 +306,7 @@ func (e *HTTPS) handle(ctx context.Context, c net.Conn) {
 	}
 
 	_, ours, svc := e.Names.Resolve(hello.serverName)
-	if svc != nil && !svc.Protocol.Terminates() {
+	if svc != nil && svc.Protocol == model.ProtoTLS {
 		c.SetReadDeadline(time.Time{})
 		if _, ok := e.h1Begin(); !ok {
 			c.Close()

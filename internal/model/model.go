@@ -22,16 +22,24 @@ const (
 	ProtoH2C Protocol = "h2c"
 	// ProtoTLS passes the client's TLS bytes through to a backend that holds its own certificate.
 	ProtoTLS Protocol = "tls"
+	// ProtoTCP forwards a public TCP port's bytes to the backend.
+	ProtoTCP Protocol = "tcp"
+	// ProtoUDP forwards a public UDP port's datagrams to the backend.
+	ProtoUDP Protocol = "udp"
 )
 
 // Valid reports whether p is a protocol this version serves.
 func (p Protocol) Valid() bool {
 	switch p {
-	case ProtoHTTP, ProtoH2C, ProtoTLS:
+	case ProtoHTTP, ProtoH2C, ProtoTLS, ProtoTCP, ProtoUDP:
 		return true
 	}
 	return false
 }
+
+// Forwarded reports whether p is served on a public port of its own (tcp,
+// udp) rather than by name on the HTTPS port.
+func (p Protocol) Forwarded() bool { return p == ProtoTCP || p == ProtoUDP }
 
 // Terminates reports whether the edge terminates TLS for p (an HTTP service).
 func (p Protocol) Terminates() bool { return p == ProtoHTTP || p == ProtoH2C }
@@ -61,6 +69,12 @@ type Service struct {
 	Health *HealthCheck `json:"health,omitempty"`
 	// Passive configures passive ejection; nil means the defaults.
 	Passive *PassiveHealth `json:"passive,omitempty"`
+	// ProxyProtocol, when 1 or 2, makes the gateway send a PROXY protocol
+	// header of that version (the client's address and port) as the first
+	// bytes of every connection towards the backend; 0 sends none. For http
+	// and h2c services an upstream connection then serves one client
+	// connection only. Not for udp services.
+	ProxyProtocol int `json:"proxy_protocol,omitempty"`
 }
 
 // reserved are labels no tenant may take: they name the gateway's own endpoints

@@ -122,7 +122,9 @@ func TestProtocol(t *testing.T) {
 		{model.ProtoHTTP, true, true},
 		{model.ProtoH2C, true, true},
 		{model.ProtoTLS, true, false},
-		{"tcp", false, false},
+		{model.ProtoTCP, true, false},
+		{model.ProtoUDP, true, false},
+		{"sctp", false, false},
 		{"", false, false},
 		{"HTTP", false, false},
 	}

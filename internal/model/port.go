@@ -30,8 +30,12 @@ type Port struct {
 	Number int       `json:"number"`
 	// Tenant owns the port; empty means an anonymous quick tunnel.
 	Tenant string `json:"tenant"`
-	// Service is the service the port forwards to.
-	Service string    `json:"service"`
+	// Service is the service the port forwards to; empty for an SNI port.
+	Service string `json:"service,omitempty"`
+	// SNI makes a tcp port shared by the tenant's tls (passthrough)
+	// services: each connection goes to the service its TLS ClientHello
+	// names (NAME.<domain>).
+	SNI     bool      `json:"sni,omitempty"`
 	Created time.Time `json:"created"`
 }
 

@@ -157,6 +157,10 @@ func ParseUpstreamURL(raw string, proto Protocol) (ParsedUpstream, error) {
 		accepted = []string{"h2c"}
 	case ProtoTLS:
 		accepted = []string{"tls", "https"}
+	case ProtoTCP:
+		accepted = []string{"tcp"}
+	case ProtoUDP:
+		accepted = []string{"udp"}
 	default:
 		return p, fmt.Errorf("protocol %q has no direct upstreams", proto)
 	}
@@ -193,6 +197,8 @@ func ParseUpstreamURL(raw string, proto Protocol) (ParsedUpstream, error) {
 		p.Port = uint16(n)
 	case u.Scheme == "https" || u.Scheme == "tls":
 		p.Port = 443
+	case u.Scheme == "tcp" || u.Scheme == "udp":
+		return p, fmt.Errorf("upstream URL %q: a %s upstream needs a port (%s://HOST:PORT)", raw, u.Scheme, u.Scheme)
 	default:
 		p.Port = 80
 	}
@@ -257,8 +263,11 @@ func (s *Service) ValidateRouting() error {
 		default:
 			return fmt.Errorf("health.type: %q not accepted; use http or tcp", h.Type)
 		}
-		if s.Protocol == ProtoTLS && h.Type != "tcp" {
-			return errors.New("health.type: a tls (passthrough) service is checked with tcp")
+		if (s.Protocol == ProtoTLS || s.Protocol == ProtoTCP) && h.Type != "tcp" {
+			return fmt.Errorf("health.type: a %s service is checked with tcp", s.Protocol)
+		}
+		if s.Protocol == ProtoUDP {
+			return errors.New("health: udp services have no active checks (a silent backend is not a dead one); passive ejection still applies")
 		}
 		if h.Type == "tcp" && (h.Path != "" || h.Status != 0) {
 			return errors.New("health.path and health.status apply to http checks only")
@@ -281,6 +290,12 @@ func (s *Service) ValidateRouting() error {
 		if h.UnhealthyThreshold < 0 || h.UnhealthyThreshold > 100 {
 			return fmt.Errorf("health.unhealthy_threshold: %d; use 1-100", h.UnhealthyThreshold)
 		}
+	}
+	switch {
+	case s.ProxyProtocol < 0 || s.ProxyProtocol > 2:
+		return fmt.Errorf("proxy_protocol: %d; use 1 or 2 (0 means none)", s.ProxyProtocol)
+	case s.ProxyProtocol != 0 && s.Protocol == ProtoUDP:
+		return errors.New("proxy_protocol: not available for udp services")
 	}
 	if p := s.Passive; p != nil {
 		if p.MaxFailures < -1 || p.MaxFailures > 1000 {

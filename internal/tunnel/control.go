@@ -49,10 +49,13 @@ type Hello struct {
 type ServiceSpec struct {
 	// Name is the wanted service name; empty asks for a random free one.
 	Name string `json:"name,omitempty"`
-	// Protocol is "http", "h2c" or "tls".
+	// Protocol is "http", "h2c", "tls", "tcp" or "udp".
 	Protocol string `json:"protocol"`
 	// Weight is this agent's load-balancing weight for the service; 0 means 1.
 	Weight int `json:"weight,omitempty"`
+	// Port is the public port wanted for a tcp or udp service; 0 lets the
+	// gateway pick one (or keep the one the service holds).
+	Port int `json:"port,omitempty"`
 }
 
 // Welcome answers Hello.
@@ -71,8 +74,11 @@ type Welcome struct {
 type ServiceGrant struct {
 	Name     string `json:"name,omitempty"`
 	Protocol string `json:"protocol,omitempty"`
-	// URL is the public address of the service.
+	// URL is the public address of the service: a URL, or HOST:PORT for
+	// tcp and udp.
 	URL string `json:"url,omitempty"`
+	// Port is the public port of a tcp or udp service.
+	Port int `json:"port,omitempty"`
 	// Error is set when this service was refused.
 	Error     string `json:"error,omitempty"`
 	Permanent bool   `json:"permanent,omitempty"`
