@@ -110,6 +110,12 @@ type Report struct {
 	// webgw_quic and their ratios to direct_http), LossyMedian the medians.
 	Lossy       []Round `json:"lossy,omitempty"`
 	LossyMedian Round   `json:"lossy_median,omitempty"`
+	// Forward holds each round of the forward part (direct, webgw,
+	// webgw_quic and their ratios to direct; see forward.go),
+	// ForwardMedian the medians and ForwardGoals the goals of issue 4.
+	Forward       []Round `json:"forward,omitempty"`
+	ForwardMedian Round   `json:"forward_median,omitempty"`
+	ForwardGoals  []Goal  `json:"forward_goals,omitempty"`
 	// Notes say what was skipped and why.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -152,6 +158,13 @@ type Settings struct {
 	// Netem is the lossy part's link; LossyBulkBytes its bulk download.
 	Netem          string `json:"netem"`
 	LossyBulkBytes int64  `json:"lossy_bulk_bytes"`
+	// The forward part: bytes per bulk run, dialers of the connections/s
+	// run, and the UDP run's offered rate, datagram size and sockets.
+	FwdBulkBytes int64 `json:"fwd_bulk_bytes"`
+	FwdDialers   int   `json:"fwd_dialers"`
+	UDPRate      int   `json:"udp_rate"`
+	UDPSize      int   `json:"udp_size"`
+	UDPFlows     int   `json:"udp_flows"`
 }
 
 // Goal is one goal of issue 2 and whether the median met it.
@@ -177,7 +190,8 @@ func newReport(cfg Config) *Report {
 		Source: gitSource(), LoadAvgStart: loadAvg(),
 		Settings: Settings{Rounds: cfg.Rounds, DurationS: cfg.Duration.Seconds(), WarmupS: cfg.Warmup.Seconds(),
 			Conns: cfg.Conns, IdleConns: cfg.IdleConns, BulkBytes: cfg.BulkSize, Protocol: proto,
-			Parts: cfg.Parts, ScenarioConns: cfg.ScenarioConns, Netem: cfg.Netem, LossyBulkBytes: cfg.LossyBulkSize},
+			Parts: cfg.Parts, ScenarioConns: cfg.ScenarioConns, Netem: cfg.Netem, LossyBulkBytes: cfg.LossyBulkSize,
+			FwdBulkBytes: cfg.FwdBulkSize, FwdDialers: cfg.FwdDialers, UDPRate: cfg.UDPRate, UDPSize: cfg.UDPSize, UDPFlows: cfg.UDPFlows},
 	}
 }
 
@@ -186,15 +200,16 @@ func (r *Report) finish() {
 	r.LoadAvgEnd = loadAvg()
 	r.finishScenarios()
 	r.LossyMedian = medianRound(r.Lossy)
-	for _, rd := range r.Lossy {
+	for _, rd := range append(slices.Clone(r.Lossy), r.Forward...) {
 		for key, f := range rd {
 			for name, v := range f {
-				if strings.HasPrefix(name, "foreign_cpu_pct") && !strings.Contains(key, "_vs_") {
+				if strings.Contains(name, "foreign_cpu_pct") && !strings.Contains(key, "_vs_") {
 					r.ForeignPctMax = max(r.ForeignPctMax, v)
 				}
 			}
 		}
 	}
+	r.finishForward()
 	if len(r.Rounds) == 0 {
 		return
 	}
@@ -291,6 +306,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	}
 	r.writeScenarios(w)
 	r.writeLossy(w)
+	r.writeForward(w)
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "\nnote: %s\n", n)
 	}
@@ -340,7 +356,12 @@ func (r *Report) writeMain(w io.Writer) {
 	}
 
 	fmt.Fprintf(w, "\ngoals (issue 2)\n")
-	for _, g := range r.Goals {
+	writeGoals(w, r.Goals)
+}
+
+// writeGoals prints one line per goal: met or MISS, the measured value, the goal.
+func writeGoals(w io.Writer, goals []Goal) {
+	for _, g := range goals {
 		verdict := "MISS"
 		if g.Met {
 			verdict = "met"
@@ -357,6 +378,77 @@ func (r *Report) writeMain(w io.Writer) {
 		}
 		fmt.Fprintln(w, line)
 	}
+}
+
+// finishForward computes the forward part's medians and the goals of issue
+// 4, per transport.
+func (r *Report) finishForward() {
+	if len(r.Forward) == 0 {
+		return
+	}
+	r.ForwardMedian = medianRound(r.Forward)
+	for _, tr := range r.Settings.Transports {
+		vs, ok := r.ForwardMedian[webgwKey(tr)+"_vs_direct"]
+		if !ok {
+			continue
+		}
+		for _, g := range []struct{ name, key, other, otherName string }{
+			{"TCP download through a forwarded port / direct, 1 connection", "down1_mib_s", "up1_mib_s", "upload"},
+			{"TCP download through a forwarded port / direct, 8 connections", "down8_mib_s", "up8_mib_s", "upload"},
+			{"new TCP connections/s through a forwarded port / direct, 1-byte echo", "conn_s", "conn_p50_ms", "p50 time"},
+		} {
+			r.ForwardGoals = append(r.ForwardGoals, Goal{
+				Name:     fmt.Sprintf("%s (agent %s)", g.name, tr),
+				Measured: vs[g.key], Op: ">=", Limit: 0.35, Met: vs[g.key] >= 0.35,
+				Note: fmt.Sprintf("%s %.2f", g.otherName, vs[g.other]),
+			})
+		}
+	}
+}
+
+// writeForward prints the forward part and the goals of issue 4.
+func (r *Report) writeForward(w io.Writer) {
+	if len(r.Forward) == 0 {
+		return
+	}
+	s := r.Settings
+	fmt.Fprintf(w, "\nforward: a gateway's public TCP and UDP ports forwarded over the agent's tunnel to a backend (webgw expose tcp://, udp://)\n")
+	fmt.Fprintf(w, "(%d rounds, median; bulk: %s per run; connections: %d dialers, %s after %s warm-up; UDP: %d datagrams/s of %d bytes offered from %d sockets for %s)\n\n",
+		len(r.Forward), formatSize(s.FwdBulkBytes), s.FwdDialers, fmtDur(s.DurationS), fmtDur(s.WarmupS), s.UDPRate, s.UDPSize, s.UDPFlows, fmtDur(s.DurationS))
+	writeTargets(w, r.ForwardMedian, s.Transports, []tableRow{
+		{"TCP download MiB/s, 1 connection", "down1_mib_s", "%.0f"},
+		{"  CPU s/GiB (backend | gateway+agent)", "down1_cpu_s_per_gib", "%.2f"},
+		{fmt.Sprintf("TCP download MiB/s, %d connections", fwdStreams), "down8_mib_s", "%.0f"},
+		{"  CPU s/GiB (backend | gateway+agent)", "down8_cpu_s_per_gib", "%.2f"},
+		{"TCP upload MiB/s, 1 connection", "up1_mib_s", "%.0f"},
+		{"  CPU s/GiB (backend | gateway+agent)", "up1_cpu_s_per_gib", "%.2f"},
+		{fmt.Sprintf("TCP upload MiB/s, %d connections", fwdStreams), "up8_mib_s", "%.0f"},
+		{"  CPU s/GiB (backend | gateway+agent)", "up8_cpu_s_per_gib", "%.2f"},
+		{"new TCP connections/s, 1-byte echo", "conn_s", "%.0f"},
+		{"  time of one, p50, ms", "conn_p50_ms", "%.2f"},
+		{"  time of one, p99, ms", "conn_p99_ms", "%.2f"},
+		{"  CPU µs/conn (backend | gateway+agent)", "conn_cpu_us", "%.1f"},
+		{"UDP echoes/s received", "udp_pps", "%.0f"},
+		{"  datagrams/s sent", "udp_sent_pps", "%.0f"},
+		{"  loss, %", "udp_loss_pct", "%.2f"},
+		{"  round trip p50, ms", "udp_p50_ms", "%.2f"},
+		{"  round trip p99, ms", "udp_p99_ms", "%.2f"},
+		{"  CPU µs/datagram (backend | gateway+agent)", "udp_cpu_us", "%.1f"},
+	})
+	for _, tr := range s.Transports {
+		if f, ok := r.ForwardMedian[webgwKey(tr)]; ok {
+			fmt.Fprintf(w, "webgw %s CPU per connection, µs: gateway %.1f, agent %.1f\n", tr, f["gateway_conn_cpu_us"], f["agent_conn_cpu_us"])
+		}
+	}
+	for i, rd := range r.Forward {
+		for _, key := range targetKeys(rd, s.Transports) {
+			if n := rd[key]["conn_errors"]; n > 0 {
+				fmt.Fprintf(w, "WARNING: forward round %d, %s: %.0f failed connections\n", i+1, key, n)
+			}
+		}
+	}
+	fmt.Fprintf(w, "\ngoals (issue 4)\n")
+	writeGoals(w, r.ForwardGoals)
 }
 
 // writeLossy prints the lossy-link part.
@@ -470,11 +562,11 @@ func (r *Report) writeScenarios(w io.Writer) {
 // tableRow is one measurement of a target table.
 type tableRow struct{ label, key, format string }
 
-// targetKeys are m's targets in column order: direct http, direct https,
-// then webgw per transport.
+// targetKeys are m's targets in column order: direct (the forward part),
+// direct http, direct https, then webgw per transport.
 func targetKeys(m Round, transports []string) []string {
 	var keys []string
-	for _, k := range []string{keyHTTP, keyHTTPS} {
+	for _, k := range []string{keyDirect, keyHTTP, keyHTTPS} {
 		if _, ok := m[k]; ok {
 			keys = append(keys, k)
 		}
@@ -490,6 +582,8 @@ func targetKeys(m Round, transports []string) []string {
 // columnName is a target's column header: "direct http", "webgw tcp".
 func columnName(key string) string {
 	switch key {
+	case keyDirect:
+		return "direct"
 	case keyHTTP:
 		return "direct http"
 	case keyHTTPS:
@@ -515,7 +609,7 @@ func writeTargets(w io.Writer, m Round, transports []string, rows []tableRow) {
 		}
 		tr := strings.TrimPrefix(strings.TrimPrefix(columnName(k), "webgw"), " ")
 		vsHTTP, vsHTTPS := ratioKeys(k)
-		for _, rk := range []struct{ key, base string }{{vsHTTP, "http"}, {vsHTTPS, "https"}} {
+		for _, rk := range []struct{ key, base string }{{vsHTTP, "http"}, {vsHTTPS, "https"}, {k + "_vs_direct", "direct"}} {
 			if _, ok := m[rk.key]; ok {
 				cols = append(cols, col{tr + "/" + rk.base, rk.key, "%.2f"})
 			}

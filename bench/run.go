@@ -35,9 +35,10 @@ const (
 	partFailover = "failover" // one of two agents killed under load
 	partUpstream = "upstream" // a direct upstream added under load
 	partLossy    = "lossy"    // direct against webgw per transport across an emulated lossy link
+	partForward  = "forward"  // TCP and UDP through public ports forwarded over agent tunnels
 )
 
-var allParts = []string{partMain, partFailover, partUpstream, partLossy}
+var allParts = []string{partMain, partFailover, partUpstream, partLossy, partForward}
 
 // allTransports are the agent transports the harness knows (--transport).
 var allTransports = []string{"tcp", "quic"}
@@ -81,6 +82,19 @@ type Config struct {
 	// ScenarioConns is the number of workers of the steady load of the
 	// failover and new-upstream scenarios; 0 means 16.
 	ScenarioConns int
+	// FwdBulkSize is the bytes of each bulk run of the forward part; 0
+	// means 256 MiB.
+	FwdBulkSize int64
+	// FwdDialers is the number of concurrent dialers of the forward part's
+	// connections/s run; 0 means 8.
+	FwdDialers int
+	// UDPRate is the datagrams per second the UDP run offers; 0 means 20000.
+	UDPRate int
+	// UDPSize is the size of its datagrams in bytes; 0 means 64.
+	UDPSize int
+	// UDPFlows is the number of client sockets it sends from in turn (one
+	// session each through a gateway); 0 means 4.
+	UDPFlows int
 	// Backend is the command that runs `bench backend`; nil re-executes this program.
 	Backend []string
 	// Progress receives one line per step; nil is silent.
@@ -121,6 +135,21 @@ func (c *Config) complete() {
 	if c.LossyBulkSize == 0 {
 		c.LossyBulkSize = defaultLossyBulkSize
 	}
+	if c.FwdBulkSize == 0 {
+		c.FwdBulkSize = defaultFwdBulkSize
+	}
+	if c.FwdDialers == 0 {
+		c.FwdDialers = defaultFwdDialers
+	}
+	if c.UDPRate == 0 {
+		c.UDPRate = defaultUDPRate
+	}
+	if c.UDPSize == 0 {
+		c.UDPSize = defaultUDPSize
+	}
+	if c.UDPFlows == 0 {
+		c.UDPFlows = defaultUDPFlows
+	}
 }
 
 func (c *Config) has(part string) bool { return slices.Contains(c.Parts, part) }
@@ -143,6 +172,16 @@ func (c *Config) validate() error {
 		return fmt.Errorf("-lossy-bulk-size %d not accepted; use a positive size such as 32MiB", c.LossyBulkSize)
 	case c.ScenarioConns < 0 || c.ScenarioConns > 10000:
 		return fmt.Errorf("-scenario-conns %d not accepted; use 1-10000", c.ScenarioConns)
+	case c.FwdBulkSize < 0 || (c.FwdBulkSize > 0 && c.FwdBulkSize < fwdStreams):
+		return fmt.Errorf("-fwd-bulk-size %d not accepted; use a positive size such as 256MiB", c.FwdBulkSize)
+	case c.FwdDialers < 0 || c.FwdDialers > 1000:
+		return fmt.Errorf("-fwd-dialers %d not accepted; use 1-1000", c.FwdDialers)
+	case c.UDPRate < 0 || c.UDPRate > 1000000:
+		return fmt.Errorf("-udp-rate %d not accepted; use 1-1000000 datagrams per second", c.UDPRate)
+	case c.UDPSize != 0 && (c.UDPSize < udpHeader || c.UDPSize > 1400):
+		return fmt.Errorf("-udp-size %d not accepted; use %d-1400 bytes", c.UDPSize, udpHeader)
+	case c.UDPFlows < 0 || c.UDPFlows > 1000:
+		return fmt.Errorf("-udp-flows %d not accepted; use 1-1000", c.UDPFlows)
 	}
 	if c.Netem != "" {
 		if _, _, err := parseNetem(c.Netem); err != nil {
@@ -311,6 +350,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if cfg.has(partLossy) {
 		if err := h.lossy(ctx, rep); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("interrupted: %w", ctx.Err())
+			}
+			return nil, err
+		}
+	}
+	if cfg.has(partForward) {
+		if err := h.forward(ctx, rep); err != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("interrupted: %w", ctx.Err())
 			}
