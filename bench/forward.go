@@ -21,7 +21,7 @@ import (
 
 // Defaults of the forward part.
 const (
-	defaultFwdBulkSize = 256 << 20
+	defaultFwdBulkSize = 1 << 30
 	defaultFwdDialers  = 8
 	defaultUDPRate     = 20000
 	defaultUDPSize     = 64

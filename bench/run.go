@@ -55,7 +55,7 @@ type Config struct {
 	Conns int
 	// IdleConns is the number of idle connections held for the RSS figure; 0 means 1000.
 	IdleConns int
-	// BulkSize is the size of the bulk download in bytes; 0 means 256 MiB.
+	// BulkSize is the size of the bulk download in bytes; 0 means 1 GiB.
 	BulkSize int64
 	// H2 loads with HTTP/2 (h2, and h2c to the plain backend); false means HTTP/1.1.
 	H2 bool
@@ -83,7 +83,7 @@ type Config struct {
 	// failover and new-upstream scenarios; 0 means 16.
 	ScenarioConns int
 	// FwdBulkSize is the bytes of each bulk run of the forward part; 0
-	// means 256 MiB.
+	// means 1 GiB.
 	FwdBulkSize int64
 	// FwdDialers is the number of concurrent dialers of the forward part's
 	// connections/s run; 0 means 8.
