@@ -63,6 +63,21 @@ underscores instead of dashes. Flags win over the file.`,
 			if fs.Changed("upstream-allow") {
 				cfg.UpstreamAllow = flags.UpstreamAllow
 			}
+			if fs.Changed("proxy-protocol-from") {
+				cfg.ProxyProtocolFrom = flags.ProxyProtocolFrom
+			}
+			if fs.Changed("tcp-idle-timeout") {
+				cfg.Limits.TCPIdleTimeout = flags.Limits.TCPIdleTimeout
+			}
+			if fs.Changed("udp-idle-timeout") {
+				cfg.Limits.UDPIdleTimeout = flags.Limits.UDPIdleTimeout
+			}
+			if fs.Changed("max-udp-sessions-per-port") {
+				cfg.Limits.MaxUDPSessionsPerPort = flags.Limits.MaxUDPSessionsPerPort
+			}
+			if fs.Changed("max-udp-sessions-per-tenant") {
+				cfg.Limits.MaxUDPSessionsPerTenant = flags.Limits.MaxUDPSessionsPerTenant
+			}
 			if fs.Changed("open") {
 				cfg.Open = &open
 			}
@@ -138,10 +153,15 @@ underscores instead of dashes. Flags win over the file.`,
 	f.BoolVar(&accessLog, "access-log", true, "log one line per request or stream")
 	f.BoolVar(&http3, "http3", true, "serve HTTP/3 and QUIC agent tunnels on UDP at the HTTPS port (advertised with Alt-Svc)")
 	f.StringVar(&flags.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
-	f.StringVar(&flags.PortRange, "port-range", gateway.DefaultPortRange, "public TCP/UDP ports handed out to services: FIRST-LAST, or one port (reserved: TCP/UDP forwarding is not served in this version)")
+	f.StringVar(&flags.PortRange, "port-range", gateway.DefaultPortRange, "public TCP/UDP ports handed out to tcp and udp services: FIRST-LAST, or one port; they listen on the host of --https-addr")
 	f.Int64Var(&flags.Limits.MaxStreamsPerAgent, "max-streams-per-agent", 1024, "concurrent streams per agent session")
 	f.IntVar(&flags.Limits.MaxAgentsPerTenant, "max-agents-per-tenant", 100, "concurrent agent sessions per tenant")
-	f.IntVar(&flags.Limits.MaxPortsPerTenant, "max-ports-per-tenant", gateway.DefaultMaxPortsPerTenant, "public TCP/UDP ports one tenant may hold (reserved, as --port-range)")
+	f.IntVar(&flags.Limits.MaxPortsPerTenant, "max-ports-per-tenant", gateway.DefaultMaxPortsPerTenant, "public TCP/UDP ports one tenant (or all quick tunnels together) may hold")
+	f.StringSliceVar(&flags.ProxyProtocolFrom, "proxy-protocol-from", nil, "source (CIDR or address) whose connections to the HTTP, HTTPS and TCP ports must start with a PROXY protocol v1/v2 header giving the client address (repeatable; default none)")
+	f.DurationVar(&flags.Limits.TCPIdleTimeout, "tcp-idle-timeout", gateway.DefaultTCPIdleTimeout, "close a forwarded TCP connection idle this long")
+	f.DurationVar(&flags.Limits.UDPIdleTimeout, "udp-idle-timeout", gateway.DefaultUDPIdleTimeout, "end a UDP session idle this long")
+	f.IntVar(&flags.Limits.MaxUDPSessionsPerPort, "max-udp-sessions-per-port", gateway.DefaultMaxUDPPerPort, "concurrent UDP client sessions per public port")
+	f.IntVar(&flags.Limits.MaxUDPSessionsPerTenant, "max-udp-sessions-per-tenant", gateway.DefaultMaxUDPPerTenant, "concurrent UDP client sessions of all of one tenant's ports")
 	f.IntVar(&flags.Limits.MaxQuickTunnelsPerIP, "max-quick-tunnels-per-ip", 10, "concurrent quick-tunnel (no token) agent sessions per remote address")
 	f.IntVar(&flags.Limits.MaxHeaderBytes, "max-header-bytes", 64<<10, "largest accepted request header")
 	f.DurationVar(&flags.Limits.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "time allowed to send request headers")

@@ -59,6 +59,17 @@ type Server struct {
 	// MaxPending bounds connections that completed TLS with the tunnel ALPN
 	// but are not admitted yet; more are closed at once. 0 means 64.
 	MaxPending int
+	// PortRange is the range public ports of tcp and udp services are
+	// allocated from.
+	PortRange model.PortRange
+	// MaxPortsPerTenant bounds the ports one tenant (and all anonymous
+	// agents together) may hold; 0 means no bound.
+	MaxPortsPerTenant int
+	// OpenPort opens the listener of a port a claim allocated (or found),
+	// before the grant is sent, so the address the agent announces works at
+	// once, and returns the public HOST:PORT to announce. An error refuses
+	// the service. nil means tcp and udp services are refused.
+	OpenPort func(model.Port) (string, error)
 
 	pendingOnce sync.Once
 	pending     chan struct{} // a slot per connection waiting for admission; made once
@@ -463,7 +474,10 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 		return g
 	}
 	if !proto.Valid() {
-		return fail(true, "protocol %q not accepted; use http, h2c or tls", spec.Protocol)
+		return fail(true, "protocol %q not accepted; use http, h2c, tls, tcp or udp", spec.Protocol)
+	}
+	if proto.Forwarded() && s.OpenPort == nil {
+		return fail(true, "protocol %q not accepted: this gateway forwards no public ports; use http, h2c or tls", spec.Protocol)
 	}
 	name := spec.Name
 	if name == "" {
@@ -531,11 +545,70 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 	} else if tenant == "" {
 		s.Table.Upsert(name, "", proto, false)
 	}
+	if proto.Forwarded() {
+		return s.claimPortLocked(ctx, g, spec, name, tenant)
+	}
+	if spec.Port != 0 {
+		return fail(true, "port %d: a public port is for tcp and udp services; a %s service is served on the HTTPS port", spec.Port, proto)
+	}
 	if s.URL != nil {
 		g.URL = s.URL(name, proto)
 	}
 	return g
 }
+
+// claimPortLocked gives the tcp or udp service name its public port: the
+// one it holds already, or a new one (spec.Port, or any free one), and opens
+// its listener.
+func (s *Server) claimPortLocked(ctx context.Context, g tunnel.ServiceGrant, spec tunnel.ServiceSpec, name, tenant string) tunnel.ServiceGrant {
+	fail := func(permanent bool, format string, args ...any) tunnel.ServiceGrant {
+		g.Error = fmt.Sprintf(format, args...)
+		g.Permanent = permanent
+		return g
+	}
+	proto := model.PortProto(spec.Protocol)
+	held, err := store.PortsOf(ctx, s.Store, tenant)
+	if err != nil {
+		return fail(false, "read ports: %v", err)
+	}
+	var port model.Port
+	for _, p := range held {
+		switch {
+		case p.Service != name || p.SNI:
+		case p.Proto == proto:
+			port = p
+		default:
+			// The service changed from tcp to udp or back: its old port goes.
+			if err := store.ReleasePort(ctx, s.Store, p.Proto, p.Number, tenant); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return fail(false, "release %s: %s", p, trimStore(err))
+			}
+		}
+	}
+	switch {
+	case port.Number != 0 && spec.Port != 0 && spec.Port != port.Number:
+		return fail(true, "service %q holds %s port %d already; ask for that port or for none, or release it first (webgw port remove %s)",
+			name, proto, port.Number, port)
+	case port.Number == 0:
+		p := model.Port{Proto: proto, Number: spec.Port, Tenant: tenant, Service: name, Created: time.Now().UTC()}
+		port, err = store.AllocatePort(ctx, s.Store, p, s.PortRange, s.MaxPortsPerTenant)
+		switch {
+		case errors.Is(err, store.ErrInvalidPort), errors.Is(err, store.ErrQuota):
+			return fail(true, "%s", trimStore(err))
+		case err != nil:
+			return fail(false, "%s", trimStore(err))
+		}
+	}
+	addr, err := s.OpenPort(port)
+	if err != nil {
+		return fail(false, "open %s: %v", port, err)
+	}
+	g.Port, g.URL = port.Number, addr
+	return g
+}
+
+// trimStore drops the "store: " of the store's sentinel errors from a
+// message meant for an agent's user.
+func trimStore(err error) string { return strings.ReplaceAll(err.Error(), "store: ", "") }
 
 func heldOnlyBy(svc *route.Service, agentID string) bool {
 	for _, a := range svc.Agents() {

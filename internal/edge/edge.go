@@ -25,6 +25,7 @@ import (
 
 	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/proxy"
+	"github.com/webgw/webgw/internal/proxyproto"
 	"github.com/webgw/webgw/internal/route"
 	"github.com/webgw/webgw/internal/tunnel"
 )
@@ -359,6 +360,14 @@ func (e *HTTPS) passthrough(pc *prefixConn, svc *route.Service, sni string) {
 			svc.Metrics.Count(503)
 		}
 		return
+	}
+	if pp := svc.Spec().ProxyProtocol; pp == 1 || pp == 2 {
+		if err := proxyproto.WriteHeader(stream, proxyproto.Version(pp), pc.RemoteAddr(), pc.LocalAddr()); err != nil {
+			e.log().Debug("passthrough proxy header", "service", svc.Name, "err", err)
+			stream.Close()
+			pc.Close()
+			return
+		}
 	}
 	idle := e.PassthroughIdle
 	if idle == 0 {

@@ -9,8 +9,10 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/proxy"
 	"github.com/webgw/webgw/internal/proxyproto"
 	"github.com/webgw/webgw/internal/route"
@@ -27,11 +29,19 @@ const forwardDialTimeout = 10 * time.Second
 // Serve; they are not changed afterwards.
 type TCPForwarder struct {
 	// Lookup returns the service the port forwards to; a nil result closes
-	// the connection. Called once per connection.
+	// the connection. Called once per connection. Unused when SNI is set.
 	Lookup func() *route.Service
+	// SNI, when set, makes the port an SNI port: each connection's TLS
+	// ClientHello is read (within HelloTimeout) and SNI maps its server
+	// name to the tls service the connection goes to; a nil result, or no
+	// ClientHello, closes the connection.
+	SNI func(serverName string) *route.Service
+	// HelloTimeout bounds reading the ClientHello on an SNI port; 0 means 10 s.
+	HelloTimeout time.Duration
 	// ProxyProtocol, when 1 or 2, sends a PROXY header of that version
 	// (client address -> the address the client connected to) as the first
-	// bytes towards the backend. 0 sends none.
+	// bytes towards the backend. 0 follows the service's own setting
+	// (route.Service.Spec().ProxyProtocol).
 	ProxyProtocol int
 	// IdleTimeout closes a connection after no byte moved either way for
 	// this long; 0 means 10 min.
@@ -141,10 +151,37 @@ func (f *TCPForwarder) Serve(ctx context.Context, ln net.Listener) error {
 // handle forwards one connection and closes it.
 func (f *TCPForwarder) handle(fc *fwdConn) {
 	c := fc.client
-	svc := f.lookup()
-	if svc == nil {
+	var (
+		svc *route.Service
+		sni string
+	)
+	if f.SNI != nil {
+		to := f.HelloTimeout
+		if to == 0 {
+			to = 10 * time.Second
+		}
+		c.SetReadDeadline(time.Now().Add(to))
+		hello, peeked, err := peekClientHello(c)
+		c.SetReadDeadline(time.Time{})
+		if err != nil {
+			f.log().Debug("tcp forward client hello", "remote", c.RemoteAddr().String(), "err", err)
+			c.Close()
+			return
+		}
+		sni = hello.serverName
+		if svc = f.SNI(sni); svc == nil || svc.Protocol != model.ProtoTLS {
+			c.Write(alertUnrecognizedName)
+			c.Close()
+			return
+		}
+		c = &prefixConn{Conn: c, prefix: peeked}
+	} else if svc = f.lookup(); svc == nil {
 		c.Close()
 		return
+	}
+	kind := tunnel.KindTCP
+	if svc.Protocol == model.ProtoTLS {
+		kind = tunnel.KindTLS
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), forwardDialTimeout)
 	defer cancel()
@@ -157,7 +194,7 @@ func (f *TCPForwarder) handle(fc *fwdConn) {
 	f.mu.Unlock()
 
 	client := clientAddr(c.RemoteAddr())
-	stream, _, err := svc.DialContext(ctx, &tunnel.Header{Kind: tunnel.KindTCP, Service: svc.Name, Client: client}, remoteIP(c.RemoteAddr()))
+	stream, _, err := svc.DialContext(ctx, &tunnel.Header{Kind: kind, Service: svc.Name, Client: client, Host: sni}, remoteIP(c.RemoteAddr()))
 	if err != nil {
 		f.log().Debug("tcp forward dial", "service", svc.Name, "remote", client, "err", err)
 		c.Close()
@@ -171,8 +208,12 @@ func (f *TCPForwarder) handle(fc *fwdConn) {
 	}
 	fc.stream = stream
 	f.mu.Unlock()
-	if f.ProxyProtocol != 0 {
-		if err := proxyproto.WriteHeader(stream, proxyproto.Version(f.ProxyProtocol), c.RemoteAddr(), c.LocalAddr()); err != nil {
+	pp := f.ProxyProtocol
+	if pp == 0 {
+		pp = svc.Spec().ProxyProtocol
+	}
+	if pp == 1 || pp == 2 {
+		if err := proxyproto.WriteHeader(stream, proxyproto.Version(pp), c.RemoteAddr(), c.LocalAddr()); err != nil {
 			f.log().Debug("tcp forward proxy header", "service", svc.Name, "remote", client, "err", err)
 			stream.Close()
 			c.Close()
@@ -249,6 +290,9 @@ type UDPForwarder struct {
 	// MaxSessions bounds the sessions open at once; the datagrams of new
 	// clients beyond it are dropped. 0 means 1024.
 	MaxSessions int
+	// Limit, when set, is a bound shared with other forwarders (a tenant's
+	// ports): a new session also needs a slot in it.
+	Limit *SessionLimit
 	// Log gets debug messages about failed sessions and rate-limited
 	// warnings about drops; nil discards them.
 	Log *slog.Logger
@@ -258,6 +302,34 @@ type UDPForwarder struct {
 	drops    atomic.Int64
 	dropLog  atomic.Int64 // unix nanos of the last drop warning
 }
+
+// SessionLimit bounds the UDP sessions of several forwarders together. Its
+// zero value is no bound.
+type SessionLimit struct {
+	// Max is the bound; 0 means none. Set before use.
+	Max int64
+	n   atomic.Int64
+}
+
+func (l *SessionLimit) acquire() bool {
+	if l == nil {
+		return true
+	}
+	if n := l.n.Add(1); l.Max > 0 && n > l.Max {
+		l.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (l *SessionLimit) release() {
+	if l != nil {
+		l.n.Add(-1)
+	}
+}
+
+// Sessions is the number of sessions holding a slot.
+func (l *SessionLimit) Sessions() int64 { return l.n.Load() }
 
 // udpKey identifies a session: the port's socket and the client address.
 type udpKey struct {
@@ -343,6 +415,11 @@ func (f *UDPForwarder) Serve(ctx context.Context, pc net.PacketConn) error {
 				f.drop("udp forwarder at MaxSessions, dropping new clients' datagrams", "max_sessions", maxSessions)
 				continue
 			}
+			if !f.Limit.acquire() {
+				f.mu.Unlock()
+				f.drop("udp sessions of the tenant at their limit, dropping new clients' datagrams", "max_sessions", f.Limit.Max)
+				continue
+			}
 			if f.sessions == nil {
 				f.sessions = make(map[udpKey]*udpSession)
 			}
@@ -383,6 +460,7 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 		f.mu.Lock()
 		delete(f.sessions, key)
 		f.mu.Unlock()
+		f.Limit.release()
 	})
 	defer remove()
 	svc := f.lookupUDP()
@@ -391,11 +469,24 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 	}
 	client := clientAddr(s.client)
 	dctx, dcancel := context.WithTimeout(ctx, forwardDialTimeout)
-	stream, _, err := svc.DialContext(dctx, &tunnel.Header{Kind: tunnel.KindUDP, Service: svc.Name, Client: client}, remoteIP(s.client))
+	stream, up, err := svc.DialContext(dctx, &tunnel.Header{Kind: tunnel.KindUDP, Service: svc.Name, Client: client}, remoteIP(s.client))
 	dcancel()
 	if err != nil {
 		f.log().Debug("udp forward dial", "service", svc.Name, "remote", client, "err", err)
 		return
+	}
+	// A direct upstream is a connected UDP socket: one Read or Write is one
+	// datagram, no framing. A tunnel stream carries them framed.
+	read := tunnel.NewDatagramReader(stream).ReadDatagram
+	write := func(p []byte) error { return tunnel.WriteDatagram(stream, p) }
+	if up != nil && up.Direct != nil {
+		read = stream.Read
+		write = func(p []byte) error {
+			if _, err := stream.Write(p); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+				return err
+			}
+			return nil
+		}
 	}
 	svc.CountRequest()
 	defer stream.Close()
@@ -403,13 +494,15 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 	readerDone := make(chan struct{})
 	go func() { // stream -> client
 		defer close(readerDone)
-		dr := tunnel.NewDatagramReader(stream)
 		buf := make([]byte, tunnel.MaxDatagramLen)
 		for {
-			n, err := dr.ReadDatagram(buf)
+			n, err := read(buf)
 			if err != nil {
 				if errors.Is(err, io.ErrShortBuffer) {
 					continue
+				}
+				if errors.Is(err, syscall.ECONNREFUSED) {
+					continue // ICMP port unreachable on a direct upstream's socket: it may come back
 				}
 				return
 			}
@@ -433,7 +526,7 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 		select {
 		case p := <-s.queue:
 			stream.SetWriteDeadline(time.Now().Add(idle))
-			if err := tunnel.WriteDatagram(stream, p); err != nil {
+			if err := write(p); err != nil {
 				f.log().Debug("udp forward write", "service", svc.Name, "remote", client, "err", err)
 				return
 			}

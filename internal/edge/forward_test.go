@@ -81,7 +81,7 @@ func spliceTo(t *testing.T, addr string) func(*tunnel.Header, net.Conn) {
 func forwardService(t *testing.T, serve func(*tunnel.Header, net.Conn)) (*route.Service, *fakeAgent) {
 	t.Helper()
 	tab := route.NewTable(nil)
-	svc := tab.Upsert("port", "", model.ProtoTLS, false)
+	svc := tab.Upsert("port", "", model.ProtoTCP, false)
 	if serve == nil {
 		return svc, nil
 	}

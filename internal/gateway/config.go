@@ -52,8 +52,14 @@ type Config struct {
 	HTTP3 *bool `yaml:"http3"`
 	// PortRange is the range public TCP and UDP ports are allocated from,
 	// FIRST-LAST (20000-29999) or one port (20000); "" means 20000-20099
-	// (DefaultPortRange).
+	// (DefaultPortRange). The ports listen on the host of https_addr.
 	PortRange string `yaml:"port_range"`
+	// ProxyProtocolFrom lists the sources (CIDRs or addresses) whose
+	// connections to the HTTP, HTTPS and public TCP ports must open with a
+	// PROXY protocol header (v1 or v2), whose client address is then
+	// used; empty means none. Other sources' connections are taken as they
+	// are: a PROXY header they send is not honoured.
+	ProxyProtocolFrom []string `yaml:"proxy_protocol_from"`
 	// LogLevel is debug, info, warn or error; "" means info.
 	LogLevel string `yaml:"log_level"`
 	// Limits on what strangers and agents can send.
@@ -78,6 +84,18 @@ type Limits struct {
 	// MaxPortsPerTenant bounds the public TCP and UDP ports one tenant may
 	// hold; 0 means 100 (DefaultMaxPortsPerTenant).
 	MaxPortsPerTenant int `yaml:"max_ports_per_tenant"`
+	// TCPIdleTimeout closes a forwarded TCP connection after no byte moved
+	// either way for this long; 0 means 10 min.
+	TCPIdleTimeout time.Duration `yaml:"tcp_idle_timeout"`
+	// UDPIdleTimeout ends a UDP session after no datagram moved either way
+	// for this long; 0 means 60 s.
+	UDPIdleTimeout time.Duration `yaml:"udp_idle_timeout"`
+	// MaxUDPSessionsPerPort bounds the client sessions of one UDP port; 0
+	// means 1024.
+	MaxUDPSessionsPerPort int `yaml:"max_udp_sessions_per_port"`
+	// MaxUDPSessionsPerTenant bounds the client sessions of all of one
+	// tenant's UDP ports together (of all anonymous ones together); 0 means 4096.
+	MaxUDPSessionsPerTenant int `yaml:"max_udp_sessions_per_tenant"`
 	// QuickTunnelIdle forgets a quick-tunnel name this long after its last agent left; 0 means 10 min.
 	QuickTunnelIdle time.Duration `yaml:"quick_tunnel_idle"`
 }
@@ -86,6 +104,10 @@ type Limits struct {
 const (
 	DefaultPortRange         = "20000-20099"
 	DefaultMaxPortsPerTenant = 100
+	DefaultTCPIdleTimeout    = 10 * time.Minute
+	DefaultUDPIdleTimeout    = 60 * time.Second
+	DefaultMaxUDPPerPort     = 1024
+	DefaultMaxUDPPerTenant   = 4096
 )
 
 // ConfigError is bad configuration; the CLI exits 2 for it.
@@ -177,6 +199,9 @@ func (c *Config) Validate() error {
 	if _, err := model.ParsePortRange(c.PortRange); err != nil {
 		return cfgErr("port_range: %v", err)
 	}
+	if _, err := parseTrusted(c.ProxyProtocolFrom); err != nil {
+		return cfgErr("proxy_protocol_from: %v", err)
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -192,7 +217,8 @@ func (c *Config) Validate() error {
 	for _, d := range []struct {
 		key string
 		v   time.Duration
-	}{{"read_header_timeout", l.ReadHeaderTimeout}, {"idle_timeout", l.IdleTimeout}, {"quick_tunnel_idle", l.QuickTunnelIdle}} {
+	}{{"read_header_timeout", l.ReadHeaderTimeout}, {"idle_timeout", l.IdleTimeout}, {"quick_tunnel_idle", l.QuickTunnelIdle},
+		{"tcp_idle_timeout", l.TCPIdleTimeout}, {"udp_idle_timeout", l.UDPIdleTimeout}} {
 		if d.v < 0 {
 			return cfgErr("limits.%s: %v not accepted; use a positive duration such as 10s (0 for the default)", d.key, d.v)
 		}
@@ -201,7 +227,8 @@ func (c *Config) Validate() error {
 		key string
 		v   int64
 	}{{"max_streams_per_agent", l.MaxStreamsPerAgent}, {"max_agents_per_tenant", int64(l.MaxAgentsPerTenant)}, {"max_quick_tunnels_per_ip", int64(l.MaxQuickTunnelsPerIP)},
-		{"max_ports_per_tenant", int64(l.MaxPortsPerTenant)}} {
+		{"max_ports_per_tenant", int64(l.MaxPortsPerTenant)}, {"max_udp_sessions_per_port", int64(l.MaxUDPSessionsPerPort)},
+		{"max_udp_sessions_per_tenant", int64(l.MaxUDPSessionsPerTenant)}} {
 		if n.v < 0 {
 			return cfgErr("limits.%s: %d not accepted; use a positive count (0 for the default)", n.key, n.v)
 		}
@@ -236,4 +263,23 @@ func validateDomain(d string) error {
 		}
 	}
 	return nil
+}
+
+// parseTrusted reads proxy_protocol_from: CIDRs, or single addresses.
+func parseTrusted(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		s = strings.TrimSpace(s)
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return nil, fmt.Errorf("%q is neither a CIDR (10.0.0.0/8, 2001:db8::/32) nor an IP address", s)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }

@@ -4,6 +4,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -17,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -33,6 +35,7 @@ import (
 	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/netpolicy"
 	"github.com/webgw/webgw/internal/proxy"
+	"github.com/webgw/webgw/internal/proxyproto"
 	"github.com/webgw/webgw/internal/route"
 	"github.com/webgw/webgw/internal/store"
 	"github.com/webgw/webgw/internal/tunnel"
@@ -63,6 +66,7 @@ type Gateway struct {
 	ID string
 
 	https     *edge.HTTPS
+	ports     *ports
 	httpSrv   *http.Server
 	apiSrv    *http.Server
 	cancel    context.CancelFunc // stops the listeners and loops
@@ -186,6 +190,14 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		}
 	}
 	g.upstreams = netpolicy.NewWithPublic(allow, public)
+	trusted, err := parseTrusted(cfg.ProxyProtocolFrom)
+	if err != nil {
+		httpsLn.Close()
+		httpLn.Close()
+		apiLn.Close()
+		return nil, cfgErr("proxy_protocol_from: %v", err)
+	}
+	portRange, _ := model.ParsePortRange(cfg.PortRange) // validated
 	var checkUpstream func(model.ParsedUpstream) error
 	if len(allow) > 0 {
 		checkUpstream = g.upstreams.CheckUpstream
@@ -213,11 +225,26 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	if udpPC != nil {
 		px.AltSvc = edge.AltSvc(httpsPort)
 	}
+	bindHost, _, _ := net.SplitHostPort(g.HTTPSAddr)
+	g.ports = &ports{
+		host: bindHost, table: g.table, names: names, store: st, log: log, trusted: trusted,
+		tcpIdle: cfg.Limits.TCPIdleTimeout, udpIdle: cfg.Limits.UDPIdleTimeout,
+		maxUDP: cfg.Limits.MaxUDPSessionsPerPort, maxUDPTenant: int64(cmp.Or(cfg.Limits.MaxUDPSessionsPerTenant, DefaultMaxUDPPerTenant)),
+		open: map[string]*openPort{}, limits: map[string]*edge.SessionLimit{}, ctx: runCtx,
+	}
+	announce := announceHost(cfg.PublicIPs, bindHost, cfg.Domain)
 	ctl := &control.Server{
 		Store: st, Table: g.table, Log: log, Open: *cfg.Open, GatewayID: g.ID,
 		MaxAgentsPerTenant: cfg.Limits.MaxAgentsPerTenant, MaxStreamsPerAgent: cfg.Limits.MaxStreamsPerAgent,
 		MaxAnonymousPerIP: cfg.Limits.MaxQuickTunnelsPerIP,
 		OnDrain:           px.DrainIdle,
+		PortRange:         portRange, MaxPortsPerTenant: cmp.Or(cfg.Limits.MaxPortsPerTenant, DefaultMaxPortsPerTenant),
+		OpenPort: func(p model.Port) (string, error) {
+			if err := g.ports.ensure(p); err != nil {
+				return "", err
+			}
+			return net.JoinHostPort(announce, strconv.Itoa(p.Number)), nil
+		},
 		URL: func(name string, _ model.Protocol) string {
 			return "https://" + hostPort(name+"."+cfg.Domain, httpsPort)
 		},
@@ -252,6 +279,12 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 
+	if len(trusted) > 0 {
+		// Behind the operator's load balancer: its connections carry the
+		// client's address in a PROXY header.
+		httpsLn = proxyproto.NewListener(httpsLn, trusted, 0)
+		httpLn = proxyproto.NewListener(httpLn, trusted, 0)
+	}
 	g.httpsDone = make(chan struct{})
 	g.goRun(func() error {
 		defer close(g.httpsDone)
@@ -263,6 +296,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	g.goRun(func() error { return serveHTTP(g.httpSrv, httpLn) })
 	g.goRun(func() error { return serveHTTP(g.apiSrv, apiLn) })
 	g.goRun(func() error { g.watchServices(runCtx); return nil })
+	g.goRun(func() error { g.ports.watch(runCtx); return nil })
 	g.goRun(func() error { g.expireLoop(runCtx); return nil })
 	ok = true
 	return g, nil
@@ -313,6 +347,8 @@ func (g *Gateway) Stop(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); f(ctx) }()
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); g.ports.shutdown(ctx) }()
 	wg.Wait()
 	g.table.Close() // stops health checks
 	// Only now that no request is in flight (or ctx ran out) are the agents cut.
@@ -413,6 +449,7 @@ func (g *Gateway) expireLoop(ctx context.Context) {
 	if idle == 0 {
 		idle = 10 * time.Minute
 	}
+	missing := map[string]time.Time{}
 	t := time.NewTicker(min(idle/4, time.Minute))
 	defer t.Stop()
 	for {
@@ -420,9 +457,49 @@ func (g *Gateway) expireLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
+			expired := map[string]bool{}
 			for _, n := range g.table.ExpireAnonymous(now, idle) {
 				g.log.Info("quick tunnel name released", "service", n)
+				expired[n] = true
 			}
+			g.expireQuickPorts(ctx, now, idle, expired, missing)
+		}
+	}
+}
+
+// expireQuickPorts releases the ports of anonymous quick tunnels whose name
+// just expired, or has been gone for idle (not claimed again since a restart).
+// missing remembers when each port was first seen without its name.
+func (g *Gateway) expireQuickPorts(ctx context.Context, now time.Time, idle time.Duration, expired map[string]bool, missing map[string]time.Time) {
+	held, err := store.PortsOf(ctx, g.store, "")
+	if err != nil {
+		g.log.Error("list quick-tunnel ports", "err", err)
+		return
+	}
+	seen := make(map[string]bool, len(held))
+	for _, p := range held {
+		key := p.String()
+		seen[key] = true
+		if svc := g.table.Lookup(p.Service); svc != nil && svc.Tenant == "" {
+			delete(missing, key)
+			continue
+		}
+		if first, ok := missing[key]; !expired[p.Service] && (!ok || now.Sub(first) < idle) {
+			if !ok {
+				missing[key] = now
+			}
+			continue
+		}
+		if err := store.ReleasePort(ctx, g.store, p.Proto, p.Number, ""); err != nil && !errors.Is(err, store.ErrNotFound) {
+			g.log.Error("release quick-tunnel port", "port", key, "err", err)
+			continue
+		}
+		delete(missing, key)
+		g.log.Info("quick tunnel port released", "port", key, "service", p.Service)
+	}
+	for key := range missing {
+		if !seen[key] {
+			delete(missing, key)
 		}
 	}
 }

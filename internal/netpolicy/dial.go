@@ -69,8 +69,9 @@ type TLSOptions struct {
 	RootCAs *x509.CertPool
 }
 
-// DialUpstream connects to u over TCP through the checked Dialer; the
-// timeout is the context's deadline. With t nil it returns the TCP
+// DialUpstream connects to u over TCP (UDP for a udp:// upstream: a
+// connected socket) through the checked Dialer; the timeout is the
+// context's deadline. With t nil it returns the TCP
 // connection; otherwise it does a TLS client handshake as t says and
 // returns the *tls.Conn. Errors name the upstream; a refusal by the
 // policy wraps ErrForbidden.
@@ -82,7 +83,12 @@ func (p *Policy) DialUpstream(ctx context.Context, u model.ParsedUpstream, t *TL
 	if err := p.CheckUpstream(u); err != nil {
 		return nil, fmt.Errorf("dial %w", err)
 	}
-	c, err := p.Dialer(0).DialContext(ctx, "tcp", u.HostPort())
+	network := "tcp"
+	if u.Scheme == "udp" {
+		network = "udp" // a connected UDP socket: one Write, one datagram
+		t = nil
+	}
+	c, err := p.Dialer(0).DialContext(ctx, network, u.HostPort())
 	if err != nil {
 		return nil, fmt.Errorf("dial upstream %s: %w", name, err)
 	}

@@ -219,3 +219,36 @@ func TestDialUpstreamTLS(t *testing.T) {
 		t.Errorf("DialUpstream(TLS) with no allow = %v; want ErrForbidden", err)
 	}
 }
+
+func TestDialUpstreamUDP(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	_, port, _ := net.SplitHostPort(pc.LocalAddr().String())
+	u, err := model.ParseUpstreamURL("udp://127.0.0.1:"+port, model.ProtoUDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(mustAllow(t, "127.0.0.1"), noOwn).DialUpstream(ctxTimeout(t), u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, ok := c.(*net.UDPConn); !ok {
+		t.Fatalf("DialUpstream(udp://) returned %T; want *net.UDPConn", c)
+	}
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 16)
+	n, _, err := pc.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != "ping" {
+		t.Errorf("backend read %q, %v; want the datagram", buf[:n], err)
+	}
+	if _, err := New(mustAllow(t, "10.0.0.0/8"), noOwn).DialUpstream(ctxTimeout(t), u, nil); !errors.Is(err, ErrForbidden) {
+		t.Errorf("DialUpstream(udp) outside the allowed networks = %v; want ErrForbidden", err)
+	}
+}

@@ -183,9 +183,21 @@ func (l *Listener) acceptLoop() {
 				conn.Close()
 				return
 			}
-			l.deliver(accepted{conn: conn})
+			l.deliver(accepted{conn: halfCloser{conn.(*pp.Conn)}})
 		}()
 	}
+}
+
+// halfCloser adds CloseWrite to a go-proxyproto Conn over TCP, so relays
+// can pass a client's half-close on.
+type halfCloser struct{ *pp.Conn }
+
+// CloseWrite shuts down the writing side of the TCP connection.
+func (c halfCloser) CloseWrite() error {
+	if tc, ok := c.TCPConn(); ok {
+		return tc.CloseWrite()
+	}
+	return c.Close()
 }
 
 // deliver hands a to Accept. It reports false, having closed a's connection,
