@@ -173,7 +173,13 @@ func (h *harness) startForward(ctx context.Context, dir, name string, g *gateway
 		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 			return false
 		}
-		public = strings.TrimSpace(line)
+		// The ports listen on the host of the gateway's --https-addr;
+		// dial its IP when the address printed has a name (localhost
+		// may resolve to ::1 first).
+		if net.ParseIP(host) == nil {
+			host = hostOnly(g.httpsAddr)
+		}
+		public = net.JoinHostPort(host, port)
 		return true
 	})
 	if err != nil {
