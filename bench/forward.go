@@ -166,7 +166,11 @@ func (h *harness) startForward(ctx context.Context, dir, name string, g *gateway
 	var public string
 	exited := false
 	err = p.readLines(ctx, 30*time.Second, func(line string) bool {
-		host, port, err := net.SplitHostPort(strings.TrimSpace(line))
+		line = strings.TrimSpace(line)
+		for _, scheme := range []string{"tcp://", "udp://"} {
+			line = strings.TrimPrefix(line, scheme)
+		}
+		host, port, err := net.SplitHostPort(line)
 		if err != nil || host == "" {
 			return false
 		}
