@@ -241,7 +241,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 		if name == "" {
 			name = s.name
 		}
-		hello.Services = append(hello.Services, tunnel.ServiceSpec{Name: name, Protocol: string(s.protocol), Weight: s.weight})
+		hello.Services = append(hello.Services, tunnel.ServiceSpec{Name: name, Protocol: string(s.protocol), Weight: s.weight, Port: s.port})
 	}
 	a.mu.Unlock()
 	// A refusal can end the session so fast that yamux reports the hello's
