@@ -19,16 +19,21 @@ func exposeCmd() *cobra.Command {
 	var (
 		gateways                                                   []string
 		ca, token, name, fingerprint, dataDir, logLevel, transport string
-		connections, weight                                        int
+		connections, weight, port                                  int
 		drain                                                      time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "expose [flags] TARGET",
 		Short: "Expose one local target through a gateway and print its public URL",
 		Long: `Expose one local target and keep running. TARGET is http://HOST:PORT,
-https://HOST:PORT (TLS passthrough: the backend keeps its own certificate) or
-h2c://HOST:PORT (cleartext HTTP/2, e.g. gRPC). The public URL is printed as one
-line on stdout once traffic can flow; logs go to stderr.
+https://HOST:PORT (TLS passthrough: the backend keeps its own certificate),
+h2c://HOST:PORT (cleartext HTTP/2, e.g. gRPC), tcp://HOST:PORT (a public TCP
+port forwarded to the target) or udp://HOST:PORT (a public UDP port). The
+public address is printed as one line on stdout once traffic can flow: a URL,
+or HOST:PORT for tcp:// and udp://; logs go to stderr.
+
+--port asks for a public port for tcp:// and udp:// targets; without it the
+gateway picks a free one (or keeps the one the service already holds).
 
 Without --ca or --fingerprint the agent trusts <data-dir>/ca.pem when it exists
 (a local zero-config gateway), else the system roots.
@@ -37,7 +42,9 @@ Without --ca or --fingerprint the agent trusts <data-dir>/ca.pem when it exists
 --connections tunnel connections to each (the gateway spreads requests over
 all of them; one that drops is replaced while the others serve).`,
 		Example: "  webgw expose --gateway 127.0.0.1:8443 --ca webgw-data/ca.pem http://127.0.0.1:3000\n" +
-			"  webgw expose --gateway gw1.example.org:443 --gateway gw2.example.org:443 --token wgw_... --name shop http://127.0.0.1:3000",
+			"  webgw expose --gateway gw1.example.org:443 --gateway gw2.example.org:443 --token wgw_... --name shop http://127.0.0.1:3000\n" +
+			"  webgw expose --token wgw_... --name ssh --port 2222 tcp://127.0.0.1:22\n" +
+			"  webgw expose --token wgw_... --name dns udp://127.0.0.1:53",
 		Args: argsUsage(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			for flag, env := range map[string]string{"gateway": "WEBGW_GATEWAY", "ca": "WEBGW_CA", "token": "WEBGW_TOKEN", "data-dir": "WEBGW_DATA_DIR", "fingerprint": "WEBGW_FINGERPRINT"} {
@@ -45,8 +52,17 @@ all of them; one that drops is replaced while the others serve).`,
 					return err
 				}
 			}
-			if _, _, err := agent.ParseTarget(args[0]); err != nil {
+			proto, _, err := agent.ParseTarget(args[0])
+			if err != nil {
 				return usagef("TARGET: %v", err)
+			}
+			if c.Flags().Changed("port") {
+				if !proto.Forwarded() {
+					return usagef("--port: only for tcp:// and udp:// targets, not %s (the public port wanted, 1-65535)", args[0])
+				}
+				if port < 1 || port > 65535 {
+					return usagef("--port: %d not accepted; use 1-65535 (leave it out to let the gateway pick)", port)
+				}
 			}
 			if connections < 1 || connections > agent.MaxConnections {
 				return usagef("--connections: %d not accepted; use 1-%d", connections, agent.MaxConnections)
@@ -72,7 +88,7 @@ all of them; one that drops is replaced while the others serve).`,
 			}
 			cfg := &agent.Config{
 				Token:        token,
-				Services:     []agent.ServiceConfig{{Name: name, Target: args[0], Weight: weight}},
+				Services:     []agent.ServiceConfig{{Name: name, Target: args[0], Weight: weight, Port: port}},
 				DrainTimeout: drain,
 				Connections:  connections,
 				Transport:    transport,
@@ -85,7 +101,7 @@ all of them; one that drops is replaced while the others serve).`,
 				if len(grants) == 0 {
 					return
 				}
-				once.Do(func() { fmt.Fprintln(os.Stdout, grants[0].URL) })
+				once.Do(func() { fmt.Fprintln(c.OutOrStdout(), grants[0].URL) })
 			})
 		},
 	}
@@ -101,6 +117,7 @@ all of them; one that drops is replaced while the others serve).`,
 	f.IntVar(&connections, "connections", 2, fmt.Sprintf("tunnel connections to each gateway, 1-%d", agent.MaxConnections))
 	f.IntVar(&weight, "weight", 1, fmt.Sprintf("this agent's share of the service's traffic against other agents serving it, 1-%d", agent.MaxWeight))
 	f.StringVar(&transport, "transport", "auto", "how to reach the gateway: auto, tcp (TLS over TCP) or quic")
+	f.IntVar(&port, "port", 0, "public port wanted for a tcp:// or udp:// TARGET, 1-65535 (none: the gateway picks one)")
 	return c
 }
 
@@ -122,11 +139,18 @@ func agentCmd() *cobra.Command {
     - name: grpc
       target: h2c://127.0.0.1:50051
       weight: 2                  # share against other agents serving grpc (1-1000)
+    - name: ssh
+      target: tcp://127.0.0.1:22 # a public TCP port forwarded to the target
+      port: 2222                 # public port wanted (tcp and udp only; none: the gateway picks)
+    - name: resolver
+      target: udp://127.0.0.1:53 # a public UDP port
   drain_timeout: 30s
   connections: 2                 # tunnel connections to each gateway (1-16)
   transport: auto                # auto, tcp or quic
+  udp_idle_timeout: 60s          # end a UDP client session idle this long
 
-Each service's public URL is printed on stdout as "NAME URL" once it is served.`,
+Each service's public address is printed on stdout as "NAME URL" once it is
+served (for tcp and udp services, "NAME HOST:PORT").`,
 		Args: argsUsage(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := envDefault(c, "config", "WEBGW_AGENT_CONFIG"); err != nil {
@@ -147,7 +171,7 @@ Each service's public URL is printed on stdout as "NAME URL" once it is served.`
 				for _, g := range grants {
 					if !printed[g.Name] {
 						printed[g.Name] = true
-						fmt.Fprintf(os.Stdout, "%s %s\n", g.Name, g.URL)
+						fmt.Fprintf(c.OutOrStdout(), "%s %s\n", g.Name, g.URL)
 					}
 				}
 			})

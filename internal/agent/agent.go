@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/webgw/webgw/internal/certs"
+	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/proxy"
 	"github.com/webgw/webgw/internal/tunnel"
 )
@@ -43,6 +44,9 @@ type Agent struct {
 	byName   map[string]*service // guarded by mu
 	pick     picker              // auto's memory of which transport works per gateway
 	dialer   dialFunc            // replaces the real transports in tests; nil otherwise
+
+	// refused rate-limits the warning about streams of the wrong kind.
+	refused warnLimiter
 
 	// granted holds, per gateway (cfg.Gateways order), the name each service
 	// was granted there, so every connection to that gateway asks for the
@@ -241,7 +245,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 		if name == "" {
 			name = s.name
 		}
-		hello.Services = append(hello.Services, tunnel.ServiceSpec{Name: name, Protocol: string(s.protocol), Weight: s.weight})
+		hello.Services = append(hello.Services, tunnel.ServiceSpec{Name: name, Protocol: string(s.protocol), Weight: s.weight, Port: s.port})
 	}
 	a.mu.Unlock()
 	// A refusal can end the session so fast that yamux reports the hello's
@@ -352,6 +356,34 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 	return nil
 }
 
+// warnEvery is how often a warnLimiter logs at most.
+const warnEvery = 10 * time.Second
+
+// warnLimiter logs one warning per warnEvery at most, and says how many it
+// left out meanwhile. The zero value is ready to use.
+type warnLimiter struct {
+	mu      sync.Mutex
+	last    time.Time // when a warning was last logged; guarded by mu
+	dropped int       // warnings left out since then; guarded by mu
+}
+
+func (w *warnLimiter) warn(log *slog.Logger, msg string, args ...any) {
+	w.mu.Lock()
+	now := time.Now()
+	if !w.last.IsZero() && now.Sub(w.last) < warnEvery {
+		w.dropped++
+		w.mu.Unlock()
+		return
+	}
+	dropped := w.dropped
+	w.last, w.dropped = now, 0
+	w.mu.Unlock()
+	if dropped > 0 {
+		args = append(args, "suppressed", dropped)
+	}
+	log.Warn(msg, args...)
+}
+
 // inflight counts the streams being served and tells when none is left.
 // Unlike a sync.WaitGroup it may go from 0 to 1 while someone waits.
 type inflight struct {
@@ -414,15 +446,26 @@ func (a *Agent) serveStream(ctx context.Context, log *slog.Logger, st net.Conn) 
 		st.Close()
 		return
 	}
-	if h.Kind == tunnel.KindProbe {
-		probe(ctx, st, s.addr, a.cfg.DialTimeout)
-		return
-	}
-	if h.Kind != tunnel.KindHTTP && h.Kind != tunnel.KindH2C && h.Kind != tunnel.KindTLS {
-		log.Warn("stream kind not served by this agent", "service", h.Service, "kind", h.Kind.String())
+	if !serves(s.protocol, h.Kind) {
+		a.refused.warn(log, "stream kind does not match the service, refused",
+			"service", h.Service, "kind", h.Kind.String(), "protocol", string(s.protocol))
 		st.Close()
 		return
 	}
+	switch h.Kind {
+	case tunnel.KindProbe:
+		network := "tcp"
+		if s.protocol == model.ProtoUDP {
+			network = "udp"
+		}
+		probe(ctx, st, network, s.addr, a.cfg.DialTimeout)
+		return
+	case tunnel.KindUDP:
+		a.serveUDP(ctx, log, st, s, h)
+		return
+	}
+	// http, h2c, tls and tcp: one TCP connection to the target, bytes
+	// relayed both ways, each direction half-closed on its own.
 	d := net.Dialer{Timeout: a.cfg.DialTimeout}
 	back, err := d.DialContext(ctx, "tcp", s.addr)
 	if err != nil {
@@ -436,15 +479,57 @@ func (a *Agent) serveStream(ctx context.Context, log *slog.Logger, st net.Conn) 
 	proxy.Splice(st, back, 0)
 }
 
+// serves reports whether a service of protocol p serves streams of kind k:
+// each protocol its own kind, and probes for all of them.
+func serves(p model.Protocol, k tunnel.Kind) bool {
+	switch k {
+	case tunnel.KindProbe:
+		return true
+	case tunnel.KindHTTP:
+		return p == model.ProtoHTTP
+	case tunnel.KindH2C:
+		return p == model.ProtoH2C
+	case tunnel.KindTLS:
+		return p == model.ProtoTLS
+	case tunnel.KindTCP:
+		return p == model.ProtoTCP
+	case tunnel.KindUDP:
+		return p == model.ProtoUDP
+	}
+	return false
+}
+
+// serveUDP serves one UDP client session of a udp service (spec.md 5.3):
+// datagrams framed on st are sent from a socket connected to the local
+// target, and its answers framed back, until the gateway closes the stream,
+// the session idles for cfg.UDPIdleTimeout, or ctx ends. It closes st.
+func (a *Agent) serveUDP(ctx context.Context, log *slog.Logger, st net.Conn, s *service, h *tunnel.Header) {
+	defer st.Close()
+	d := net.Dialer{Timeout: a.cfg.DialTimeout}
+	back, err := d.DialContext(ctx, "udp", s.addr)
+	if err != nil {
+		log.Warn("local target unreachable", "service", h.Service, "target", s.target, "err", err)
+		return
+	}
+	defer back.Close()
+	err = tunnel.RelayUDP(ctx, st, back, a.cfg.UDPIdleTimeout)
+	if err != nil && !errors.Is(err, tunnel.ErrIdle) && ctx.Err() == nil {
+		log.Debug("udp session ended", "service", h.Service, "client", h.Client, "err", err)
+	}
+}
+
 // probe answers a health-check stream (spec.md 5.2, kind probe): it dials
-// the local target, answers one byte, tunnel.ProbeOK when the dial succeeded
-// or tunnel.ProbeFailed when not, closes the target connection without
-// sending anything, and closes the stream.
-func probe(ctx context.Context, st net.Conn, addr string, timeout time.Duration) {
+// the local target over network ("tcp" or "udp"), answers one byte,
+// tunnel.ProbeOK when the dial succeeded or tunnel.ProbeFailed when not,
+// closes the target connection without sending anything, and closes the
+// stream. A UDP dial sends nothing, so for "udp" ProbeOK only says the
+// address resolved and a socket could be connected to it, not that the
+// target is alive.
+func probe(ctx context.Context, st net.Conn, network, addr string, timeout time.Duration) {
 	defer st.Close()
 	d := net.Dialer{Timeout: timeout}
 	answer := tunnel.ProbeOK
-	back, err := d.DialContext(ctx, "tcp", addr)
+	back, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		answer = tunnel.ProbeFailed
 	} else {

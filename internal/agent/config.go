@@ -40,6 +40,9 @@ type Config struct {
 	// Transport is how to reach gateways: "tcp" (TLS over TCP), "quic", or
 	// "auto" (whichever works); "" means auto.
 	Transport string `yaml:"transport"`
+	// UDPIdleTimeout ends a UDP client session of a udp:// service when no
+	// datagram moved either way for that long; 0 means 60 s.
+	UDPIdleTimeout time.Duration `yaml:"udp_idle_timeout"`
 }
 
 // MaxConnections bounds Config.Connections (the gateway accepts at most 16
@@ -74,11 +77,16 @@ type GatewayConfig struct {
 type ServiceConfig struct {
 	// Name asks for NAME.<domain>; empty asks for a random quick-tunnel name.
 	Name string `yaml:"name"`
-	// Target is http://, https:// (TLS passthrough) or h2c:// HOST:PORT.
+	// Target is http://, https:// (TLS passthrough), h2c://, tcp:// or
+	// udp:// HOST:PORT; the port is required for tcp:// and udp://.
 	Target string `yaml:"target"`
 	// Weight is this agent's share of the service's traffic relative to
 	// other agents serving it, 1-MaxWeight; 0 means 1.
 	Weight int `yaml:"weight"`
+	// Port is the public port wanted for a tcp:// or udp:// target,
+	// 1-65535; 0 lets the gateway pick one (or keep the one the service
+	// holds). Not accepted for other targets.
+	Port int `yaml:"port"`
 }
 
 // ConfigError is bad configuration; the CLI exits 2 for it.
@@ -97,7 +105,7 @@ func LoadConfig(path string) (*Config, error) {
 	var c Config
 	// An empty file decodes to nothing: validation then says what is missing.
 	if err := yamlconf.Decode(data, &c); err != nil {
-		return nil, cfgErr("config %s: %v (accepted keys: version, token, ca, gateways[addr, ca, fingerprint, token, server_name], services[name, target, weight], drain_timeout, dial_timeout, connections, transport)", path, err)
+		return nil, cfgErr("config %s: %v (accepted keys: version, token, ca, gateways[addr, ca, fingerprint, token, server_name], services[name, target, weight, port], drain_timeout, dial_timeout, connections, transport, udp_idle_timeout)", path, err)
 	}
 	return &c, nil
 }
@@ -109,13 +117,19 @@ type service struct {
 	addr     string // HOST:PORT to dial
 	target   string
 	weight   int // 1-MaxWeight
+	port     int // public port wanted (tcp, udp); 0: the gateway picks
 }
 
+// targetForms lists the accepted target forms, for error messages.
+const targetForms = "http://HOST:PORT, https://HOST:PORT, h2c://HOST:PORT, tcp://HOST:PORT or udp://HOST:PORT"
+
 // ParseTarget validates a target URL and returns its protocol and address.
+// The port may be left out of http:// and h2c:// targets (80) and https://
+// ones (443), not out of tcp:// and udp:// ones.
 func ParseTarget(target string) (model.Protocol, string, error) {
 	u, err := url.Parse(target)
 	if err != nil || u.Host == "" {
-		return "", "", fmt.Errorf("target %q: want http://HOST:PORT, https://HOST:PORT or h2c://HOST:PORT", target)
+		return "", "", fmt.Errorf("target %q: want %s", target, targetForms)
 	}
 	var proto model.Protocol
 	switch u.Scheme {
@@ -125,10 +139,12 @@ func ParseTarget(target string) (model.Protocol, string, error) {
 		proto = model.ProtoH2C
 	case "https":
 		proto = model.ProtoTLS
-	case "tcp", "udp":
-		return "", "", fmt.Errorf("target %q: %s forwarding is not available in this version; use http://, https:// or h2c://", target, u.Scheme)
+	case "tcp":
+		proto = model.ProtoTCP
+	case "udp":
+		proto = model.ProtoUDP
 	default:
-		return "", "", fmt.Errorf("target %q: scheme %q not accepted; use http://, https:// or h2c://", target, u.Scheme)
+		return "", "", fmt.Errorf("target %q: scheme %q not accepted; want %s", target, u.Scheme, targetForms)
 	}
 	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
 		return "", "", fmt.Errorf("target %q: only SCHEME://HOST:PORT is accepted (no path, query or user)", target)
@@ -142,6 +158,8 @@ func ParseTarget(target string) (model.Protocol, string, error) {
 	}
 	if port == "" {
 		switch u.Scheme {
+		case "tcp", "udp":
+			return "", "", fmt.Errorf("target %q: no port; want %s://HOST:PORT (a port 1-65535)", target, u.Scheme)
 		case "https":
 			port = "443"
 		default:
@@ -182,7 +200,7 @@ func (c *Config) validate() ([]*service, error) {
 		}
 	}
 	if len(c.Services) == 0 {
-		return nil, cfgErr("services: at least one service is needed (target: http://HOST:PORT)")
+		return nil, cfgErr("services: at least one service is needed (target: %s)", targetForms)
 	}
 	seen := map[string]bool{}
 	var out []*service
@@ -204,7 +222,13 @@ func (c *Config) validate() ([]*service, error) {
 			return nil, cfgErr("services[%d].weight: %d not accepted; use 1-%d (0 means 1)", i, sc.Weight, MaxWeight)
 		}
 		weight := max(sc.Weight, 1)
-		out = append(out, &service{name: sc.Name, protocol: proto, addr: addr, target: sc.Target, weight: weight})
+		if sc.Port < 0 || sc.Port > 65535 {
+			return nil, cfgErr("services[%d].port: %d not accepted; use 1-65535 (0 lets the gateway pick)", i, sc.Port)
+		}
+		if sc.Port != 0 && !proto.Forwarded() {
+			return nil, cfgErr("services[%d].port: only for tcp:// and udp:// targets, not %s (the public port wanted, 1-65535)", i, sc.Target)
+		}
+		out = append(out, &service{name: sc.Name, protocol: proto, addr: addr, target: sc.Target, weight: weight, port: sc.Port})
 	}
 	if c.DrainTimeout < 0 {
 		return nil, cfgErr("drain_timeout: must not be negative")
@@ -229,6 +253,12 @@ func (c *Config) validate() ([]*service, error) {
 	}
 	if c.Transport == "" {
 		c.Transport = TransportAuto
+	}
+	if c.UDPIdleTimeout < 0 {
+		return nil, cfgErr("udp_idle_timeout: must not be negative")
+	}
+	if c.UDPIdleTimeout == 0 {
+		c.UDPIdleTimeout = 60 * time.Second
 	}
 	return out, nil
 }

@@ -28,9 +28,20 @@ func TestParseTarget(t *testing.T) {
 		{"h2c://127.0.0.1:50051", model.ProtoH2C, "127.0.0.1:50051", ""},
 		{"http://[::1]:8080", model.ProtoHTTP, "[::1]:8080", ""},
 		{"http://[fd00::1]", model.ProtoHTTP, "[fd00::1]:80", ""},
-		{"tcp://127.0.0.1:22", "", "", "tcp forwarding is not available in this version"},
-		{"udp://127.0.0.1:53", "", "", "udp forwarding is not available in this version"},
-		{"ftp://127.0.0.1:21", "", "", `scheme "ftp" not accepted`},
+		{"tcp://127.0.0.1:22", model.ProtoTCP, "127.0.0.1:22", ""},
+		{"udp://127.0.0.1:53", model.ProtoUDP, "127.0.0.1:53", ""},
+		{"tcp://[::1]:5432", model.ProtoTCP, "[::1]:5432", ""},
+		{"udp://dns.internal:53/", model.ProtoUDP, "dns.internal:53", ""},
+		{"TCP://127.0.0.1:22", model.ProtoTCP, "127.0.0.1:22", ""},
+		{"tcp://127.0.0.1", "", "", "no port; want tcp://HOST:PORT"},
+		{"udp://127.0.0.1", "", "", "no port; want udp://HOST:PORT"},
+		{"udp://127.0.0.1:", "", "", "no port; want udp://HOST:PORT"},
+		{"tcp://127.0.0.1:0", "", "", `port "0" not accepted`},
+		{"udp://127.0.0.1:65536", "", "", "not accepted"},
+		{"tcp://:22", "", "", "no host"},
+		{"tcp://127.0.0.1:22/x", "", "", "no path"},
+		{"udp://127.0.0.1:ssh", "", "", "want http://HOST:PORT"},
+		{"ftp://127.0.0.1:21", "", "", `scheme "ftp" not accepted; want http://HOST:PORT, https://HOST:PORT, h2c://HOST:PORT, tcp://HOST:PORT or udp://HOST:PORT`},
 		{"HTTP://127.0.0.1:1", model.ProtoHTTP, "127.0.0.1:1", ""}, // url.Parse lower-cases the scheme
 		{"127.0.0.1:3000", "", "", "want http://HOST:PORT"},
 		{"localhost:3000", "", "", "want http://HOST:PORT"},
@@ -103,8 +114,21 @@ func TestValidate(t *testing.T) {
 		{"missing ca file", func(c *Config) { c.Gateways[0].CA = missing }, "gateways[0].ca"},
 		{"missing default ca file", func(c *Config) { c.CA = missing }, "gateways[0].ca"},
 		{"no services", func(c *Config) { c.Services = nil }, "services: at least one service"},
-		{"tcp target", func(c *Config) { c.Services[0].Target = "tcp://127.0.0.1:22" }, "services[0].target"},
-		{"udp target", func(c *Config) { c.Services[0].Target = "udp://127.0.0.1:53" }, "not available in this version"},
+		{"tcp target", func(c *Config) { c.Services[0].Target = "tcp://127.0.0.1:22" }, ""},
+		{"udp target", func(c *Config) { c.Services[0].Target = "udp://127.0.0.1:53" }, ""},
+		{"tcp target without port", func(c *Config) { c.Services[0].Target = "tcp://127.0.0.1" }, "services[0].target"},
+		{"tcp port", func(c *Config) { c.Services[0].Target, c.Services[0].Port = "tcp://127.0.0.1:22", 2222 }, ""},
+		{"udp port", func(c *Config) { c.Services[0].Target, c.Services[0].Port = "udp://127.0.0.1:53", 65535 }, ""},
+		{"udp port 1", func(c *Config) { c.Services[0].Target, c.Services[0].Port = "udp://127.0.0.1:53", 1 }, ""},
+		{"port too big", func(c *Config) { c.Services[0].Target, c.Services[0].Port = "tcp://127.0.0.1:22", 65536 }, "services[0].port: 65536 not accepted; use 1-65535"},
+		{"negative port", func(c *Config) { c.Services[0].Target, c.Services[0].Port = "udp://127.0.0.1:53", -1 }, "services[0].port: -1 not accepted; use 1-65535"},
+		{"port on http", func(c *Config) { c.Services[0].Port = 8080 }, "services[0].port: only for tcp:// and udp:// targets"},
+		{"port on https", func(c *Config) { c.Services[0].Target, c.Services[0].Port = "https://127.0.0.1:8443", 8443 }, "services[0].port: only for tcp:// and udp://"},
+		{"port on h2c", func(c *Config) { c.Services[0].Target, c.Services[0].Port = "h2c://127.0.0.1:1", 9000 }, "services[0].port"},
+		{"port on second service", func(c *Config) {
+			c.Services = append(c.Services, ServiceConfig{Name: "db", Target: "tcp://127.0.0.1:5432", Port: 5432}, ServiceConfig{Name: "web", Target: "http://127.0.0.1:1", Port: 1})
+		}, "services[2].port"},
+		{"negative udp idle", func(c *Config) { c.UDPIdleTimeout = -time.Second }, "udp_idle_timeout"},
 		{"ftp target", func(c *Config) { c.Services[0].Target = "ftp://127.0.0.1:21" }, `services[0].target: target "ftp://127.0.0.1:21": scheme "ftp"`},
 		{"path in target", func(c *Config) { c.Services[0].Target = "http://127.0.0.1:3000/x" }, "services[0].target"},
 		{"empty target", func(c *Config) { c.Services[0].Target = "" }, "services[0].target"},
@@ -174,14 +198,16 @@ func TestValidateDefaults(t *testing.T) {
 			{Name: "shop", Target: "http://127.0.0.1:3000"},
 			{Target: "https://127.0.0.1:8443"},
 			{Name: "grpc", Target: "h2c://127.0.0.1:50051", Weight: 7},
+			{Name: "db", Target: "tcp://127.0.0.1:5432", Port: 15432},
+			{Name: "resolver", Target: "udp://[::1]:53"},
 		},
 	}
 	svcs, err := c.validate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.DrainTimeout != 30*time.Second || c.DialTimeout != 10*time.Second {
-		t.Errorf("defaults: drain %v dial %v, want 30s and 10s", c.DrainTimeout, c.DialTimeout)
+	if c.DrainTimeout != 30*time.Second || c.DialTimeout != 10*time.Second || c.UDPIdleTimeout != 60*time.Second {
+		t.Errorf("defaults: drain %v dial %v udp idle %v, want 30s, 10s and 60s", c.DrainTimeout, c.DialTimeout, c.UDPIdleTimeout)
 	}
 	if g := c.Gateways[0]; g.CA != ca1 || g.Token != "wgw_default" {
 		t.Errorf("gateway 0 %+v: want the default CA and token", g)
@@ -193,6 +219,8 @@ func TestValidateDefaults(t *testing.T) {
 		{name: "shop", protocol: model.ProtoHTTP, addr: "127.0.0.1:3000", target: "http://127.0.0.1:3000", weight: 1},
 		{name: "", protocol: model.ProtoTLS, addr: "127.0.0.1:8443", target: "https://127.0.0.1:8443", weight: 1},
 		{name: "grpc", protocol: model.ProtoH2C, addr: "127.0.0.1:50051", target: "h2c://127.0.0.1:50051", weight: 7},
+		{name: "db", protocol: model.ProtoTCP, addr: "127.0.0.1:5432", target: "tcp://127.0.0.1:5432", weight: 1, port: 15432},
+		{name: "resolver", protocol: model.ProtoUDP, addr: "[::1]:53", target: "udp://[::1]:53", weight: 1},
 	}
 	for i, s := range svcs {
 		if *s != want[i] {
@@ -289,7 +317,22 @@ services:
 		{name: "int duration", yaml: "drain_timeout: 30\n", loadErr: "drain_timeout"},
 		{name: "bad duration", yaml: "dial_timeout: soon\n", loadErr: "dial_timeout"},
 		{name: "gateways not a list", yaml: "gateways: gw:443\n", loadErr: "gateways"},
-		{name: "tcp target", yaml: "gateways: [{addr: 'gw:443'}]\nservices: [{target: 'tcp://127.0.0.1:22'}]\n", validErr: "services[0].target"},
+		{name: "tcp and udp", yaml: `
+gateways: [{addr: 'gw:443'}]
+services:
+  - name: ssh
+    target: tcp://127.0.0.1:22
+    port: 2222
+  - target: udp://127.0.0.1:53
+udp_idle_timeout: 2m
+`, checkValid: func(t *testing.T, c *Config) {
+			if c.Services[0].Port != 2222 || c.Services[1].Port != 0 || c.UDPIdleTimeout != 2*time.Minute {
+				t.Errorf("decoded %+v", c)
+			}
+		}},
+		{name: "tcp target without port", yaml: "gateways: [{addr: 'gw:443'}]\nservices: [{target: 'tcp://127.0.0.1'}]\n", validErr: "services[0].target"},
+		{name: "port on http", yaml: "gateways: [{addr: 'gw:443'}]\nservices: [{target: 'http://127.0.0.1:1', port: 80}]\n", validErr: "services[0].port"},
+		{name: "port not a number", yaml: "services: [{target: 'tcp://127.0.0.1:1', port: high}]\n", loadErr: "port"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
