@@ -53,6 +53,10 @@ func TestHarnessSmoke(t *testing.T) {
 		FailoverWatch: time.Second,
 		// The lossy link runs as root only (namespaces); else it is skipped with a note.
 		LossyBulkSize: 1 << 20,
+		// The forward part: 4 MiB per bulk run, UDP at 2000 datagrams/s
+		// (600 in the 300 ms run).
+		FwdBulkSize: 4 << 20,
+		UDPRate:     2000,
 	})
 	if err != nil {
 		t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())
@@ -148,13 +152,38 @@ func TestHarnessSmoke(t *testing.T) {
 			}
 		}
 	}
+	if len(rep.Forward) != 1 {
+		t.Errorf("forward part: %d rounds, want 1 (notes: %v)", len(rep.Forward), rep.Notes)
+	} else {
+		fwd := []string{"down1_mib_s", "down8_mib_s", "up1_mib_s", "up8_mib_s", "conn_s", "conn_p50_ms", "conn_p99_ms", "udp_pps", "udp_sent_pps", "udp_p50_ms"}
+		for _, key := range targetKeys(rep.ForwardMedian, rep.Settings.Transports) {
+			names := fwd
+			if isWebgwKey(key) {
+				names = append(append([]string(nil), fwd...), "down1_cpu_s_per_gib", "conn_cpu_us", "gateway_conn_cpu_us", "agent_conn_cpu_us", "udp_cpu_us")
+				if _, ok := rep.ForwardMedian[key+"_vs_direct"]["conn_s"]; !ok {
+					t.Errorf("forward %s: no ratio to direct", key)
+				}
+			}
+			for _, name := range names {
+				if v := rep.ForwardMedian[key][name]; v <= 0 {
+					t.Errorf("forward %s: %s = %v, want > 0", key, name, v)
+				}
+			}
+			if n := rep.ForwardMedian[key]["conn_errors"]; n != 0 {
+				t.Errorf("forward %s: %v failed connections", key, n)
+			}
+		}
+		if len(rep.ForwardGoals) != 3*len(rep.Settings.Transports) {
+			t.Errorf("%d forward goals, want 3 per transport (%v)", len(rep.ForwardGoals), rep.Settings.Transports)
+		}
+	}
 	if out, err := exec.Command(ipTool, "netns", "list").Output(); err == nil && strings.Contains(string(out), fmt.Sprintf("wgwb-%d-", os.Getpid())) {
 		t.Errorf("network namespaces left behind:\n%s", out)
 	}
 
 	var table bytes.Buffer
 	rep.WriteTable(&table)
-	for _, s := range []string{"req/s, 1 KiB body", "bulk MiB/s", "RSS KB per held conn", "goals (issue 2)", "failover:", "new upstream:", "goals (scenarios)"} {
+	for _, s := range []string{"req/s, 1 KiB body", "bulk MiB/s", "RSS KB per held conn", "goals (issue 2)", "failover:", "new upstream:", "goals (scenarios)", "forward:", "goals (issue 4)"} {
 		if !strings.Contains(table.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, table.String())
 		}
