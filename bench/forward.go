@@ -316,13 +316,14 @@ func (h *harness) forward(ctx context.Context, rep *Report) error {
 			streams int
 		}{{"down1", fwdDownload, 1}, {"down8", fwdDownload, fwdStreams}, {"up1", fwdUpload, 1}, {"up8", fwdUpload, fwdStreams}} {
 			for _, t := range targets {
-				br, err := fwdBulk(ctx, t.tcpAddr, b.mode, b.streams, h.cfg.FwdBulkSize, t.tcpProcs)
+				br, err := fwdBulk(ctx, t.tcpAddr, b.mode, b.streams, h.cfg.FwdBulkSize, t.tcpProcs, ours)
 				if err != nil {
 					return fmt.Errorf("forward: %s %s: %w", b.name, t.key, err)
 				}
 				rd[t.key][b.name+"_mib_s"] = br.mibps
 				rd[t.key][b.name+"_cpu_s_per_gib"] = br.cpuSPerGiB
-				h.logf("%s  %-5s %-13s %8.0f MiB/s  %5.2f CPU s/GiB", tag, b.name, t.key, br.mibps, br.cpuSPerGiB)
+				rd[t.key][b.name+"_foreign_cpu_pct"] = br.foreignPct
+				h.logf("%s  %-5s %-13s %8.0f MiB/s  %5.2f CPU s/GiB  other load %4.1f%%", tag, b.name, t.key, br.mibps, br.cpuSPerGiB, br.foreignPct)
 			}
 		}
 		for _, t := range targets {
@@ -396,7 +397,7 @@ func (r Round) addFwdRatios() {
 // fwdBulk moves size bytes to (fwdUpload) or from (fwdDownload) the backend
 // at addr over streams connections at once, each carrying its share. The
 // connections are opened end to end before the timing starts.
-func fwdBulk(ctx context.Context, addr string, mode byte, streams int, size int64, measured []*proc) (*bulkResult, error) {
+func fwdBulk(ctx context.Context, addr string, mode byte, streams int, size int64, measured, ours []*proc) (*fwdBulkResult, error) {
 	per := size / int64(streams)
 	conns := make([]net.Conn, streams)
 	defer func() {
@@ -433,7 +434,7 @@ func fwdBulk(ctx context.Context, addr string, mode byte, streams int, size int6
 	})
 	defer stop()
 
-	cpu0, err := cpuOf(measured)
+	win, err := startCPUWindow(measured, ours)
 	if err != nil {
 		return nil, err
 	}
@@ -455,19 +456,26 @@ func fwdBulk(ctx context.Context, addr string, mode byte, streams int, size int6
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	cpu1, err := cpuOf(measured)
+	per1, foreign, err := win.end()
 	if err != nil {
 		return nil, err
 	}
 	var ticks int64
-	for i := range measured {
-		ticks += cpu1[i] - cpu0[i]
+	for _, t := range per1 {
+		ticks += t
 	}
 	total := per * int64(streams)
-	return &bulkResult{
+	return &fwdBulkResult{
 		mibps:      float64(total) / (1 << 20) / elapsed.Seconds(),
 		cpuSPerGiB: float64(ticks) / clkTck / (float64(total) / (1 << 30)),
+		foreignPct: foreign,
 	}, nil
+}
+
+type fwdBulkResult struct {
+	mibps      float64
+	cpuSPerGiB float64 // CPU seconds per GiB of the measured processes
+	foreignPct float64
 }
 
 // bulkOne runs one bulk transfer of n bytes on c, which is past fwdReady.

@@ -34,7 +34,7 @@ func TestForwardDirect(t *testing.T) {
 		mode    byte
 		streams int
 	}{{fwdDownload, 1}, {fwdDownload, fwdStreams}, {fwdUpload, 1}, {fwdUpload, fwdStreams}} {
-		br, err := fwdBulk(ctx, tcp, tc.mode, tc.streams, 4<<20, nil)
+		br, err := fwdBulk(ctx, tcp, tc.mode, tc.streams, 4<<20, nil, nil)
 		if err != nil {
 			t.Fatalf("bulk %q x%d: %v", tc.mode, tc.streams, err)
 		}

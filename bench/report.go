@@ -295,7 +295,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	s := r.Settings
 	fmt.Fprintf(w, "webgw bench  %s  %s, %d CPUs (%s), Linux %s, %s\n", r.Date.Format("2006-01-02 15:04 MST"), r.Host, r.CPUs, r.CPUModel, r.Kernel, r.GoVersion)
 	fmt.Fprintf(w, "source %s; load average at start %s, at end %s\n", r.Source, r.LoadAvgStart, r.LoadAvgEnd)
-	fmt.Fprintf(w, "machine busy before the run: %.0f%%; other processes during req/s runs: at most %.1f%% of the CPUs\n", r.BusyPctBefore, r.ForeignPctMax)
+	fmt.Fprintf(w, "machine busy before the run: %.0f%%; other processes during measured runs: at most %.1f%% of the CPUs\n", r.BusyPctBefore, r.ForeignPctMax)
 	if r.BusyPctBefore > 10 || r.ForeignPctMax > 5 {
 		fmt.Fprintf(w, "WARNING: the machine was not quiet; other work competed for the cores and the figures are low\n")
 	}
