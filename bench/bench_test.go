@@ -57,6 +57,7 @@ func TestHarnessSmoke(t *testing.T) {
 		// (600 in the 300 ms run).
 		FwdBulkSize: 4 << 20,
 		UDPRate:     2000,
+		FwdRedo:     -1,
 	})
 	if err != nil {
 		t.Fatalf("Run: %v\nprogress:\n%s", err, progress.String())

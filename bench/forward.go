@@ -31,6 +31,10 @@ const (
 	// udpDrain is how long a UDP run waits for the last echoes after it
 	// stopped sending.
 	udpDrain = 500 * time.Millisecond
+	// defaultFwdRedo is how often a run is redone at most while other
+	// processes take more than fwdOtherMax % of the CPUs (Config.FwdRedo).
+	defaultFwdRedo = 3
+	fwdOtherMax    = 5.0
 	// udpHeader is what a UDP run's datagram carries first: run id,
 	// sequence number and send time, 8 bytes each.
 	udpHeader = 24
@@ -316,7 +320,13 @@ func (h *harness) forward(ctx context.Context, rep *Report) error {
 			streams int
 		}{{"down1", fwdDownload, 1}, {"down8", fwdDownload, fwdStreams}, {"up1", fwdUpload, 1}, {"up8", fwdUpload, fwdStreams}} {
 			for _, t := range targets {
-				br, err := fwdBulk(ctx, t.tcpAddr, b.mode, b.streams, h.cfg.FwdBulkSize, t.tcpProcs, ours)
+				br, err := quietest(h, rep, tag+" "+b.name+" "+t.key, func() (*fwdBulkResult, float64, error) {
+					br, err := fwdBulk(ctx, t.tcpAddr, b.mode, b.streams, h.cfg.FwdBulkSize, t.tcpProcs, ours)
+					if err != nil {
+						return nil, 0, err
+					}
+					return br, br.foreignPct, nil
+				})
 				if err != nil {
 					return fmt.Errorf("forward: %s %s: %w", b.name, t.key, err)
 				}
@@ -327,7 +337,13 @@ func (h *harness) forward(ctx context.Context, rep *Report) error {
 			}
 		}
 		for _, t := range targets {
-			cr, err := h.connRate(ctx, t.tcpAddr, t.tcpProcs, ours)
+			cr, err := quietest(h, rep, tag+" conn "+t.key, func() (*connResult, float64, error) {
+				cr, err := h.connRate(ctx, t.tcpAddr, t.tcpProcs, ours)
+				if err != nil {
+					return nil, 0, err
+				}
+				return cr, cr.foreignPct, nil
+			})
 			if err != nil {
 				return fmt.Errorf("forward: conn/s %s: %w", t.key, err)
 			}
@@ -349,7 +365,13 @@ func (h *harness) forward(ctx context.Context, rep *Report) error {
 			}
 		}
 		for _, t := range targets {
-			ur, err := h.udpRun(ctx, t.udpAddr, t.udpProcs, ours)
+			ur, err := quietest(h, rep, tag+" udp "+t.key, func() (*udpResult, float64, error) {
+				ur, err := h.udpRun(ctx, t.udpAddr, t.udpProcs, ours)
+				if err != nil {
+					return nil, 0, err
+				}
+				return ur, ur.foreignPct, nil
+			})
 			if err != nil {
 				return fmt.Errorf("forward: udp %s: %w", t.key, err)
 			}
@@ -368,6 +390,30 @@ func (h *harness) forward(ctx context.Context, rep *Report) error {
 		rep.Forward = append(rep.Forward, rd)
 	}
 	return nil
+}
+
+// quietest runs run, and runs it again (up to cfg.FwdRedo more times) while
+// other processes took more than fwdOtherMax % of the machine's CPU during
+// it; it returns the run with the least other load. The forward part runs
+// on machines others share: a run that competed for the cores says little.
+func quietest[T any](h *harness, rep *Report, what string, run func() (T, float64, error)) (T, error) {
+	var best T
+	bestOther := -1.0
+	for i := 0; i <= max(h.cfg.FwdRedo, 0); i++ {
+		r, other, err := run()
+		if err != nil {
+			return r, err
+		}
+		if bestOther < 0 || other < bestOther {
+			best, bestOther = r, other
+		}
+		if other <= fwdOtherMax || i == max(h.cfg.FwdRedo, 0) {
+			break
+		}
+		rep.ForwardRedone++
+		h.logf("%s: other processes took %.1f%% of the CPUs, run again", what, other)
+	}
+	return best, nil
 }
 
 // addFwdRatios adds webgw/direct for every webgw target and every rate,

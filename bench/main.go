@@ -70,6 +70,7 @@ func benchMain(args []string) int {
 	fs.IntVar(&cfg.UDPRate, "udp-rate", defaultUDPRate, "datagrams per second offered by the forward part's UDP run")
 	fs.IntVar(&cfg.UDPSize, "udp-size", defaultUDPSize, "bytes per datagram of the UDP run")
 	fs.IntVar(&cfg.UDPFlows, "udp-flows", defaultUDPFlows, "client sockets of the UDP run (one gateway session each), sending in turn")
+	fwdRedo := fs.Int("fwd-redo", defaultFwdRedo, "redo a forward run up to this often while other processes take more than 5% of the CPUs during it (the quietest is kept); 0: never")
 	fs.IntVar(&cfg.ScenarioConns, "scenario-conns", defaultScenarioConns, "workers of the steady load in the failover and upstream parts")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON instead of a table")
 	fs.StringVar(&save, "save", "", "also write the JSON report to this file")
@@ -86,6 +87,10 @@ func benchMain(args []string) int {
 	cfg.BulkSize = int64(bulk)
 	cfg.LossyBulkSize = int64(lossyBulk)
 	cfg.FwdBulkSize = int64(fwdBulk)
+	cfg.FwdRedo = *fwdRedo
+	if cfg.FwdRedo == 0 {
+		cfg.FwdRedo = -1 // the flag's 0 is never; Config's 0 is the default
+	}
 	cfg.Parts = splitList(parts)
 	if transports != "" {
 		cfg.Transports = splitList(transports)

@@ -116,6 +116,9 @@ type Report struct {
 	Forward       []Round `json:"forward,omitempty"`
 	ForwardMedian Round   `json:"forward_median,omitempty"`
 	ForwardGoals  []Goal  `json:"forward_goals,omitempty"`
+	// ForwardRedone counts forward runs made again because other
+	// processes competed for the CPUs (Config.FwdRedo).
+	ForwardRedone int `json:"forward_redone,omitempty"`
 	// Notes say what was skipped and why.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -444,6 +447,17 @@ func (r *Report) writeForward(w io.Writer) {
 			fmt.Fprintf(w, "webgw %s CPU per connection, µs: gateway %.1f, agent %.1f\n", tr, f["gateway_conn_cpu_us"], f["agent_conn_cpu_us"])
 		}
 	}
+	var other float64
+	for _, rd := range r.Forward {
+		for key, f := range rd {
+			for name, v := range f {
+				if strings.Contains(name, "foreign_cpu_pct") && !strings.Contains(key, "_vs_") {
+					other = max(other, v)
+				}
+			}
+		}
+	}
+	fmt.Fprintf(w, "other processes: at most %.1f%% of the CPUs in the runs kept; %d runs made again because they took more than %g%%\n", other, r.ForwardRedone, fwdOtherMax)
 	for i, rd := range r.Forward {
 		for _, key := range targetKeys(rd, s.Transports) {
 			if n := rd[key]["conn_errors"]; n > 0 {

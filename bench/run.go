@@ -95,6 +95,10 @@ type Config struct {
 	// UDPFlows is the number of client sockets it sends from in turn (one
 	// session each through a gateway); 0 means 4.
 	UDPFlows int
+	// FwdRedo is how often a forward run is redone at most while other
+	// processes took more than 5% of the CPUs during it (the quietest run
+	// is kept); 0 means 3, negative means never.
+	FwdRedo int
 	// Backend is the command that runs `bench backend`; nil re-executes this program.
 	Backend []string
 	// Progress receives one line per step; nil is silent.
@@ -150,6 +154,9 @@ func (c *Config) complete() {
 	if c.UDPFlows == 0 {
 		c.UDPFlows = defaultUDPFlows
 	}
+	if c.FwdRedo == 0 {
+		c.FwdRedo = defaultFwdRedo
+	}
 }
 
 func (c *Config) has(part string) bool { return slices.Contains(c.Parts, part) }
@@ -180,6 +187,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("-udp-rate %d not accepted; use 1-1000000 datagrams per second", c.UDPRate)
 	case c.UDPSize != 0 && (c.UDPSize < udpHeader || c.UDPSize > 1400):
 		return fmt.Errorf("-udp-size %d not accepted; use %d-1400 bytes", c.UDPSize, udpHeader)
+	case c.FwdRedo > 100:
+		return fmt.Errorf("-fwd-redo %d not accepted; use 0-100", c.FwdRedo)
 	case c.UDPFlows < 0 || c.UDPFlows > 1000:
 		return fmt.Errorf("-udp-flows %d not accepted; use 1-1000", c.UDPFlows)
 	}
