@@ -47,6 +47,7 @@ const (
 //	up1_mib_s, up8_mib_s           the same, uploaded
 //	*_cpu_s_per_gib                CPU s per GiB of the measured processes (direct: the
 //	                               backend; webgw: gateway+agent)
+//	gateway_*_cpu_s_per_gib, ...   webgw only: the gateway's and the agent's part
 //	conn_s                         new TCP connections per second, each: connect, send 1
 //	                               byte, read its echo, close (-fwd-dialers at once)
 //	conn_p50_ms, conn_p99_ms       the time of one such connection
@@ -333,6 +334,10 @@ func (h *harness) forward(ctx context.Context, rep *Report) error {
 				rd[t.key][b.name+"_mib_s"] = br.mibps
 				rd[t.key][b.name+"_cpu_s_per_gib"] = br.cpuSPerGiB
 				rd[t.key][b.name+"_foreign_cpu_pct"] = br.foreignPct
+				if isWebgwKey(t.key) {
+					rd[t.key]["gateway_"+b.name+"_cpu_s_per_gib"] = br.perSPerGiB[0]
+					rd[t.key]["agent_"+b.name+"_cpu_s_per_gib"] = br.perSPerGiB[1]
+				}
 				h.logf("%s  %-5s %-13s %8.0f MiB/s  %5.2f CPU s/GiB  other load %4.1f%%", tag, b.name, t.key, br.mibps, br.cpuSPerGiB, br.foreignPct)
 			}
 		}
@@ -506,21 +511,21 @@ func fwdBulk(ctx context.Context, addr string, mode byte, streams int, size int6
 	if err != nil {
 		return nil, err
 	}
-	var ticks int64
-	for _, t := range per1 {
-		ticks += t
-	}
 	total := per * int64(streams)
-	return &fwdBulkResult{
-		mibps:      float64(total) / (1 << 20) / elapsed.Seconds(),
-		cpuSPerGiB: float64(ticks) / clkTck / (float64(total) / (1 << 30)),
-		foreignPct: foreign,
-	}, nil
+	gib := float64(total) / (1 << 30)
+	r := &fwdBulkResult{mibps: float64(total) / (1 << 20) / elapsed.Seconds(), foreignPct: foreign}
+	for _, t := range per1 {
+		s := float64(t) / clkTck / gib
+		r.perSPerGiB = append(r.perSPerGiB, s)
+		r.cpuSPerGiB += s
+	}
+	return r, nil
 }
 
 type fwdBulkResult struct {
 	mibps      float64
-	cpuSPerGiB float64 // CPU seconds per GiB of the measured processes
+	cpuSPerGiB float64   // CPU seconds per GiB of the measured processes
+	perSPerGiB []float64 // the same, per measured process
 	foreignPct float64
 }
 

@@ -444,7 +444,9 @@ func (r *Report) writeForward(w io.Writer) {
 	})
 	for _, tr := range s.Transports {
 		if f, ok := r.ForwardMedian[webgwKey(tr)]; ok {
-			fmt.Fprintf(w, "webgw %s CPU per connection, µs: gateway %.1f, agent %.1f\n", tr, f["gateway_conn_cpu_us"], f["agent_conn_cpu_us"])
+			fmt.Fprintf(w, "webgw %s CPU s/GiB, download 1 | 8 connections: gateway %.2f | %.2f, agent %.2f | %.2f; per connection, µs: gateway %.1f, agent %.1f\n", tr,
+				f["gateway_down1_cpu_s_per_gib"], f["gateway_down8_cpu_s_per_gib"], f["agent_down1_cpu_s_per_gib"], f["agent_down8_cpu_s_per_gib"],
+				f["gateway_conn_cpu_us"], f["agent_conn_cpu_us"])
 		}
 	}
 	var other float64
