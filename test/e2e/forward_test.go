@@ -390,9 +390,9 @@ func TestInboundProxyProtocol(t *testing.T) {
 		g := startGateway(t, "--proxy-protocol-from", "192.0.2.0/24")
 		_, url := g.expose(t, backend)
 		// curl's own PROXY header, from a source the gateway does not trust.
-		res := curl(t, "--haproxy-protocol", "--cacert", g.caFile, "--resolve", hostOf(url)+":"+g.httpsPort()+":127.0.0.1", url)
-		if res.code == 0 && res.status == "200" {
-			t.Errorf("curl --haproxy-protocol from an untrusted source got 200; want the header refused")
+		res := curl(t, "--haproxy-protocol", "--cacert", g.caFile, "--max-time", "10", url)
+		if res.code == 0 {
+			t.Errorf("curl --haproxy-protocol from an untrusted source succeeded (%q); want the header refused", res.stdout)
 		}
 		if _, err := requestVia(g, url, true); err == nil {
 			t.Errorf("a spoofed PROXY header from an untrusted source was accepted")
