@@ -5,13 +5,17 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -404,4 +408,106 @@ func TestInboundProxyProtocol(t *testing.T) {
 			t.Errorf("X-Forwarded-For %q, want the socket's 127.0.0.1", got)
 		}
 	})
+}
+
+// startOpenSSLServer runs `openssl s_server -www` with a fresh self-signed
+// certificate for name and returns its address.
+func startOpenSSLServer(t *testing.T, name string) string {
+	t.Helper()
+	bin := needTool(t, "openssl")
+	dir := t.TempDir()
+	certFile, keyFile := selfSignedFiles(t, dir, name)
+	addr := freeAddr(t)
+	cmd := exec.Command(bin, "s_server", "-accept", addr, "-cert", certFile, "-key", keyFile, "-www", "-quiet")
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("openssl s_server %s output:\n%s", name, tail(out.String(), 2000))
+		}
+	})
+	waitFor(t, 10*time.Second, "openssl s_server to listen", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return addr
+}
+
+// tlsPeer connects to addr with SNI serverName, sends an HTTP GET, and
+// returns the name in the certificate the server presented and the first
+// line of its answer.
+func tlsPeer(addr, serverName string) (string, string, error) {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	c, err := tls.DialWithDialer(d, "tcp", addr, &tls.Config{ServerName: serverName, InsecureSkipVerify: true})
+	if err != nil {
+		return "", "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET / HTTP/1.0\r\n\r\n")
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return c.ConnectionState().PeerCertificates[0].Subject.CommonName, strings.TrimSpace(line), err
+}
+
+// TestSNIPort: TLS passthrough on a public TCP port shared by a tenant's
+// tls services (SNI mode), to real `openssl s_server` backends that keep
+// their own certificates; another tenant's name is refused on it.
+func TestSNIPort(t *testing.T) {
+	t.Parallel()
+	rng, _ := freePortRange(t, 3)
+	g := startGateway(t, "--port-range", rng)
+	tok := g.addTenant(t, "acme")
+	other := g.addTenant(t, "other")
+	for _, name := range []string{"one", "two"} {
+		g.expose(t, "--token", tok, "--name", name, "https://"+startOpenSSLServer(t, name+".localhost"))
+	}
+	g.expose(t, "--token", other, "--name", "three", "https://"+startOpenSSLServer(t, "three.localhost"))
+
+	out := mustRun(t, append([]string{"port", "add", "tcp", "--sni", "--token", tok}, g.admin()...)...)
+	pub := strings.TrimSpace(out)
+	if !reHostPort.MatchString(pub) {
+		t.Fatalf("port add tcp --sni printed %q, want HOST:PORT as its one line", out)
+	}
+	for _, name := range []string{"one", "two"} {
+		host := name + ".localhost"
+		var cn, line string
+		waitFor(t, 10*time.Second, host+" through the SNI port "+pub, func() bool {
+			var err error
+			cn, line, err = tlsPeer(pub, host)
+			return err == nil
+		})
+		if cn != host || line != "HTTP/1.0 200 ok" {
+			t.Errorf("SNI %s on %s: certificate %q, answer %q; want the backend's own certificate and s_server's 200", host, pub, cn, line)
+		}
+	}
+	if _, _, err := tlsPeer(pub, "three.localhost"); err == nil {
+		t.Errorf("another tenant's name three.localhost was served on acme's SNI port")
+	}
+}
+
+// selfSignedFiles writes a self-signed certificate for name and its key as
+// PEM files in dir.
+func selfSignedFiles(t testing.TB, dir, name string) (certFile, keyFile string) {
+	t.Helper()
+	cert, der := selfSigned(t, name)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
