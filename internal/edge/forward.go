@@ -46,6 +46,8 @@ type TCPForwarder struct {
 	// IdleTimeout closes a connection after no byte moved either way for
 	// this long; 0 means 10 min.
 	IdleTimeout time.Duration
+	// AccessLog logs one line (at info) per connection when it ends.
+	AccessLog bool
 	// Log gets debug messages about failed connections; nil discards them.
 	Log *slog.Logger
 
@@ -224,8 +226,16 @@ func (f *TCPForwarder) handle(fc *fwdConn) {
 	if idle == 0 {
 		idle = 10 * time.Minute
 	}
-	proxy.Splice(c, stream, idle)
+	start := time.Now()
+	in, out := proxy.Splice(c, stream, idle)
 	svc.CountRequest()
+	if svc.Metrics != nil {
+		svc.Metrics.Count(0)
+	}
+	if f.AccessLog {
+		f.log().Info("stream", "service", svc.Name, "remote", client, "sni", sni,
+			"bytes_in", in, "bytes_out", out, "duration", time.Since(start).Round(time.Millisecond).String())
+	}
 }
 
 func (f *TCPForwarder) lookup() *route.Service {
@@ -293,6 +303,8 @@ type UDPForwarder struct {
 	// Limit, when set, is a bound shared with other forwarders (a tenant's
 	// ports): a new session also needs a slot in it.
 	Limit *SessionLimit
+	// AccessLog logs one line (at info) per session when it ends.
+	AccessLog bool
 	// Log gets debug messages about failed sessions and rate-limited
 	// warnings about drops; nil discards them.
 	Log *slog.Logger
@@ -489,7 +501,18 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 		}
 	}
 	svc.CountRequest()
+	if svc.Metrics != nil {
+		svc.Metrics.Count(0)
+	}
 	defer stream.Close()
+	start := time.Now()
+	var nIn, nOut atomic.Int64 // datagrams client -> backend, backend -> client
+	if f.AccessLog {
+		defer func() {
+			f.log().Info("udp session", "service", svc.Name, "remote", client, "datagrams_in", nIn.Load(),
+				"datagrams_out", nOut.Load(), "duration", time.Since(start).Round(time.Millisecond).String())
+		}()
+	}
 
 	readerDone := make(chan struct{})
 	go func() { // stream -> client
@@ -507,6 +530,7 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 				return
 			}
 			s.touch()
+			nOut.Add(1)
 			if _, err := pc.WriteTo(buf[:n], s.client); err != nil && errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -530,6 +554,7 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 				f.log().Debug("udp forward write", "service", svc.Name, "remote", client, "err", err)
 				return
 			}
+			nIn.Add(1)
 			s.touch()
 		case <-timer.C:
 			quiet := time.Since(time.Unix(0, s.last.Load()))

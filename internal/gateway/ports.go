@@ -39,6 +39,8 @@ type ports struct {
 	// trusted are the sources whose inbound PROXY header is honoured on
 	// TCP ports; nil means none.
 	trusted []netip.Prefix
+	// accessLog logs a line per connection and UDP session.
+	accessLog bool
 
 	mu     sync.Mutex
 	open   map[string]*openPort          // by model.Port.String(); guarded by mu
@@ -105,7 +107,7 @@ func (m *ports) ensure(p model.Port) error {
 		if len(m.trusted) > 0 {
 			ln = proxyproto.NewListener(ln, m.trusted, 0)
 		}
-		o.tcp = &edge.TCPForwarder{Lookup: func() *route.Service { return o.service(m.table) }, IdleTimeout: m.tcpIdle, Log: log}
+		o.tcp = &edge.TCPForwarder{Lookup: func() *route.Service { return o.service(m.table) }, IdleTimeout: m.tcpIdle, AccessLog: m.accessLog, Log: log}
 		if p.SNI {
 			o.tcp.SNI = func(serverName string) *route.Service {
 				svc := m.names.Lookup(serverName)
@@ -133,7 +135,7 @@ func (m *ports) ensure(p model.Port) error {
 			m.limits[p.Tenant] = lim
 		}
 		f := &edge.UDPForwarder{Lookup: func() *route.Service { return o.service(m.table) }, IdleTimeout: m.udpIdle,
-			MaxSessions: m.maxUDP, Limit: lim, Log: log}
+			MaxSessions: m.maxUDP, Limit: lim, AccessLog: m.accessLog, Log: log}
 		go func() {
 			defer close(o.done)
 			if err := f.Serve(ctx, pc); err != nil {
