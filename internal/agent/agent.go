@@ -245,7 +245,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 		if name == "" {
 			name = s.name
 		}
-		hello.Services = append(hello.Services, tunnel.ServiceSpec{Name: name, Protocol: string(s.protocol), Weight: s.weight, Port: s.port})
+		hello.Services = append(hello.Services, tunnel.ServiceSpec{Name: name, Protocol: string(s.protocol), Weight: s.weight, Port: s.port, ProxyProtocol: s.proxyProtocol})
 	}
 	a.mu.Unlock()
 	// A refusal can end the session so fast that yamux reports the hello's

@@ -476,6 +476,12 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 	if !proto.Valid() {
 		return fail(true, "protocol %q not accepted; use http, h2c, tls, tcp or udp", spec.Protocol)
 	}
+	if spec.ProxyProtocol < 0 || spec.ProxyProtocol > 2 {
+		return fail(true, "proxy_protocol %d not accepted; use 1 or 2 (0 for none)", spec.ProxyProtocol)
+	}
+	if spec.ProxyProtocol != 0 && proto == model.ProtoUDP {
+		return fail(true, "proxy_protocol is not available for udp services")
+	}
 	if proto.Forwarded() && s.OpenPort == nil {
 		return fail(true, "protocol %q not accepted: this gateway forwards no public ports; use http, h2c or tls", spec.Protocol)
 	}
@@ -515,8 +521,10 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 			return fail(true, "name %q is served as %s by other agents; this agent asked for %s", name, existing.Protocol, proto)
 		}
 	}
-	if tenant != "" && (existing == nil || !existing.Stored || existing.Protocol != proto) {
-		sv := model.Service{Name: name, Tenant: tenant, Protocol: proto, Created: time.Now().UTC()}
+	wantPP := spec.ProxyProtocol // 0: keep the stored setting
+	if tenant != "" && (existing == nil || !existing.Stored || existing.Protocol != proto ||
+		(wantPP != 0 && existing.Spec().ProxyProtocol != wantPP)) {
+		sv := model.Service{Name: name, Tenant: tenant, Protocol: proto, Created: time.Now().UTC(), ProxyProtocol: wantPP}
 		expect := int64(0)
 		if existing != nil && existing.Stored {
 			var old model.Service
@@ -530,8 +538,12 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 			if len(old.Upstreams) > 0 && old.Protocol != proto {
 				return fail(true, "name %q is served as %s by direct upstreams; this agent asked for %s", name, old.Protocol, proto)
 			}
-			// Keep the service's routing settings; only the protocol changes.
+			// Keep the service's routing settings; only the protocol (and
+			// the PROXY header, when the agent asks for one) changes.
 			old.Protocol = proto
+			if wantPP != 0 {
+				old.ProxyProtocol = wantPP
+			}
 			sv = old
 			expect = rev
 		}
@@ -541,9 +553,9 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 			}
 			return fail(false, "store service %q: %v", name, err)
 		}
-		s.Table.Upsert(name, tenant, proto, true)
+		s.Table.Configure(sv)
 	} else if tenant == "" {
-		s.Table.Upsert(name, "", proto, false)
+		s.Table.UpsertQuick(name, proto, wantPP)
 	}
 	if proto.Forwarded() {
 		return s.claimPortLocked(ctx, g, spec, name, tenant)

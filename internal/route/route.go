@@ -377,6 +377,21 @@ func (t *Table) upsertLocked(name, tenant string, proto model.Protocol, stored b
 	return s
 }
 
+// UpsertQuick adds or updates the anonymous quick-tunnel service name (not
+// stored) and sets the PROXY header version its backends want, which for a
+// quick tunnel comes from its agent's hello; it returns the entry.
+func (t *Table) UpsertQuick(name string, proto model.Protocol, proxyProtocol int) *Service {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.upsertLocked(name, "", proto, false)
+	if c := s.config(); c.spec.ProxyProtocol != proxyProtocol {
+		spec := c.spec
+		spec.ProxyProtocol = proxyProtocol
+		s.cfg.Store(&svcConfig{lb: c.lb, policy: c.policy, spec: spec, checks: c.checks})
+	}
+	return s
+}
+
 // Configure applies a stored service record: owner, protocol, direct
 // upstreams, policy and health settings, keeping the health state of
 // upstreams that did not change. It returns the entry.

@@ -56,6 +56,10 @@ type ServiceSpec struct {
 	// Port is the public port wanted for a tcp or udp service; 0 lets the
 	// gateway pick one (or keep the one the service holds).
 	Port int `json:"port,omitempty"`
+	// ProxyProtocol, 1 or 2, asks the gateway to send the backend a PROXY
+	// header of that version first on each connection; 0 leaves the
+	// service's own setting.
+	ProxyProtocol int `json:"proxy_protocol,omitempty"`
 }
 
 // Welcome answers Hello.

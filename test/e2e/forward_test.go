@@ -237,8 +237,8 @@ func tcpListen(t testing.TB, handle func(net.Conn)) string {
 	return ln.Addr().String()
 }
 
-// TestTCPForwardProxyV2: a service with proxy_protocol 2 hands its backend
-// a PROXY v2 header with the true client address and port.
+// TestTCPForwardProxyV2: `expose --proxy-protocol 2` makes the gateway hand
+// the backend a PROXY v2 header with the true client address and port.
 func TestTCPForwardProxyV2(t *testing.T) {
 	t.Parallel()
 	headers := make(chan *pp.Header, 1)
@@ -256,9 +256,7 @@ func TestTCPForwardProxyV2(t *testing.T) {
 	})
 	rng, _ := freePortRange(t, 2)
 	g := startGateway(t, "--port-range", rng)
-	tok := g.addTenant(t, "acme")
-	mustRun(t, append([]string{"service", "add", "db", "--tenant", "acme", "--protocol", "tcp", "--proxy-protocol", "2"}, g.admin()...)...)
-	_, pub := g.exposePort(t, "--token", tok, "--name", "db", "tcp://"+backend)
+	_, pub := g.exposePort(t, "--proxy-protocol", "2", "tcp://"+backend)
 
 	c, err := net.Dial("tcp", pub)
 	if err != nil {
