@@ -188,4 +188,6 @@ func benchH1(b *testing.B, pp int, direct bool) {
 func BenchmarkH1(b *testing.B) {
 	b.Run("tunnel", func(b *testing.B) { benchH1(b, 0, false) })
 	b.Run("direct", func(b *testing.B) { benchH1(b, 0, true) })
+	b.Run("tunnel-pp2", func(b *testing.B) { benchH1(b, 2, false) })
+	b.Run("direct-pp2", func(b *testing.B) { benchH1(b, 2, true) })
 }

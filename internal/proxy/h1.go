@@ -400,11 +400,9 @@ func (sp *svcProxy) takeIdle(up *route.Upstream, cl *ppClient) *upConn {
 		}
 		u := list[n-1]
 		list[n-1] = nil
-		if n == 1 {
-			delete(sp.ppIdle, k)
-		} else {
-			sp.ppIdle[k] = list[:n-1]
-		}
+		// The empty list stays for the connection's return (no
+		// allocation per request); sweepLocked drops it when aged.
+		sp.ppIdle[k] = list[:n-1]
 		sp.nidle--
 		return u
 	}
@@ -753,6 +751,8 @@ func (sp *svcProxy) finish(u *upConn, resp *http.Response, werrc chan error, upO
 
 func upstreamError(err error) (int, string) {
 	switch {
+	case errors.Is(err, errPPOverTLS):
+		return http.StatusBadGateway, "The service sends the PROXY protocol, which its https upstreams cannot be given."
 	case errors.Is(err, route.ErrBusy):
 		return http.StatusServiceUnavailable, "Every agent of this service is at its stream limit."
 	case errors.Is(err, route.ErrNoUpstream):

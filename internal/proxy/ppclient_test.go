@@ -508,7 +508,7 @@ func TestPPOverTLSRefused(t *testing.T) {
 		Upstreams: []model.Upstream{{URL: "https://127.0.0.1:1"}}})
 	cl := startH1(t, e.p, context.Background(), ConnLimits{})
 	cl.send("GET / HTTP/1.1\r\nHost: svc.gw.test\r\n\r\n")
-	if resp, body := cl.response("GET"); resp.StatusCode < 500 {
+	if resp, body := cl.response("GET"); resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "PROXY protocol") {
 		t.Errorf("status %d: %s", resp.StatusCode, body)
 	}
 	select {
