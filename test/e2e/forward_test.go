@@ -509,3 +509,48 @@ func selfSignedFiles(t testing.TB, dir, name string) (certFile, keyFile string) 
 	}
 	return certFile, keyFile
 }
+
+// TestTCPForwardReplicas: two agents serve one tcp service; new
+// connections are balanced over both, and when one agent is killed they
+// all go to the other.
+func TestTCPForwardReplicas(t *testing.T) {
+	t.Parallel()
+	named := func(name string) string {
+		return tcpListen(t, func(c net.Conn) { io.WriteString(c, name+"\n") })
+	}
+	rng, _ := freePortRange(t, 2)
+	g := startGateway(t, "--port-range", rng)
+	tok := g.addTenant(t, "acme")
+	a, pub := g.exposePort(t, "--token", tok, "--name", "echo", "tcp://"+named("a"))
+	_, pub2 := g.exposePort(t, "--token", tok, "--name", "echo", "tcp://"+named("b"))
+	if pub2 != pub {
+		t.Fatalf("second agent got %s, want the service's port %s", pub2, pub)
+	}
+	who := func() string {
+		c, err := net.Dial("tcp", pub)
+		if err != nil {
+			return "dial: " + err.Error()
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return "read: " + err.Error()
+		}
+		return strings.TrimSpace(line)
+	}
+	seen := map[string]int{}
+	for range 20 {
+		seen[who()]++
+	}
+	if seen["a"] == 0 || seen["b"] == 0 || seen["a"]+seen["b"] != 20 {
+		t.Fatalf("20 connections went to %v, want both agents and nothing else", seen)
+	}
+	a.kill(t)
+	waitFor(t, 10*time.Second, "connections to go to b only", func() bool { return who() == "b" })
+	for i := range 20 {
+		if got := who(); got != "b" {
+			t.Fatalf("connection %d after the kill went to %q, want b", i, got)
+		}
+	}
+}
