@@ -596,6 +596,7 @@ func (s *Server) claimPortLocked(ctx context.Context, g tunnel.ServiceGrant, spe
 			}
 		}
 	}
+	fresh := port.Number == 0
 	switch {
 	case port.Number != 0 && spec.Port != 0 && spec.Port != port.Number:
 		return fail(true, "service %q holds %s port %d already; ask for that port or for none, or release it first (webgw port remove %s)",
@@ -612,6 +613,13 @@ func (s *Server) claimPortLocked(ctx context.Context, g tunnel.ServiceGrant, spe
 	}
 	addr, err := s.OpenPort(port)
 	if err != nil {
+		if fresh {
+			// Not usable here (another program holds it): let it go, so
+			// the next attempt picks another.
+			if rerr := store.ReleasePort(ctx, s.Store, port.Proto, port.Number, tenant); rerr != nil {
+				s.log().Error("release a port that did not open", "port", port.String(), "err", rerr)
+			}
+		}
 		return fail(false, "open %s: %v", port, err)
 	}
 	g.Port, g.URL = port.Number, addr

@@ -130,6 +130,9 @@ func TestClaimPortRefusals(t *testing.T) {
 	if g := f3.welcome; g.Error == "" && (!strings.Contains(g.Services[0].Error, "address already in use") || g.Services[0].Permanent) {
 		t.Errorf("grant when the port cannot open %+v, want a temporary refusal", g.Services[0])
 	}
+	if held, _ := store.PortsOf(h.ctx, h.st, "beta"); len(held) != 0 {
+		t.Errorf("beta holds %v after its port failed to open, want it released", held)
+	}
 }
 
 func TestClaimPortWithoutForwarding(t *testing.T) {
