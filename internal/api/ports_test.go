@@ -22,7 +22,7 @@ import (
 var portRange = model.PortRange{First: 20000, Last: 20009}
 
 // fakePorts is an OpenPort hook that records the ports opened and fails
-// for the numbers in fail.
+// for the ports ("tcp/20000") in fail.
 type fakePorts struct {
 	mu     sync.Mutex
 	opened []model.Port    // guarded by mu
