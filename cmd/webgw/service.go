@@ -463,12 +463,12 @@ active health checks off.`,
 				if !cur.Stored {
 					return fmt.Errorf("service %s is a quick tunnel, not a stored service: it has no settings to change", name)
 				}
+				if old, proto := cmp.Or(cur.Protocol, model.ProtoHTTP), model.Protocol(sf.protocol); fs.Changed("protocol") && old != proto && (old.Forwarded() || proto.Forwarded()) {
+					return usagef("--protocol: a %s service cannot become %s, as its public port goes with its protocol; remove the service and add it again", old, proto)
+				}
 				req := api.RequestOf(cur.Service)
 				if err := sf.apply(fs, &req); err != nil {
 					return err
-				}
-				if old := cmp.Or(cur.Protocol, model.ProtoHTTP); old != req.Protocol && (old.Forwarded() || req.Protocol.Forwarded()) {
-					return usagef("--protocol: a %s service cannot become %s, as its public port goes with its protocol; remove the service and add it again", old, req.Protocol)
 				}
 				var out api.ServiceDetail
 				_, err = cl.DoHeader(c.Context(), "PUT", "/v1/services/"+name, http.Header{"If-Match": {hdr.Get("ETag")}}, req, &out)
