@@ -233,18 +233,22 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		open: map[string]*openPort{}, limits: map[string]*edge.SessionLimit{}, ctx: runCtx,
 	}
 	announce := announceHost(cfg.PublicIPs, bindHost, cfg.Domain)
+	// openPublicPort opens a port's listener at once, for the agent or API
+	// client that asked for it, and returns its public address. (Not named
+	// openPort: that is the type of an open port.)
+	openPublicPort := func(p model.Port) (string, error) {
+		if err := g.ports.ensure(p); err != nil {
+			return "", err
+		}
+		return net.JoinHostPort(announce, strconv.Itoa(p.Number)), nil
+	}
 	ctl := &control.Server{
 		Store: st, Table: g.table, Log: log, Open: *cfg.Open, GatewayID: g.ID,
 		MaxAgentsPerTenant: cfg.Limits.MaxAgentsPerTenant, MaxStreamsPerAgent: cfg.Limits.MaxStreamsPerAgent,
 		MaxAnonymousPerIP: cfg.Limits.MaxQuickTunnelsPerIP,
 		OnDrain:           px.DrainIdle,
 		PortRange:         portRange, MaxPortsPerTenant: cmp.Or(cfg.Limits.MaxPortsPerTenant, DefaultMaxPortsPerTenant),
-		OpenPort: func(p model.Port) (string, error) {
-			if err := g.ports.ensure(p); err != nil {
-				return "", err
-			}
-			return net.JoinHostPort(announce, strconv.Itoa(p.Number)), nil
-		},
+		OpenPort: openPublicPort,
 		URL: func(name string, _ model.Protocol) string {
 			return "https://" + hostPort(name+"."+cfg.Domain, httpsPort)
 		},
@@ -273,6 +277,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Info: api.GatewayInfo{ID: g.ID, Version: Version, Domain: cfg.Domain, HTTPAddr: g.HTTPAddr,
 			HTTPSAddr: g.HTTPSAddr, HTTP3Addr: g.H3Addr, APIAddr: g.APIAddr, Open: *cfg.Open, Started: time.Now().UTC()},
+		PortRange: portRange, MaxPortsPerTenant: cmp.Or(cfg.Limits.MaxPortsPerTenant, DefaultMaxPortsPerTenant),
+		OpenPort: openPublicPort,
+		PortAddr: func(n int) string { return net.JoinHostPort(announce, strconv.Itoa(n)) },
 	}
 	g.apiSrv = &http.Server{
 		Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10,
