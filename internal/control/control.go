@@ -204,6 +204,10 @@ func (s *Server) serveSession(ctx context.Context, sess *tunnel.Session, remote 
 	log = log.With("agent", shortID(h.AgentID), "conn", h.Conn)
 
 	welcome, agent, release := s.admit(ctx, h, sess, remote)
+	if agent != nil && h.Datagrams {
+		// On before the welcome says so: the agent may send at once.
+		welcome.Datagrams = sess.EnableDatagrams()
+	}
 	if err := tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgWelcome, Welcome: welcome}); err != nil {
 		log.Info("agent welcome failed", "err", err)
 	}

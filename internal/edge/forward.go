@@ -489,8 +489,15 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 	}
 	// A direct upstream is a connected UDP socket: one Read or Write is one
 	// datagram, no framing. A tunnel stream carries them framed.
-	read := tunnel.NewDatagramReader(stream).ReadDatagram
-	write := func(p []byte) error { return tunnel.WriteDatagram(stream, p) }
+	var dc tunnel.DatagramConn
+	if ds, ok := agentSession(up).(datagramSession); ok {
+		dc = ds.Datagrams(stream) // QUIC datagrams when the session has them
+	} else {
+		dc = tunnel.StreamDatagrams(stream)
+	}
+	defer dc.Close()
+	read := dc.ReadDatagram
+	write := dc.WriteDatagram
 	if up != nil && up.Direct != nil {
 		read = stream.Read
 		write = func(p []byte) error {
@@ -540,6 +547,7 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 		remove()
 		// Unblock the reader (a closed tunnel stream may still be read
 		// until the peer closes too) and wait for it.
+		dc.SetReadDeadline(time.Unix(1, 0))
 		stream.SetReadDeadline(time.Unix(1, 0))
 		<-readerDone
 	}()
@@ -549,7 +557,7 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 	for {
 		select {
 		case p := <-s.queue:
-			stream.SetWriteDeadline(time.Now().Add(idle))
+			dc.SetWriteDeadline(time.Now().Add(idle))
 			if err := write(p); err != nil {
 				f.log().Debug("udp forward write", "service", svc.Name, "remote", client, "err", err)
 				return
@@ -568,6 +576,20 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 			return
 		}
 	}
+}
+
+// datagramSession is a tunnel session that may carry a udp stream's
+// datagrams as QUIC datagrams (*tunnel.Session).
+type datagramSession interface {
+	Datagrams(st net.Conn) tunnel.DatagramConn
+}
+
+// agentSession is the tunnel session of an agent upstream, or nil.
+func agentSession(up *route.Upstream) any {
+	if up == nil || up.Agent == nil {
+		return nil
+	}
+	return up.Agent.Session
 }
 
 func (f *UDPForwarder) lookupUDP() *route.Service {

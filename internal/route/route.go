@@ -245,6 +245,10 @@ func (c *countedConn) Write(p []byte) (int, error) {
 // CloseWrite half-closes the stream. A stream that cannot half-close returns
 // errors.ErrUnsupported rather than pretend, so a splicer closes it instead
 // (the peer would otherwise never see the end of the data).
+// NetConn returns the stream or connection under c (as tls.Conn's does),
+// for the tunnel to find a udp stream's QUIC stream.
+func (c *countedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *countedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
