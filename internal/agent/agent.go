@@ -300,7 +300,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 		granted = append(granted, gr)
 	}
 	a.mu.Unlock()
-	log.Info("tunnel up", "gateway_id", w.GatewayID, "services", len(granted), "transport", transport)
+	log.Info("tunnel up", "gateway_id", w.GatewayID, "services", len(granted), "transport", transport, "udp_datagrams", w.Datagrams)
 	if a.onReady != nil {
 		a.onReady(g.Addr, granted)
 	}

@@ -315,9 +315,23 @@ func TestUDPForwardDig(t *testing.T) {
 	t.Parallel()
 	needTool(t, "dig")
 	server := startDNS(t)
-	rng, _ := freePortRange(t, 2)
+	rng, _ := freePortRange(t, 3)
 	g := startGateway(t, "--port-range", rng)
-	_, pub := g.exposePort(t, "udp://"+server)
+	for _, transport := range []string{"tcp", "quic"} {
+		t.Run(transport, func(t *testing.T) {
+			// Over QUIC the datagrams travel as QUIC datagrams (the 1 KB
+			// TXT answer does not fit one and goes on the stream).
+			p, pub := g.exposePort(t, "--transport", transport, "udp://"+server)
+			if want := transport == "quic"; strings.Contains(p.stderr.String(), "udp_datagrams=true") != want {
+				t.Errorf("agent over %s: QUIC datagrams on = %v, want %v:\n%s", transport, !want, want, p.stderr.String())
+			}
+			digThrough(t, pub)
+		})
+	}
+}
+
+// digThrough queries the test DNS server through pub with dig.
+func digThrough(t *testing.T, pub string) {
 	host, port, _ := net.SplitHostPort(pub)
 	dig := func(args ...string) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
