@@ -474,6 +474,14 @@ func (g *Gateway) expireLoop(ctx context.Context) {
 	}
 }
 
+// orAll names an empty listen host.
+func orAll(host string) string {
+	if host == "" {
+		return "all addresses"
+	}
+	return host
+}
+
 // expireQuickPorts releases the ports of anonymous quick tunnels whose name
 // just expired, or has been gone for idle (not claimed again since a restart).
 // missing remembers when each port was first seen without its name.
@@ -526,6 +534,7 @@ func (g *Gateway) Banner(w io.Writer) {
 		fmt.Fprintf(w, "  http/3        udp/%s on %s (and agent tunnels over quic)\n", portOf(g.H3Addr), g.H3Addr)
 	}
 	fmt.Fprintf(w, "  http          %s (redirects to https)\n", g.HTTPAddr)
+	fmt.Fprintf(w, "  tcp/udp ports %s on %s (expose tcp://HOST:PORT or udp://HOST:PORT)\n", c.PortRange, orAll(g.ports.host))
 	fmt.Fprintf(w, "  admin api     http://%s (token in %s)\n", g.APIAddr, g.AdminTokenFile)
 	fmt.Fprintf(w, "  dns           %s (reserved; not served in this version)\n", c.DNSAddr)
 	fmt.Fprintf(w, "  ca            %s\n", g.CAFile)
