@@ -412,15 +412,39 @@ func (g *Gateway) loadServices(ctx context.Context) error {
 // watchServices keeps the table in step with the store: another gateway, or
 // the API, may change services.
 func (g *Gateway) watchServices(ctx context.Context) {
+	follow(ctx, g.store, store.ServicesPrefix, g.log, func() {
+		if err := g.loadServices(ctx); err != nil {
+			g.log.Error("reload services", "err", err)
+		}
+	}, func(ev store.Event) {
+		name := strings.TrimPrefix(ev.Entry.Key, store.ServicesPrefix)
+		switch ev.Type {
+		case store.EventDelete:
+			g.table.Remove(name)
+		case store.EventPut:
+			var s model.Service
+			if err := json.Unmarshal(ev.Entry.Value, &s); err != nil || s.Name != name {
+				g.log.Error("service record unreadable; ignored", "key", ev.Entry.Key, "err", err)
+				return
+			}
+			g.table.Configure(s)
+		}
+	})
+}
+
+// follow keeps something in step with the records under prefix until ctx
+// ends: each time a watch is (re)established it calls reload, to re-list
+// what may have changed meanwhile, then apply for each change. A failed
+// watch is retried with backoff, and what was applied keeps serving.
+func follow(ctx context.Context, st store.Store, prefix string, log *slog.Logger, reload func(), apply func(store.Event)) {
 	backoff := time.Second
 	for ctx.Err() == nil {
-		ch, err := g.store.Watch(ctx, store.ServicesPrefix)
+		ch, err := st.Watch(ctx, prefix)
 		if err != nil {
 			if errors.Is(err, store.ErrClosed) || ctx.Err() != nil {
 				return
 			}
-			// Keep serving what the table holds, and try again.
-			g.log.Error("watch services; retrying", "err", err, "in", backoff.String())
+			log.Error("watch the store; retrying", "prefix", prefix, "err", err, "in", backoff.String())
 			select {
 			case <-ctx.Done():
 				return
@@ -431,22 +455,9 @@ func (g *Gateway) watchServices(ctx context.Context) {
 		}
 		backoff = time.Second
 		// Re-list after the watch is set up so no change falls between.
-		if err := g.loadServices(ctx); err != nil {
-			g.log.Error("reload services", "err", err)
-		}
+		reload()
 		for ev := range ch {
-			name := strings.TrimPrefix(ev.Entry.Key, store.ServicesPrefix)
-			switch ev.Type {
-			case store.EventDelete:
-				g.table.Remove(name)
-			case store.EventPut:
-				var s model.Service
-				if err := json.Unmarshal(ev.Entry.Value, &s); err != nil || s.Name != name {
-					g.log.Error("service record unreadable; ignored", "key", ev.Entry.Key, "err", err)
-					continue
-				}
-				g.table.Configure(s)
-			}
+			apply(ev)
 		}
 	}
 }

@@ -192,46 +192,28 @@ func (m *ports) release(key string) {
 
 // watch keeps the open ports in step with the store until ctx ends.
 func (m *ports) watch(ctx context.Context) {
-	backoff := time.Second
-	for ctx.Err() == nil {
-		ch, err := m.store.Watch(ctx, store.PortsPrefix)
-		if err != nil {
-			if errors.Is(err, store.ErrClosed) || ctx.Err() != nil {
-				return
-			}
-			m.log.Error("watch ports; retrying", "err", err, "in", backoff.String())
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(backoff*2, 30*time.Second)
-			continue
-		}
-		backoff = time.Second
-		// Re-list after the watch is set up so no change falls between.
+	follow(ctx, m.store, store.PortsPrefix, m.log, func() {
 		if recs, err := store.ListPorts(ctx, m.store); err != nil {
 			m.log.Error("list ports", "err", err)
 		} else {
 			m.sync(recs)
 		}
-		for ev := range ch {
-			key := strings.TrimPrefix(ev.Entry.Key, store.PortsPrefix)
-			switch ev.Type {
-			case store.EventDelete:
-				m.release(key)
-			case store.EventPut:
-				var p model.Port
-				if err := json.Unmarshal(ev.Entry.Value, &p); err != nil || p.String() != key {
-					m.log.Error("port record unreadable; ignored", "key", ev.Entry.Key, "err", err)
-					continue
-				}
-				if err := m.ensure(p); err != nil {
-					m.log.Error("port cannot open; it stays allocated", "port", key, "err", err)
-				}
+	}, func(ev store.Event) {
+		key := strings.TrimPrefix(ev.Entry.Key, store.PortsPrefix)
+		switch ev.Type {
+		case store.EventDelete:
+			m.release(key)
+		case store.EventPut:
+			var p model.Port
+			if err := json.Unmarshal(ev.Entry.Value, &p); err != nil || p.String() != key {
+				m.log.Error("port record unreadable; ignored", "key", ev.Entry.Key, "err", err)
+				return
+			}
+			if err := m.ensure(p); err != nil {
+				m.log.Error("port cannot open; it stays allocated", "port", key, "err", err)
 			}
 		}
-	}
+	})
 }
 
 // shutdown stops accepting on every port and lets TCP connections finish
