@@ -12,6 +12,7 @@ import (
 
 	"github.com/webgw/webgw/internal/agent"
 	"github.com/webgw/webgw/internal/gateway"
+	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/tunnel"
 )
 
@@ -20,6 +21,7 @@ func exposeCmd() *cobra.Command {
 		gateways                                                   []string
 		ca, token, name, fingerprint, dataDir, logLevel, transport string
 		connections, weight, port                                  int
+		proxyProtocol                                              string
 		drain                                                      time.Duration
 	)
 	c := &cobra.Command{
@@ -64,6 +66,19 @@ all of them; one that drops is replaced while the others serve).`,
 					return usagef("--port: %d not accepted; use 1-65535 (leave it out to let the gateway pick)", port)
 				}
 			}
+			pp := 0
+			switch proxyProtocol {
+			case "", "0", "none":
+			case "1", "v1":
+				pp = 1
+			case "2", "v2":
+				pp = 2
+			default:
+				return usagef("--proxy-protocol: %q not accepted; use 1 or 2 (v1, v2), or none", proxyProtocol)
+			}
+			if pp != 0 && proto == model.ProtoUDP {
+				return usagef("--proxy-protocol: not available for udp:// targets")
+			}
 			if connections < 1 || connections > agent.MaxConnections {
 				return usagef("--connections: %d not accepted; use 1-%d", connections, agent.MaxConnections)
 			}
@@ -88,7 +103,7 @@ all of them; one that drops is replaced while the others serve).`,
 			}
 			cfg := &agent.Config{
 				Token:        token,
-				Services:     []agent.ServiceConfig{{Name: name, Target: args[0], Weight: weight, Port: port}},
+				Services:     []agent.ServiceConfig{{Name: name, Target: args[0], Weight: weight, Port: port, ProxyProtocol: pp}},
 				DrainTimeout: drain,
 				Connections:  connections,
 				Transport:    transport,
@@ -118,6 +133,7 @@ all of them; one that drops is replaced while the others serve).`,
 	f.IntVar(&weight, "weight", 1, fmt.Sprintf("this agent's share of the service's traffic against other agents serving it, 1-%d", agent.MaxWeight))
 	f.StringVar(&transport, "transport", "auto", "how to reach the gateway: auto, tcp (TLS over TCP) or quic")
 	f.IntVar(&port, "port", 0, "public port wanted for a tcp:// or udp:// TARGET, 1-65535 (none: the gateway picks one)")
+	f.StringVar(&proxyProtocol, "proxy-protocol", "", "send TARGET a PROXY protocol header (1 or 2) with the client's address first on each connection (not for udp://)")
 	return c
 }
 

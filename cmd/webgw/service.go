@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,8 @@ type serviceFlags struct {
 	maxFailures                       int
 	cooldown                          time.Duration
 	ignore5xx                         bool
+	proxyProtocol                     int
+	port                              int // add only
 }
 
 const upstreamHelp = "direct upstream URL[,weight=N][,insecure][,server-name=HOST], e.g. http://[2001:db8::10]:8080,weight=2 (repeatable)"
@@ -55,7 +58,7 @@ func (f *serviceFlags) add(c *cobra.Command, set bool) {
 		}
 		return d
 	}
-	fs.StringVar(&f.protocol, "protocol", def("http"), "how the service is served: http, h2c (cleartext HTTP/2 to the backend) or tls (passthrough)")
+	fs.StringVar(&f.protocol, "protocol", def("http"), "how the service is served: http, h2c (cleartext HTTP/2 to the backend), tls (passthrough), tcp or udp (a public port of its own)")
 	if set {
 		fs.StringArrayVar(&f.upstreams, "upstream", nil, "replace the whole upstream list: "+upstreamHelp)
 		fs.StringArrayVar(&f.addUps, "add-upstream", nil, "add an upstream, or change the options of one listed: URL[,weight=N][,insecure][,server-name=HOST] (repeatable)")
@@ -74,12 +77,16 @@ func (f *serviceFlags) add(c *cobra.Command, set bool) {
 	fs.IntVar(&f.maxFailures, "max-failures", defInt(model.DefaultMaxFailures), "consecutive failed requests that eject an upstream (1-1000; -1: no passive ejection)")
 	fs.DurationVar(&f.cooldown, "cooldown", defDur(model.DefaultCooldown), "how long an ejected upstream gets no traffic (100ms-1h)")
 	fs.BoolVar(&f.ignore5xx, "ignore-5xx", false, "count only connect errors as failures, not 5xx answers")
+	fs.IntVar(&f.proxyProtocol, "proxy-protocol", 0, "send a PROXY protocol header of this version (1 or 2) to the backend before each connection's bytes; 0: none (not for udp)")
+	if !set {
+		fs.IntVar(&f.port, "port", 0, "public port a tcp or udp service asks for, in the gateway's --port-range (0: any free one)")
+	}
 }
 
 // routingFlags are the flags serviceFlags.apply reads.
 var routingFlags = []string{"protocol", "upstream", "add-upstream", "remove-upstream", "lb",
 	"health-type", "health-path", "health-status", "health-interval", "health-timeout", "healthy-threshold", "unhealthy-threshold",
-	"max-failures", "cooldown", "ignore-5xx"}
+	"max-failures", "cooldown", "ignore-5xx", "proxy-protocol"}
 
 var healthFlags = []string{"health-type", "health-path", "health-status", "health-interval", "health-timeout", "healthy-threshold", "unhealthy-threshold"}
 
@@ -96,7 +103,18 @@ func anyChanged(fs *pflag.FlagSet, names ...string) bool {
 // service, before any API call.
 func (f *serviceFlags) check(fs *pflag.FlagSet) error {
 	if fs.Changed("protocol") && !model.Protocol(f.protocol).Valid() {
-		return usagef("--protocol: %q not accepted; use http, h2c or tls", f.protocol)
+		return usagef("--protocol: %q not accepted; use http, h2c, tls, tcp or udp", f.protocol)
+	}
+	if fs.Changed("proxy-protocol") && (f.proxyProtocol < 0 || f.proxyProtocol > 2) {
+		return usagef("--proxy-protocol: %d not accepted; use 1 or 2 (0: none)", f.proxyProtocol)
+	}
+	if fs.Changed("port") {
+		if p := model.Protocol(f.protocol); !p.Forwarded() {
+			return usagef("--port: only tcp and udp services have a public port; give --protocol tcp or udp (not %s)", p)
+		}
+		if f.port < 0 || f.port > model.MaxPort {
+			return usagef("--port: %d not accepted; use a port of the gateway's --port-range, or 0 for any", f.port)
+		}
 	}
 	if fs.Changed("lb") && (f.lb == "" || !model.LBPolicy(f.lb).Valid()) {
 		return usagef("--lb: %q not accepted; use round_robin, least_request or ip_hash", f.lb)
@@ -170,6 +188,12 @@ func sameUpstream(a, b string, proto model.Protocol) bool {
 func (f *serviceFlags) apply(fs *pflag.FlagSet, req *api.ServiceRequest) error {
 	if fs.Changed("protocol") {
 		req.Protocol = model.Protocol(f.protocol)
+	}
+	if fs.Changed("proxy-protocol") {
+		req.ProxyProtocol = f.proxyProtocol
+	}
+	if fs.Changed("port") {
+		req.Port = f.port
 	}
 	proto := req.Protocol
 	upFlag := "--upstream"
@@ -272,7 +296,8 @@ func (f *serviceFlags) apply(fs *pflag.FlagSet, req *api.ServiceRequest) error {
 		}
 		req.Passive = &p
 	}
-	sv := model.Service{Name: req.Name, Protocol: req.Protocol, Upstreams: req.Upstreams, LB: req.LB, Health: req.Health, Passive: req.Passive}
+	sv := model.Service{Name: req.Name, Protocol: req.Protocol, Upstreams: req.Upstreams, LB: req.LB, Health: req.Health, Passive: req.Passive,
+		ProxyProtocol: req.ProxyProtocol}
 	if err := sv.ValidateRouting(); err != nil {
 		return flagError(err, upFlag)
 	}
@@ -292,6 +317,7 @@ var fieldFlags = []struct{ field, flag string }{
 	{"passive.max_failures", "--max-failures"},
 	{"passive.cooldown", "--cooldown"},
 	{"lb", "--lb"},
+	{"proxy_protocol", "--proxy-protocol"},
 }
 
 // flagError turns a routing validation error into a usage error naming the
@@ -337,8 +363,13 @@ dials itself, allowed by the operator's --upstream-allow networks.
 SCHEME://HOST[:PORT]: http:// or https:// for an http service (https: the
 gateway speaks TLS to the upstream; insecure skips verifying its certificate,
 server-name sets the name verified and sent as SNI), h2c:// for an h2c
-service, tls:// for a tls (passthrough) service. IPv6 addresses go in
-brackets: http://[2001:db8::10]:8080.`
+service, tls:// for a tls (passthrough) service, tcp:// or udp:// for a tcp
+or udp service. IPv6 addresses go in brackets: http://[2001:db8::10]:8080.
+
+A tcp or udp service gets a public port of its own when it is added (--port,
+or any free one of the gateway's --port-range); its URL is that HOST:PORT.
+More ports: webgw port add. Its protocol cannot change to or from tcp or udp
+later: remove the service and add it again.`
 
 func serviceAddCmd() *cobra.Command {
 	var (
@@ -351,7 +382,8 @@ func serviceAddCmd() *cobra.Command {
 		Short: "Create a service and print its public URL",
 		Long:  serviceLong + "\n\nWith the admin token, --tenant names the owner; with a tenant token the service is the tenant's own.",
 		Example: `  webgw service add shop --tenant acme --upstream http://[2001:db8::10]:8080 --upstream http://[2001:db8::11]:8080,weight=2 --lb least_request --health-path /healthz
-  webgw service add api --protocol h2c --upstream h2c://10.0.0.5:50051 --token "$TENANT_TOKEN"`,
+  webgw service add api --protocol h2c --upstream h2c://10.0.0.5:50051 --token "$TENANT_TOKEN"
+  webgw service add db --protocol tcp --port 20005 --upstream tcp://[2001:db8::20]:5432 --proxy-protocol 2`,
 		Args: argsUsage(cobra.ExactArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
 			if err := nameArg(args[0]); err != nil {
@@ -431,6 +463,9 @@ active health checks off.`,
 				if !cur.Stored {
 					return fmt.Errorf("service %s is a quick tunnel, not a stored service: it has no settings to change", name)
 				}
+				if old, proto := cmp.Or(cur.Protocol, model.ProtoHTTP), model.Protocol(sf.protocol); fs.Changed("protocol") && old != proto && (old.Forwarded() || proto.Forwarded()) {
+					return usagef("--protocol: a %s service cannot become %s, as its public port goes with its protocol; remove the service and add it again", old, proto)
+				}
 				req := api.RequestOf(cur.Service)
 				if err := sf.apply(fs, &req); err != nil {
 					return err
@@ -492,6 +527,21 @@ func printService(w io.Writer, d api.ServiceDetail) error {
 	row("url", "%s", orDash(d.URL))
 	row("tenant", "%s", orDash(d.Tenant))
 	row("protocol", "%s", d.Protocol)
+	if d.ProxyProtocol != 0 {
+		row("proxy protocol", "v%d", d.ProxyProtocol)
+	}
+	if d.Protocol.Forwarded() || len(d.Ports) > 0 {
+		if len(d.Ports) == 0 {
+			row("ports", "none (webgw port add)")
+		}
+		for i, p := range d.Ports {
+			k := ""
+			if i == 0 {
+				k = "ports"
+			}
+			row(k, "%s  %s", p.Port, p.Address)
+		}
+	}
 	if !d.Stored {
 		row("stored", "no (a quick tunnel)")
 	} else {

@@ -95,7 +95,7 @@ func TestServiceFlagErrors(t *testing.T) {
 	}{
 		{[]string{"service", "add", "shop", "--lb", "fastest"}, `--lb: "fastest" not accepted; use round_robin, least_request or ip_hash`},
 		{[]string{"service", "add", "shop", "--lb", ""}, `--lb: "" not accepted`},
-		{[]string{"service", "add", "shop", "--protocol", "udp"}, `--protocol: "udp" not accepted; use http, h2c or tls`},
+		{[]string{"service", "add", "shop", "--protocol", "sctp"}, `--protocol: "sctp" not accepted; use http, h2c, tls, tcp or udp`},
 		{[]string{"service", "add", "shop", "--health-type", "icmp"}, `--health-type: "icmp" not accepted; use http, tcp or none`},
 		{[]string{"service", "add", "shop", "--health-type", "none", "--health-path", "/h"}, "do not combine it with --health-path"},
 		{[]string{"service", "add", "shop", "--health-type", "tcp", "--health-path", "/h"}, "--health-path and --health-status apply to --health-type http only"},

@@ -238,14 +238,14 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 
 	a.mu.Lock()
 	hello := &tunnel.Hello{Version: tunnel.ProtocolVersion, Token: g.Token, AgentID: a.agentID(i), AgentVersion: a.version,
-		Conn: conn, Transport: transport}
+		Conn: conn, Transport: transport, Datagrams: transport == TransportQUIC}
 	asked := append([]*service(nil), a.services...)
 	for _, s := range asked {
 		name := a.granted[i][s]
 		if name == "" {
 			name = s.name
 		}
-		hello.Services = append(hello.Services, tunnel.ServiceSpec{Name: name, Protocol: string(s.protocol), Weight: s.weight, Port: s.port})
+		hello.Services = append(hello.Services, tunnel.ServiceSpec{Name: name, Protocol: string(s.protocol), Weight: s.weight, Port: s.port, ProxyProtocol: s.proxyProtocol})
 	}
 	a.mu.Unlock()
 	// A refusal can end the session so fast that yamux reports the hello's
@@ -272,6 +272,9 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 		}
 		return errors.New(w.Error)
 	}
+	if w.Datagrams && !sess.EnableDatagrams() {
+		log.Warn("the gateway turned QUIC datagrams on for a session without them")
+	}
 	var granted []tunnel.ServiceGrant
 	a.mu.Lock()
 	for j, gr := range w.Services {
@@ -297,7 +300,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 		granted = append(granted, gr)
 	}
 	a.mu.Unlock()
-	log.Info("tunnel up", "gateway_id", w.GatewayID, "services", len(granted), "transport", transport)
+	log.Info("tunnel up", "gateway_id", w.GatewayID, "services", len(granted), "transport", transport, "udp_datagrams", w.Datagrams)
 	if a.onReady != nil {
 		a.onReady(g.Addr, granted)
 	}
@@ -325,7 +328,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 			go func() {
 				defer streams.Done()
 				defer active.done()
-				a.serveStream(sctx, log, st)
+				a.serveStream(sctx, log, sess, st)
 			}()
 		}
 	}()
@@ -429,7 +432,7 @@ func (f *inflight) idle() <-chan struct{} {
 	return f.idleCh
 }
 
-func (a *Agent) serveStream(ctx context.Context, log *slog.Logger, st net.Conn) {
+func (a *Agent) serveStream(ctx context.Context, log *slog.Logger, sess *tunnel.Session, st net.Conn) {
 	st.SetReadDeadline(time.Now().Add(a.cfg.DialTimeout))
 	h, err := tunnel.ReadHeader(st)
 	if err != nil {
@@ -461,7 +464,7 @@ func (a *Agent) serveStream(ctx context.Context, log *slog.Logger, st net.Conn) 
 		probe(ctx, st, network, s.addr, a.cfg.DialTimeout)
 		return
 	case tunnel.KindUDP:
-		a.serveUDP(ctx, log, st, s, h)
+		a.serveUDP(ctx, log, sess.Datagrams(st), s, h)
 		return
 	}
 	// http, h2c, tls and tcp: one TCP connection to the target, bytes
@@ -503,7 +506,7 @@ func serves(p model.Protocol, k tunnel.Kind) bool {
 // datagrams framed on st are sent from a socket connected to the local
 // target, and its answers framed back, until the gateway closes the stream,
 // the session idles for cfg.UDPIdleTimeout, or ctx ends. It closes st.
-func (a *Agent) serveUDP(ctx context.Context, log *slog.Logger, st net.Conn, s *service, h *tunnel.Header) {
+func (a *Agent) serveUDP(ctx context.Context, log *slog.Logger, st tunnel.DatagramConn, s *service, h *tunnel.Header) {
 	defer st.Close()
 	d := net.Dialer{Timeout: a.cfg.DialTimeout}
 	back, err := d.DialContext(ctx, "udp", s.addr)
@@ -512,7 +515,7 @@ func (a *Agent) serveUDP(ctx context.Context, log *slog.Logger, st net.Conn, s *
 		return
 	}
 	defer back.Close()
-	err = tunnel.RelayUDP(ctx, st, back, a.cfg.UDPIdleTimeout)
+	err = tunnel.RelayDatagrams(ctx, st, back, a.cfg.UDPIdleTimeout)
 	if err != nil && !errors.Is(err, tunnel.ErrIdle) && ctx.Err() == nil {
 		log.Debug("udp session ended", "service", h.Service, "client", h.Client, "err", err)
 	}

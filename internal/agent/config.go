@@ -87,6 +87,11 @@ type ServiceConfig struct {
 	// 1-65535; 0 lets the gateway pick one (or keep the one the service
 	// holds). Not accepted for other targets.
 	Port int `yaml:"port"`
+	// ProxyProtocol, 1 or 2, makes the gateway send the target a PROXY
+	// protocol header of that version (the client's address and port)
+	// first on each connection; 0 sends none (unless the service's stored
+	// setting says so). Not for udp:// targets.
+	ProxyProtocol int `yaml:"proxy_protocol"`
 }
 
 // ConfigError is bad configuration; the CLI exits 2 for it.
@@ -105,7 +110,7 @@ func LoadConfig(path string) (*Config, error) {
 	var c Config
 	// An empty file decodes to nothing: validation then says what is missing.
 	if err := yamlconf.Decode(data, &c); err != nil {
-		return nil, cfgErr("config %s: %v (accepted keys: version, token, ca, gateways[addr, ca, fingerprint, token, server_name], services[name, target, weight, port], drain_timeout, dial_timeout, connections, transport, udp_idle_timeout)", path, err)
+		return nil, cfgErr("config %s: %v (accepted keys: version, token, ca, gateways[addr, ca, fingerprint, token, server_name], services[name, target, weight, port, proxy_protocol], drain_timeout, dial_timeout, connections, transport, udp_idle_timeout)", path, err)
 	}
 	return &c, nil
 }
@@ -118,6 +123,8 @@ type service struct {
 	target   string
 	weight   int // 1-MaxWeight
 	port     int // public port wanted (tcp, udp); 0: the gateway picks
+	// proxyProtocol is the PROXY header version the target wants; 0 none.
+	proxyProtocol int
 }
 
 // targetForms lists the accepted target forms, for error messages.
@@ -228,7 +235,13 @@ func (c *Config) validate() ([]*service, error) {
 		if sc.Port != 0 && !proto.Forwarded() {
 			return nil, cfgErr("services[%d].port: only for tcp:// and udp:// targets, not %s (the public port wanted, 1-65535)", i, sc.Target)
 		}
-		out = append(out, &service{name: sc.Name, protocol: proto, addr: addr, target: sc.Target, weight: weight, port: sc.Port})
+		if sc.ProxyProtocol < 0 || sc.ProxyProtocol > 2 {
+			return nil, cfgErr("services[%d].proxy_protocol: %d not accepted; use 1 or 2 (0 for none)", i, sc.ProxyProtocol)
+		}
+		if sc.ProxyProtocol != 0 && proto == model.ProtoUDP {
+			return nil, cfgErr("services[%d].proxy_protocol: not available for udp:// targets", i)
+		}
+		out = append(out, &service{name: sc.Name, protocol: proto, addr: addr, target: sc.Target, weight: weight, port: sc.Port, proxyProtocol: sc.ProxyProtocol})
 	}
 	if c.DrainTimeout < 0 {
 		return nil, cfgErr("drain_timeout: must not be negative")

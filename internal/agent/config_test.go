@@ -124,6 +124,8 @@ func TestValidate(t *testing.T) {
 		{"negative port", func(c *Config) { c.Services[0].Target, c.Services[0].Port = "udp://127.0.0.1:53", -1 }, "services[0].port: -1 not accepted; use 1-65535"},
 		{"port on http", func(c *Config) { c.Services[0].Port = 8080 }, "services[0].port: only for tcp:// and udp:// targets"},
 		{"port on https", func(c *Config) { c.Services[0].Target, c.Services[0].Port = "https://127.0.0.1:8443", 8443 }, "services[0].port: only for tcp:// and udp://"},
+		{"proxy protocol 3", func(c *Config) { c.Services[0].ProxyProtocol = 3 }, "services[0].proxy_protocol: 3 not accepted; use 1 or 2"},
+		{"proxy protocol on udp", func(c *Config) { c.Services[0].Target, c.Services[0].ProxyProtocol = "udp://127.0.0.1:53", 2 }, "services[0].proxy_protocol: not available for udp://"},
 		{"port on h2c", func(c *Config) { c.Services[0].Target, c.Services[0].Port = "h2c://127.0.0.1:1", 9000 }, "services[0].port"},
 		{"port on second service", func(c *Config) {
 			c.Services = append(c.Services, ServiceConfig{Name: "db", Target: "tcp://127.0.0.1:5432", Port: 5432}, ServiceConfig{Name: "web", Target: "http://127.0.0.1:1", Port: 1})

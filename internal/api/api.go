@@ -41,6 +41,22 @@ type Server struct {
 	// it and is shown to the caller as the reason. nil means no direct
 	// upstream is allowed at all: services may only be served by agents.
 	CheckUpstream func(model.ParsedUpstream) error
+	// PortRange is the range public ports of tcp and udp services (and
+	// POST /v1/ports) are allocated from; the zero value holds no port.
+	PortRange model.PortRange
+	// MaxPortsPerTenant bounds the public ports (tcp and udp together) one
+	// tenant may hold; 0 means no bound.
+	MaxPortsPerTenant int
+	// OpenPort opens the listener of a port just allocated, so it works
+	// when the answer arrives, and returns the public HOST:PORT clients
+	// use. An error undoes the request (503). nil means this gateway
+	// forwards no public ports: tcp and udp services are refused (400) and
+	// so is POST /v1/ports (503). The gateway closes a released port's
+	// listener when it sees the store record go; the API has no hook for it.
+	OpenPort func(model.Port) (string, error)
+	// PortAddr returns the public HOST:PORT of port number n, for ports
+	// listed (not just opened). nil means the host of Info.HTTPSAddr.
+	PortAddr func(n int) string
 }
 
 // GatewayInfo is the static part of /v1/status.
@@ -84,6 +100,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/services/{name}", s.auth(false, s.getService))
 	mux.HandleFunc("PUT /v1/services/{name}", s.auth(false, s.putService))
 	mux.HandleFunc("DELETE /v1/services/{name}", s.auth(false, s.deleteService))
+	mux.HandleFunc("GET /v1/ports", s.auth(false, s.listPorts))
+	mux.HandleFunc("POST /v1/ports", s.auth(false, s.createPort))
+	mux.HandleFunc("DELETE /v1/ports/{proto}/{number}", s.auth(false, s.deletePort))
 	mux.HandleFunc("GET /v1/whoami", s.auth(false, s.whoami))
 	notFound := func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)

@@ -1,11 +1,13 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -24,7 +26,9 @@ type ServiceRequest struct {
 	// Tenant owns the service. POST: required with the admin token; with a
 	// tenant token empty or the caller's tenant. PUT: empty, or the current owner.
 	Tenant string `json:"tenant,omitempty"`
-	// Protocol is http, h2c or tls; empty means http.
+	// Protocol is http, h2c, tls, tcp or udp; empty means http. A PUT
+	// cannot change it between tcp or udp and another protocol: the public
+	// port goes with it (delete and create the service again).
 	Protocol model.Protocol `json:"protocol,omitempty"`
 	// Upstreams are the direct upstreams; each must be allowed by the
 	// gateway (Server.CheckUpstream).
@@ -35,6 +39,15 @@ type ServiceRequest struct {
 	Health *model.HealthCheck `json:"health,omitempty"`
 	// Passive configures passive ejection; nil means the defaults.
 	Passive *model.PassiveHealth `json:"passive,omitempty"`
+	// ProxyProtocol, 1 or 2, sends a PROXY protocol header of that version
+	// before each connection's bytes to the backend; 0 sends none. Not for
+	// udp services.
+	ProxyProtocol int `json:"proxy_protocol,omitempty"`
+	// Port is the public port a tcp or udp service asks for at creation
+	// (POST): one in the gateway's port range, or 0 for any free one. It
+	// is refused for other protocols. PUT: 0, or a port the service holds;
+	// ports are added and removed with /v1/ports.
+	Port int `json:"port,omitempty"`
 }
 
 // RequestOf returns the request that stores sv's routing settings again,
@@ -43,6 +56,7 @@ func RequestOf(sv model.Service) ServiceRequest {
 	return ServiceRequest{
 		Name: sv.Name, Tenant: sv.Tenant, Protocol: sv.Protocol,
 		Upstreams: sv.Upstreams, LB: sv.LB, Health: sv.Health, Passive: sv.Passive,
+		ProxyProtocol: sv.ProxyProtocol,
 	}
 }
 
@@ -75,7 +89,12 @@ type UpstreamState struct {
 type ServiceDetail struct {
 	model.Service
 	// URL is the service's public URL; empty when the gateway has no domain.
+	// For a tcp or udp service it is the HOST:PORT of its first public
+	// port, and empty while it holds none.
 	URL string `json:"url,omitempty"`
+	// Ports are the public ports that forward to the service (not the
+	// SNI ports its tenant's tls services share).
+	Ports []PortDetail `json:"ports,omitempty"`
 	// Stored is false for an anonymous quick tunnel (shown to the admin only).
 	Stored bool `json:"stored"`
 	ServiceLive
@@ -129,8 +148,33 @@ func (s *Server) publicURL(name string) string {
 	return "https://" + host
 }
 
-func (s *Server) detail(sv model.Service) ServiceDetail {
-	return ServiceDetail{Service: sv, URL: s.publicURL(sv.Name), Stored: true, ServiceLive: liveOf(s.Table.Lookup(sv.Name))}
+// detail is the answer about stored service sv, which holds ports.
+func (s *Server) detail(sv model.Service, ports []model.Port) ServiceDetail {
+	d := ServiceDetail{Service: sv, Stored: true, ServiceLive: liveOf(s.Table.Lookup(sv.Name))}
+	s.setURL(&d, ports)
+	return d
+}
+
+// setURL sets d's URL and Ports from the ports d's service holds.
+func (s *Server) setURL(d *ServiceDetail, ports []model.Port) {
+	for _, p := range ports {
+		d.Ports = append(d.Ports, s.portDetail(p))
+	}
+	switch {
+	case !protocolOf(d.Service).Forwarded():
+		d.URL = s.publicURL(d.Name)
+	case len(d.Ports) > 0:
+		d.URL = d.Ports[0].Address
+	}
+}
+
+// servicePorts returns the ports of tenant's service name.
+func (s *Server) servicePorts(ctx context.Context, name, tenant string) ([]model.Port, error) {
+	all, err := store.PortsOf(ctx, s.Store, tenant)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(all, func(p model.Port) bool { return p.Service != name || p.SNI }), nil
 }
 
 // decodeService reads a service body strictly. A bad duration is reported
@@ -193,9 +237,16 @@ func (s *Server) routing(sv *model.Service, req *ServiceRequest) error {
 		sv.Protocol = model.ProtoHTTP
 	}
 	if !sv.Protocol.Valid() {
-		return fmt.Errorf("protocol: %q not accepted; use http, h2c or tls", req.Protocol)
+		return fmt.Errorf("protocol: %q not accepted; use http, h2c, tls, tcp or udp", req.Protocol)
+	}
+	if req.Port != 0 && !sv.Protocol.Forwarded() {
+		return fmt.Errorf("port: only tcp and udp services have a public port, not %s services; leave it out", sv.Protocol)
+	}
+	if req.Port < 0 || req.Port > model.MaxPort {
+		return fmt.Errorf("port: %d not accepted; use one of the gateway's port range, or 0 for any", req.Port)
 	}
 	sv.Upstreams, sv.LB, sv.Health, sv.Passive = req.Upstreams, req.LB, req.Health, req.Passive
+	sv.ProxyProtocol = req.ProxyProtocol
 	if err := sv.ValidateRouting(); err != nil {
 		return err
 	}
@@ -278,6 +329,10 @@ func (s *Server) createService(w http.ResponseWriter, r *http.Request, c caller)
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	if sv.Protocol.Forwarded() && s.OpenPort == nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("protocol: %q not accepted: this gateway forwards no public ports; use http, h2c or tls", sv.Protocol))
+		return
+	}
 	if ts := s.Table.Lookup(req.Name); ts != nil && !ts.Stored && ts.Tenant == "" && len(ts.Agents()) > 0 {
 		writeError(w, http.StatusConflict, fmt.Sprintf("name %q is in use by a quick tunnel right now; choose another name or try again when it disconnects", req.Name))
 		return
@@ -291,11 +346,54 @@ func (s *Server) createService(w http.ResponseWriter, r *http.Request, c caller)
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
+	var ports []model.Port
+	var addr string
+	if sv.Protocol.Forwarded() {
+		p := model.Port{Proto: model.PortProto(sv.Protocol), Number: req.Port, Tenant: tenant, Service: sv.Name, Created: sv.Created}
+		port, a, _, status, err := s.allocateAndOpen(r.Context(), p)
+		if err != nil {
+			// No half-made service: it goes again (and any port with it).
+			if derr := s.undoCreate(r.Context(), sv); derr != nil {
+				err = errors.Join(err, derr)
+			}
+			writeError(w, status, err.Error())
+			return
+		}
+		ports, addr = []model.Port{port}, a
+		s.log().Info("port added", "port", port.String(), "service", sv.Name, "tenant", tenant)
+	}
 	s.log().Info("service added", "service", sv.Name, "tenant", sv.Tenant, "protocol", sv.Protocol, "upstreams", len(sv.Upstreams))
 	setRevision(w, rev)
 	w.Header().Set("Location", "/v1/services/"+sv.Name)
-	writeJSON(w, http.StatusCreated, s.detail(sv))
+	d := s.detail(sv, ports)
+	if addr != "" { // the address OpenPort announced
+		d.Ports[0].Address, d.URL = addr, addr
+	}
+	writeJSON(w, http.StatusCreated, d)
 }
+
+// undoCreate deletes service sv again after its port could not be had,
+// unless it was replaced meanwhile. It runs even if the client has gone.
+func (s *Server) undoCreate(ctx context.Context, sv model.Service) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	err := store.DeleteService(ctx, s.Store, sv.Name, 0, func(cur model.Service) error {
+		if cur.Tenant != sv.Tenant || !cur.Created.Equal(sv.Created) {
+			return errReplaced
+		}
+		return nil
+	})
+	if err == nil || errors.Is(err, errReplaced) || errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	s.log().Error("service left without its port", "service", sv.Name, "tenant", sv.Tenant, "err", err)
+	return fmt.Errorf("remove service %s again: %w", sv.Name, err)
+}
+
+// undoTimeout bounds the store writes that undo half a request.
+const undoTimeout = 10 * time.Second
+
+var errReplaced = errors.New("replaced meanwhile")
 
 // pathName returns the service name in the path, or answers 400.
 func pathName(w http.ResponseWriter, r *http.Request) (string, bool) {
@@ -315,10 +413,14 @@ func (s *Server) getService(w http.ResponseWriter, r *http.Request, c caller) {
 	sv, rev, err := store.GetService(r.Context(), s.Store, name)
 	if errors.Is(err, store.ErrNotFound) {
 		if ts := s.Table.Lookup(name); ts != nil && !ts.Stored && c.admin {
-			writeJSON(w, http.StatusOK, ServiceDetail{
-				Service: model.Service{Name: ts.Name, Tenant: ts.Tenant, Protocol: ts.Protocol},
-				URL:     s.publicURL(name), ServiceLive: liveOf(ts),
-			})
+			d := ServiceDetail{Service: model.Service{Name: ts.Name, Tenant: ts.Tenant, Protocol: ts.Protocol}, ServiceLive: liveOf(ts)}
+			ports, err := s.servicePorts(r.Context(), name, ts.Tenant)
+			if err != nil {
+				writeError(w, http.StatusInternalServerError, err.Error())
+				return
+			}
+			s.setURL(&d, ports)
+			writeJSON(w, http.StatusOK, d)
 			return
 		}
 		writeError(w, http.StatusNotFound, fmt.Sprintf("service %q does not exist", name))
@@ -332,8 +434,13 @@ func (s *Server) getService(w http.ResponseWriter, r *http.Request, c caller) {
 		writeError(w, http.StatusForbidden, fmt.Sprintf("service %q belongs to another tenant", name))
 		return
 	}
+	ports, err := s.servicePorts(r.Context(), name, sv.Tenant)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
 	setRevision(w, rev)
-	writeJSON(w, http.StatusOK, s.detail(sv))
+	writeJSON(w, http.StatusOK, s.detail(sv, ports))
 }
 
 func (s *Server) putService(w http.ResponseWriter, r *http.Request, c caller) {
@@ -360,6 +467,7 @@ func (s *Server) putService(w http.ResponseWriter, r *http.Request, c caller) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	var ports []model.Port
 	sv, rev, err := store.UpdateService(r.Context(), s.Store, name, ifRev, func(sv *model.Service) error {
 		if !c.admin && sv.Tenant != c.tenant {
 			return errNotYours
@@ -367,7 +475,15 @@ func (s *Server) putService(w http.ResponseWriter, r *http.Request, c caller) {
 		if req.Tenant != "" && req.Tenant != sv.Tenant {
 			return &badRequestError{fmt.Errorf("tenant: %q is not the owner (%q); the owner cannot be changed", req.Tenant, sv.Tenant)}
 		}
+		var err error
+		if ports, err = s.servicePorts(r.Context(), name, sv.Tenant); err != nil {
+			return err
+		}
+		if err := portsAllow(protocolOf(*sv), want.Protocol, req.Port, ports); err != nil {
+			return &badRequestError{err}
+		}
 		sv.Protocol, sv.Upstreams, sv.LB, sv.Health, sv.Passive = want.Protocol, want.Upstreams, want.LB, want.Health, want.Passive
+		sv.ProxyProtocol = want.ProxyProtocol
 		return nil
 	})
 	if s.serviceWriteError(w, name, ifRev, err) {
@@ -375,7 +491,45 @@ func (s *Server) putService(w http.ResponseWriter, r *http.Request, c caller) {
 	}
 	s.log().Info("service updated", "service", sv.Name, "tenant", sv.Tenant, "protocol", sv.Protocol, "upstreams", len(sv.Upstreams))
 	setRevision(w, rev)
-	writeJSON(w, http.StatusOK, s.detail(sv))
+	writeJSON(w, http.StatusOK, s.detail(sv, ports))
+}
+
+// portsAllow checks a PUT that changes a service's protocol from old to
+// proto, asking for port (0: none), against the ports the service holds.
+// A service's public port is made with it: a change between tcp or udp and
+// another protocol is refused, and so is a change that would leave a port
+// forwarding to a service of the wrong kind (a tls service's tcp port).
+func portsAllow(old, proto model.Protocol, port int, held []model.Port) error {
+	if old != proto && (old.Forwarded() || proto.Forwarded()) {
+		return fmt.Errorf("protocol: a %s service cannot become %s, as its public port goes with its protocol; delete and create the service again", old, proto)
+	}
+	for _, p := range held {
+		if !portServes(p.Proto, proto) {
+			return fmt.Errorf("protocol: the service holds %s, which cannot forward to a %s service; remove the port first (DELETE /v1/ports/%s/%d)", p, proto, p.Proto, p.Number)
+		}
+	}
+	if port == 0 {
+		return nil
+	}
+	for _, p := range held {
+		if p.Number == port && p.Proto == model.PortProto(proto) {
+			return nil
+		}
+	}
+	return fmt.Errorf("port: the service does not hold %s/%d; a PUT cannot change ports: add one with POST /v1/ports, or leave port out", proto, port)
+}
+
+// portServes reports whether a public port of proto can forward to a
+// service of protocol sp: udp ports to udp services, tcp ports to tcp and
+// tls (passthrough) services.
+func portServes(proto model.PortProto, sp model.Protocol) bool {
+	switch proto {
+	case model.PortUDP:
+		return sp == model.ProtoUDP
+	case model.PortTCP:
+		return sp == model.ProtoTCP || sp == model.ProtoTLS
+	}
+	return false
 }
 
 func (s *Server) deleteService(w http.ResponseWriter, r *http.Request, c caller) {

@@ -173,7 +173,10 @@ func TestServiceBodyValidation(t *testing.T) {
 		t.Fatalf("create: %d %s", code, resp)
 	}
 	tests := []struct{ name, routing, contains string }{
-		{"bad protocol", `"protocol":"udp"`, `protocol: "udp" not accepted; use http, h2c or tls`},
+		{"bad protocol", `"protocol":"sctp"`, `protocol: "sctp" not accepted; use http, h2c, tls, tcp or udp`},
+		{"bad proxy protocol", `"proxy_protocol":3`, `proxy_protocol: 3; use 1 or 2`},
+		{"proxy protocol type", `"proxy_protocol":"v2"`, `field "proxy_protocol" must be`},
+		{"port for http", `"port":20000`, `port: only tcp and udp services have a public port`},
 		{"protocol type", `"protocol":1`, `field "protocol" must be`},
 		{"scheme for http", `"upstreams":[{"url":"tcp://10.0.0.1:80"}]`, `upstreams[0].url: upstream URL "tcp://10.0.0.1:80": scheme "tcp" not accepted for a http service`},
 		{"scheme for h2c", `"protocol":"h2c","upstreams":[{"url":"http://10.0.0.1:80"}]`, `upstreams[0].url:`},

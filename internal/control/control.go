@@ -204,6 +204,10 @@ func (s *Server) serveSession(ctx context.Context, sess *tunnel.Session, remote 
 	log = log.With("agent", shortID(h.AgentID), "conn", h.Conn)
 
 	welcome, agent, release := s.admit(ctx, h, sess, remote)
+	if agent != nil && h.Datagrams {
+		// On before the welcome says so: the agent may send at once.
+		welcome.Datagrams = sess.EnableDatagrams()
+	}
 	if err := tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgWelcome, Welcome: welcome}); err != nil {
 		log.Info("agent welcome failed", "err", err)
 	}
@@ -476,6 +480,12 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 	if !proto.Valid() {
 		return fail(true, "protocol %q not accepted; use http, h2c, tls, tcp or udp", spec.Protocol)
 	}
+	if spec.ProxyProtocol < 0 || spec.ProxyProtocol > 2 {
+		return fail(true, "proxy_protocol %d not accepted; use 1 or 2 (0 for none)", spec.ProxyProtocol)
+	}
+	if spec.ProxyProtocol != 0 && proto == model.ProtoUDP {
+		return fail(true, "proxy_protocol is not available for udp services")
+	}
 	if proto.Forwarded() && s.OpenPort == nil {
 		return fail(true, "protocol %q not accepted: this gateway forwards no public ports; use http, h2c or tls", spec.Protocol)
 	}
@@ -515,8 +525,10 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 			return fail(true, "name %q is served as %s by other agents; this agent asked for %s", name, existing.Protocol, proto)
 		}
 	}
-	if tenant != "" && (existing == nil || !existing.Stored || existing.Protocol != proto) {
-		sv := model.Service{Name: name, Tenant: tenant, Protocol: proto, Created: time.Now().UTC()}
+	wantPP := spec.ProxyProtocol // 0: keep the stored setting
+	if tenant != "" && (existing == nil || !existing.Stored || existing.Protocol != proto ||
+		(wantPP != 0 && existing.Spec().ProxyProtocol != wantPP)) {
+		sv := model.Service{Name: name, Tenant: tenant, Protocol: proto, Created: time.Now().UTC(), ProxyProtocol: wantPP}
 		expect := int64(0)
 		if existing != nil && existing.Stored {
 			var old model.Service
@@ -530,8 +542,12 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 			if len(old.Upstreams) > 0 && old.Protocol != proto {
 				return fail(true, "name %q is served as %s by direct upstreams; this agent asked for %s", name, old.Protocol, proto)
 			}
-			// Keep the service's routing settings; only the protocol changes.
+			// Keep the service's routing settings; only the protocol (and
+			// the PROXY header, when the agent asks for one) changes.
 			old.Protocol = proto
+			if wantPP != 0 {
+				old.ProxyProtocol = wantPP
+			}
 			sv = old
 			expect = rev
 		}
@@ -541,9 +557,9 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 			}
 			return fail(false, "store service %q: %v", name, err)
 		}
-		s.Table.Upsert(name, tenant, proto, true)
+		s.Table.Configure(sv)
 	} else if tenant == "" {
-		s.Table.Upsert(name, "", proto, false)
+		s.Table.UpsertQuick(name, proto, wantPP)
 	}
 	if proto.Forwarded() {
 		return s.claimPortLocked(ctx, g, spec, name, tenant)
@@ -584,6 +600,7 @@ func (s *Server) claimPortLocked(ctx context.Context, g tunnel.ServiceGrant, spe
 			}
 		}
 	}
+	fresh := port.Number == 0
 	switch {
 	case port.Number != 0 && spec.Port != 0 && spec.Port != port.Number:
 		return fail(true, "service %q holds %s port %d already; ask for that port or for none, or release it first (webgw port remove %s)",
@@ -600,6 +617,13 @@ func (s *Server) claimPortLocked(ctx context.Context, g tunnel.ServiceGrant, spe
 	}
 	addr, err := s.OpenPort(port)
 	if err != nil {
+		if fresh {
+			// Not usable here (another program holds it): let it go, so
+			// the next attempt picks another.
+			if rerr := store.ReleasePort(ctx, s.Store, port.Proto, port.Number, tenant); rerr != nil {
+				s.log().Error("release a port that did not open", "port", port.String(), "err", rerr)
+			}
+		}
 		return fail(false, "open %s: %v", port, err)
 	}
 	g.Port, g.URL = port.Number, addr

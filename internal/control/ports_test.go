@@ -130,6 +130,9 @@ func TestClaimPortRefusals(t *testing.T) {
 	if g := f3.welcome; g.Error == "" && (!strings.Contains(g.Services[0].Error, "address already in use") || g.Services[0].Permanent) {
 		t.Errorf("grant when the port cannot open %+v, want a temporary refusal", g.Services[0])
 	}
+	if held, _ := store.PortsOf(h.ctx, h.st, "beta"); len(held) != 0 {
+		t.Errorf("beta holds %v after its port failed to open, want it released", held)
+	}
 }
 
 func TestClaimPortWithoutForwarding(t *testing.T) {
@@ -156,5 +159,45 @@ func TestClaimPortProtocolChange(t *testing.T) {
 	held, _ := store.PortsOf(h.ctx, h.st, "alpha")
 	if len(held) != 1 || held[0].Proto != model.PortUDP {
 		t.Errorf("ports after the change to udp: %v, want only the udp one", held)
+	}
+}
+
+func TestClaimProxyProtocol(t *testing.T) {
+	h := newPortHarness(t)
+	tok := h.addTenant(t, "alpha")
+	sp := portSpec("db", model.ProtoTCP, 0)
+	sp.ProxyProtocol = 2
+	fa := h.connect(t, hello("a", tok, sp))
+	wantAdmitted(t, fa)
+	sv, _, err := store.GetService(h.ctx, h.st, "db")
+	if err != nil || sv.ProxyProtocol != 2 {
+		t.Errorf("stored service %+v, %v; want proxy_protocol 2 from the hello", sv, err)
+	}
+	if got := h.table.Lookup("db").Spec().ProxyProtocol; got != 2 {
+		t.Errorf("table's proxy_protocol %d, want 2 at once", got)
+	}
+	// An agent asking for none leaves the stored setting.
+	fb := h.connect(t, hello("b", tok, portSpec("db", model.ProtoTCP, 0)))
+	wantAdmitted(t, fb)
+	if sv, _, _ := store.GetService(h.ctx, h.st, "db"); sv.ProxyProtocol != 2 {
+		t.Errorf("proxy_protocol %d after an agent without it, want 2 kept", sv.ProxyProtocol)
+	}
+
+	// A quick tunnel's setting lives in the table.
+	q := tunnel.ServiceSpec{Protocol: string(model.ProtoTLS), ProxyProtocol: 1}
+	fq := h.connect(t, hello("q", "", q))
+	wantAdmitted(t, fq)
+	if got := h.table.Lookup(fq.welcome.Services[0].Name).Spec().ProxyProtocol; got != 1 {
+		t.Errorf("quick tunnel proxy_protocol %d, want 1", got)
+	}
+
+	for _, bad := range []tunnel.ServiceSpec{
+		{Name: "u1", Protocol: "udp", ProxyProtocol: 2},
+		{Name: "u2", Protocol: "tcp", ProxyProtocol: 3},
+	} {
+		f := h.connect(t, hello("x"+bad.Name, tok, bad))
+		if f.welcome.Error == "" && (!strings.Contains(f.welcome.Services[0].Error, "proxy_protocol") || !f.welcome.Services[0].Permanent) {
+			t.Errorf("%+v: grant %+v, want a permanent refusal naming proxy_protocol", bad, f.welcome.Services[0])
+		}
 	}
 }

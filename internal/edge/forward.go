@@ -46,6 +46,8 @@ type TCPForwarder struct {
 	// IdleTimeout closes a connection after no byte moved either way for
 	// this long; 0 means 10 min.
 	IdleTimeout time.Duration
+	// AccessLog logs one line (at info) per connection when it ends.
+	AccessLog bool
 	// Log gets debug messages about failed connections; nil discards them.
 	Log *slog.Logger
 
@@ -224,8 +226,16 @@ func (f *TCPForwarder) handle(fc *fwdConn) {
 	if idle == 0 {
 		idle = 10 * time.Minute
 	}
-	proxy.Splice(c, stream, idle)
+	start := time.Now()
+	in, out := proxy.Splice(c, stream, idle)
 	svc.CountRequest()
+	if svc.Metrics != nil {
+		svc.Metrics.Count(0)
+	}
+	if f.AccessLog {
+		f.log().Info("stream", "service", svc.Name, "remote", client, "sni", sni,
+			"bytes_in", in, "bytes_out", out, "duration", time.Since(start).Round(time.Millisecond).String())
+	}
 }
 
 func (f *TCPForwarder) lookup() *route.Service {
@@ -293,6 +303,8 @@ type UDPForwarder struct {
 	// Limit, when set, is a bound shared with other forwarders (a tenant's
 	// ports): a new session also needs a slot in it.
 	Limit *SessionLimit
+	// AccessLog logs one line (at info) per session when it ends.
+	AccessLog bool
 	// Log gets debug messages about failed sessions and rate-limited
 	// warnings about drops; nil discards them.
 	Log *slog.Logger
@@ -477,8 +489,15 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 	}
 	// A direct upstream is a connected UDP socket: one Read or Write is one
 	// datagram, no framing. A tunnel stream carries them framed.
-	read := tunnel.NewDatagramReader(stream).ReadDatagram
-	write := func(p []byte) error { return tunnel.WriteDatagram(stream, p) }
+	var dc tunnel.DatagramConn
+	if ds, ok := agentSession(up).(datagramSession); ok {
+		dc = ds.Datagrams(stream) // QUIC datagrams when the session has them
+	} else {
+		dc = tunnel.StreamDatagrams(stream)
+	}
+	defer dc.Close()
+	read := dc.ReadDatagram
+	write := dc.WriteDatagram
 	if up != nil && up.Direct != nil {
 		read = stream.Read
 		write = func(p []byte) error {
@@ -489,7 +508,18 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 		}
 	}
 	svc.CountRequest()
+	if svc.Metrics != nil {
+		svc.Metrics.Count(0)
+	}
 	defer stream.Close()
+	start := time.Now()
+	var nIn, nOut atomic.Int64 // datagrams client -> backend, backend -> client
+	if f.AccessLog {
+		defer func() {
+			f.log().Info("udp session", "service", svc.Name, "remote", client, "datagrams_in", nIn.Load(),
+				"datagrams_out", nOut.Load(), "duration", time.Since(start).Round(time.Millisecond).String())
+		}()
+	}
 
 	readerDone := make(chan struct{})
 	go func() { // stream -> client
@@ -507,6 +537,7 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 				return
 			}
 			s.touch()
+			nOut.Add(1)
 			if _, err := pc.WriteTo(buf[:n], s.client); err != nil && errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -516,6 +547,7 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 		remove()
 		// Unblock the reader (a closed tunnel stream may still be read
 		// until the peer closes too) and wait for it.
+		dc.SetReadDeadline(time.Unix(1, 0))
 		stream.SetReadDeadline(time.Unix(1, 0))
 		<-readerDone
 	}()
@@ -525,11 +557,12 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 	for {
 		select {
 		case p := <-s.queue:
-			stream.SetWriteDeadline(time.Now().Add(idle))
+			dc.SetWriteDeadline(time.Now().Add(idle))
 			if err := write(p); err != nil {
 				f.log().Debug("udp forward write", "service", svc.Name, "remote", client, "err", err)
 				return
 			}
+			nIn.Add(1)
 			s.touch()
 		case <-timer.C:
 			quiet := time.Since(time.Unix(0, s.last.Load()))
@@ -543,6 +576,20 @@ func (f *UDPForwarder) run(ctx context.Context, pc net.PacketConn, key udpKey, s
 			return
 		}
 	}
+}
+
+// datagramSession is a tunnel session that may carry a udp stream's
+// datagrams as QUIC datagrams (*tunnel.Session).
+type datagramSession interface {
+	Datagrams(st net.Conn) tunnel.DatagramConn
+}
+
+// agentSession is the tunnel session of an agent upstream, or nil.
+func agentSession(up *route.Upstream) any {
+	if up == nil || up.Agent == nil {
+		return nil
+	}
+	return up.Agent.Session
 }
 
 func (f *UDPForwarder) lookupUDP() *route.Service {

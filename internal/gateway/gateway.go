@@ -227,24 +227,28 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	}
 	bindHost, _, _ := net.SplitHostPort(g.HTTPSAddr)
 	g.ports = &ports{
-		host: bindHost, table: g.table, names: names, store: st, log: log, trusted: trusted,
+		host: bindHost, table: g.table, names: names, store: st, log: log, trusted: trusted, accessLog: *cfg.AccessLog,
 		tcpIdle: cfg.Limits.TCPIdleTimeout, udpIdle: cfg.Limits.UDPIdleTimeout,
 		maxUDP: cfg.Limits.MaxUDPSessionsPerPort, maxUDPTenant: int64(cmp.Or(cfg.Limits.MaxUDPSessionsPerTenant, DefaultMaxUDPPerTenant)),
 		open: map[string]*openPort{}, limits: map[string]*edge.SessionLimit{}, ctx: runCtx,
 	}
 	announce := announceHost(cfg.PublicIPs, bindHost, cfg.Domain)
+	// openPublicPort opens a port's listener at once, for the agent or API
+	// client that asked for it, and returns its public address. (Not named
+	// openPort: that is the type of an open port.)
+	openPublicPort := func(p model.Port) (string, error) {
+		if err := g.ports.ensure(p); err != nil {
+			return "", err
+		}
+		return net.JoinHostPort(announce, strconv.Itoa(p.Number)), nil
+	}
 	ctl := &control.Server{
 		Store: st, Table: g.table, Log: log, Open: *cfg.Open, GatewayID: g.ID,
 		MaxAgentsPerTenant: cfg.Limits.MaxAgentsPerTenant, MaxStreamsPerAgent: cfg.Limits.MaxStreamsPerAgent,
 		MaxAnonymousPerIP: cfg.Limits.MaxQuickTunnelsPerIP,
 		OnDrain:           px.DrainIdle,
 		PortRange:         portRange, MaxPortsPerTenant: cmp.Or(cfg.Limits.MaxPortsPerTenant, DefaultMaxPortsPerTenant),
-		OpenPort: func(p model.Port) (string, error) {
-			if err := g.ports.ensure(p); err != nil {
-				return "", err
-			}
-			return net.JoinHostPort(announce, strconv.Itoa(p.Number)), nil
-		},
+		OpenPort: openPublicPort,
 		URL: func(name string, _ model.Protocol) string {
 			return "https://" + hostPort(name+"."+cfg.Domain, httpsPort)
 		},
@@ -273,6 +277,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Info: api.GatewayInfo{ID: g.ID, Version: Version, Domain: cfg.Domain, HTTPAddr: g.HTTPAddr,
 			HTTPSAddr: g.HTTPSAddr, HTTP3Addr: g.H3Addr, APIAddr: g.APIAddr, Open: *cfg.Open, Started: time.Now().UTC()},
+		PortRange: portRange, MaxPortsPerTenant: cmp.Or(cfg.Limits.MaxPortsPerTenant, DefaultMaxPortsPerTenant),
+		OpenPort: openPublicPort,
+		PortAddr: func(n int) string { return net.JoinHostPort(announce, strconv.Itoa(n)) },
 	}
 	g.apiSrv = &http.Server{
 		Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10,
@@ -405,15 +412,39 @@ func (g *Gateway) loadServices(ctx context.Context) error {
 // watchServices keeps the table in step with the store: another gateway, or
 // the API, may change services.
 func (g *Gateway) watchServices(ctx context.Context) {
+	follow(ctx, g.store, store.ServicesPrefix, g.log, func() {
+		if err := g.loadServices(ctx); err != nil {
+			g.log.Error("reload services", "err", err)
+		}
+	}, func(ev store.Event) {
+		name := strings.TrimPrefix(ev.Entry.Key, store.ServicesPrefix)
+		switch ev.Type {
+		case store.EventDelete:
+			g.table.Remove(name)
+		case store.EventPut:
+			var s model.Service
+			if err := json.Unmarshal(ev.Entry.Value, &s); err != nil || s.Name != name {
+				g.log.Error("service record unreadable; ignored", "key", ev.Entry.Key, "err", err)
+				return
+			}
+			g.table.Configure(s)
+		}
+	})
+}
+
+// follow keeps something in step with the records under prefix until ctx
+// ends: each time a watch is (re)established it calls reload, to re-list
+// what may have changed meanwhile, then apply for each change. A failed
+// watch is retried with backoff, and what was applied keeps serving.
+func follow(ctx context.Context, st store.Store, prefix string, log *slog.Logger, reload func(), apply func(store.Event)) {
 	backoff := time.Second
 	for ctx.Err() == nil {
-		ch, err := g.store.Watch(ctx, store.ServicesPrefix)
+		ch, err := st.Watch(ctx, prefix)
 		if err != nil {
 			if errors.Is(err, store.ErrClosed) || ctx.Err() != nil {
 				return
 			}
-			// Keep serving what the table holds, and try again.
-			g.log.Error("watch services; retrying", "err", err, "in", backoff.String())
+			log.Error("watch the store; retrying", "prefix", prefix, "err", err, "in", backoff.String())
 			select {
 			case <-ctx.Done():
 				return
@@ -424,22 +455,9 @@ func (g *Gateway) watchServices(ctx context.Context) {
 		}
 		backoff = time.Second
 		// Re-list after the watch is set up so no change falls between.
-		if err := g.loadServices(ctx); err != nil {
-			g.log.Error("reload services", "err", err)
-		}
+		reload()
 		for ev := range ch {
-			name := strings.TrimPrefix(ev.Entry.Key, store.ServicesPrefix)
-			switch ev.Type {
-			case store.EventDelete:
-				g.table.Remove(name)
-			case store.EventPut:
-				var s model.Service
-				if err := json.Unmarshal(ev.Entry.Value, &s); err != nil || s.Name != name {
-					g.log.Error("service record unreadable; ignored", "key", ev.Entry.Key, "err", err)
-					continue
-				}
-				g.table.Configure(s)
-			}
+			apply(ev)
 		}
 	}
 }
@@ -465,6 +483,14 @@ func (g *Gateway) expireLoop(ctx context.Context) {
 			g.expireQuickPorts(ctx, now, idle, expired, missing)
 		}
 	}
+}
+
+// orAll names an empty listen host.
+func orAll(host string) string {
+	if host == "" {
+		return "all addresses"
+	}
+	return host
 }
 
 // expireQuickPorts releases the ports of anonymous quick tunnels whose name
@@ -519,6 +545,7 @@ func (g *Gateway) Banner(w io.Writer) {
 		fmt.Fprintf(w, "  http/3        udp/%s on %s (and agent tunnels over quic)\n", portOf(g.H3Addr), g.H3Addr)
 	}
 	fmt.Fprintf(w, "  http          %s (redirects to https)\n", g.HTTPAddr)
+	fmt.Fprintf(w, "  tcp/udp ports %s on %s (expose tcp://HOST:PORT or udp://HOST:PORT)\n", c.PortRange, orAll(g.ports.host))
 	fmt.Fprintf(w, "  admin api     http://%s (token in %s)\n", g.APIAddr, g.AdminTokenFile)
 	fmt.Fprintf(w, "  dns           %s (reserved; not served in this version)\n", c.DNSAddr)
 	fmt.Fprintf(w, "  ca            %s\n", g.CAFile)

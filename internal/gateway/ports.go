@@ -39,6 +39,8 @@ type ports struct {
 	// trusted are the sources whose inbound PROXY header is honoured on
 	// TCP ports; nil means none.
 	trusted []netip.Prefix
+	// accessLog logs a line per connection and UDP session.
+	accessLog bool
 
 	mu     sync.Mutex
 	open   map[string]*openPort          // by model.Port.String(); guarded by mu
@@ -105,7 +107,7 @@ func (m *ports) ensure(p model.Port) error {
 		if len(m.trusted) > 0 {
 			ln = proxyproto.NewListener(ln, m.trusted, 0)
 		}
-		o.tcp = &edge.TCPForwarder{Lookup: func() *route.Service { return o.service(m.table) }, IdleTimeout: m.tcpIdle, Log: log}
+		o.tcp = &edge.TCPForwarder{Lookup: func() *route.Service { return o.service(m.table) }, IdleTimeout: m.tcpIdle, AccessLog: m.accessLog, Log: log}
 		if p.SNI {
 			o.tcp.SNI = func(serverName string) *route.Service {
 				svc := m.names.Lookup(serverName)
@@ -133,7 +135,7 @@ func (m *ports) ensure(p model.Port) error {
 			m.limits[p.Tenant] = lim
 		}
 		f := &edge.UDPForwarder{Lookup: func() *route.Service { return o.service(m.table) }, IdleTimeout: m.udpIdle,
-			MaxSessions: m.maxUDP, Limit: lim, Log: log}
+			MaxSessions: m.maxUDP, Limit: lim, AccessLog: m.accessLog, Log: log}
 		go func() {
 			defer close(o.done)
 			if err := f.Serve(ctx, pc); err != nil {
@@ -190,46 +192,28 @@ func (m *ports) release(key string) {
 
 // watch keeps the open ports in step with the store until ctx ends.
 func (m *ports) watch(ctx context.Context) {
-	backoff := time.Second
-	for ctx.Err() == nil {
-		ch, err := m.store.Watch(ctx, store.PortsPrefix)
-		if err != nil {
-			if errors.Is(err, store.ErrClosed) || ctx.Err() != nil {
-				return
-			}
-			m.log.Error("watch ports; retrying", "err", err, "in", backoff.String())
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(backoff*2, 30*time.Second)
-			continue
-		}
-		backoff = time.Second
-		// Re-list after the watch is set up so no change falls between.
+	follow(ctx, m.store, store.PortsPrefix, m.log, func() {
 		if recs, err := store.ListPorts(ctx, m.store); err != nil {
 			m.log.Error("list ports", "err", err)
 		} else {
 			m.sync(recs)
 		}
-		for ev := range ch {
-			key := strings.TrimPrefix(ev.Entry.Key, store.PortsPrefix)
-			switch ev.Type {
-			case store.EventDelete:
-				m.release(key)
-			case store.EventPut:
-				var p model.Port
-				if err := json.Unmarshal(ev.Entry.Value, &p); err != nil || p.String() != key {
-					m.log.Error("port record unreadable; ignored", "key", ev.Entry.Key, "err", err)
-					continue
-				}
-				if err := m.ensure(p); err != nil {
-					m.log.Error("port cannot open; it stays allocated", "port", key, "err", err)
-				}
+	}, func(ev store.Event) {
+		key := strings.TrimPrefix(ev.Entry.Key, store.PortsPrefix)
+		switch ev.Type {
+		case store.EventDelete:
+			m.release(key)
+		case store.EventPut:
+			var p model.Port
+			if err := json.Unmarshal(ev.Entry.Value, &p); err != nil || p.String() != key {
+				m.log.Error("port record unreadable; ignored", "key", ev.Entry.Key, "err", err)
+				return
+			}
+			if err := m.ensure(p); err != nil {
+				m.log.Error("port cannot open; it stays allocated", "port", key, "err", err)
 			}
 		}
-	}
+	})
 }
 
 // shutdown stops accepting on every port and lets TCP connections finish

@@ -297,6 +297,13 @@ func (s *Service) ValidateRouting() error {
 	case s.ProxyProtocol != 0 && s.Protocol == ProtoUDP:
 		return errors.New("proxy_protocol: not available for udp services")
 	}
+	if s.ProxyProtocol != 0 && s.Protocol.Terminates() {
+		for i, u := range s.Upstreams {
+			if strings.HasPrefix(u.URL, "https://") {
+				return fmt.Errorf("upstreams[%d].url: an https upstream cannot be sent a PROXY header (it goes before the TLS handshake the gateway makes); use http:// or turn proxy_protocol off", i)
+			}
+		}
+	}
 	if p := s.Passive; p != nil {
 		if p.MaxFailures < -1 || p.MaxFailures > 1000 {
 			return fmt.Errorf("passive.max_failures: %d; use 1-1000, or -1 to turn passive ejection off", p.MaxFailures)

@@ -32,7 +32,15 @@ func (p *HTTP) serveDirect(w http.ResponseWriter, r *http.Request, svc *route.Se
 		clear(h)
 		return nil
 	}
-	u, resp, werrc, err := sp.roundTrip(r.Context(), svc, r, clientIP, info)
+	var cl *ppClient
+	if v := svc.Spec().ProxyProtocol; v != 0 {
+		var err error
+		if cl, err = ppClientOf(v, r); err != nil {
+			ErrorPage(w, http.StatusBadGateway, "The client's address cannot be sent to the service.")
+			return true
+		}
+	}
+	u, resp, werrc, err := sp.roundTrip(r.Context(), svc, r, clientIP, info, cl)
 	if err != nil {
 		status, msg := upstreamError(err)
 		if r.Context().Err() != nil {

@@ -25,7 +25,7 @@ type fakeAgent struct {
 	wg      sync.WaitGroup
 }
 
-func newFakeAgent(t *testing.T, id string, serve func(h *tunnel.Header, c net.Conn)) *fakeAgent {
+func newFakeAgent(t testing.TB, id string, serve func(h *tunnel.Header, c net.Conn)) *fakeAgent {
 	t.Helper()
 	c1, c2 := net.Pipe()
 	gw, err := tunnel.Server(c1, nil)
@@ -88,7 +88,7 @@ func (fa *fakeAgent) nextHeader(t *testing.T) *tunnel.Header {
 
 // serveHTTP returns a serve function that hands streams to srv, which it
 // starts; srv is closed when the test ends.
-func serveHTTP(t *testing.T, srv *http.Server) func(*tunnel.Header, net.Conn) {
+func serveHTTP(t testing.TB, srv *http.Server) func(*tunnel.Header, net.Conn) {
 	t.Helper()
 	ln := &connListener{ch: make(chan net.Conn), done: make(chan struct{})}
 	served := make(chan struct{})
@@ -110,7 +110,7 @@ func serveHTTP(t *testing.T, srv *http.Server) func(*tunnel.Header, net.Conn) {
 }
 
 // serveHandler serves h with HTTP/1.1 on every stream.
-func serveHandler(t *testing.T, h http.Handler) func(*tunnel.Header, net.Conn) {
+func serveHandler(t testing.TB, h http.Handler) func(*tunnel.Header, net.Conn) {
 	return serveHTTP(t, &http.Server{Handler: h})
 }
 

@@ -65,6 +65,12 @@ type h1conn struct {
 
 	br   *bufio.Reader // nil while idle with nothing buffered
 	idle atomic.Bool   // waiting for the next request; set by the owner, read by shutdown
+
+	// For services with the PROXY protocol: the header's client, made on
+	// the first such request, and the services whose pools hold upstream
+	// connections made for this connection (closed when it ends).
+	pp     *ppClient
+	ppUsed []*svcProxy
 }
 
 var errHeadTooLarge = errors.New("request head too large")
@@ -118,6 +124,9 @@ func (p *HTTP) ServeH1(ctx context.Context, c net.Conn, lim ConnLimits) {
 	})
 	defer func() {
 		stop()
+		for _, sp := range h.ppUsed {
+			sp.closeClient(h)
+		}
 		if h.br != nil {
 			h.br.Reset(nil)
 			readerPool.Put(h.br)
@@ -283,6 +292,9 @@ type upConn struct {
 	// pooled is set when the connection was taken from the pool (it may
 	// have been closed by the other side meanwhile: not the upstream's fault).
 	pooled bool
+	// pp is the client named by the PROXY header the connection started
+	// with; nil when none. Such a connection is pooled for that client only.
+	pp *ppClient
 }
 
 // close ends the stream. A stream's Close only ends our sending side; the
@@ -299,7 +311,9 @@ func (u *upConn) close() {
 // connections when a live one is there, else a new one (to the next
 // upstream when that one cannot be reached). Picking per request, not per
 // connection, spreads requests over replicas even when one would do.
-func (sp *svcProxy) getUp(ctx context.Context, svc *route.Service, clientIP string, triedp *[]*route.Upstream) (*upConn, error) {
+// With cl set (the PROXY protocol), only connections made for cl are taken
+// from the pool, and a new one starts with cl's header.
+func (sp *svcProxy) getUp(ctx context.Context, svc *route.Service, clientIP string, triedp *[]*route.Upstream, cl *ppClient) (*upConn, error) {
 	var lastErr error
 	busy := false
 	for range 8 {
@@ -313,19 +327,18 @@ func (sp *svcProxy) getUp(ctx context.Context, svc *route.Service, clientIP stri
 		if up == nil {
 			break
 		}
+		if cl != nil {
+			if err := checkPP(cl, up); err != nil {
+				lastErr = err
+				*triedp = append(*triedp, up)
+				continue
+			}
+		}
 		for {
-			sp.mu.Lock()
-			list := sp.idle[up]
-			n := len(list)
-			if n == 0 {
-				sp.mu.Unlock()
+			u := sp.takeIdle(up, cl)
+			if u == nil {
 				break
 			}
-			u := list[n-1]
-			list[n-1] = nil
-			sp.idle[up] = list[:n-1]
-			sp.nidle--
-			sp.mu.Unlock()
 			// A connection idle only briefly is taken as is (a failure
 			// then is retried); one idle longer is checked, as its
 			// backend may have closed its keep-alive connection.
@@ -343,7 +356,13 @@ func (sp *svcProxy) getUp(ctx context.Context, svc *route.Service, clientIP stri
 		c, err := up.Dial(dctx, sp.hdr)
 		cancel()
 		if err == nil {
-			return newUpConn(c, up), nil
+			u := newUpConn(c, up)
+			if cl != nil {
+				// Sent with the request head, in one write.
+				u.pp = cl
+				u.bw.Write(cl.hdr)
+			}
+			return u, nil
 		}
 		if errors.Is(err, route.ErrBusy) {
 			busy = true
@@ -365,6 +384,38 @@ func (sp *svcProxy) getUp(ctx context.Context, svc *route.Service, clientIP stri
 		return nil, route.ErrBusy
 	}
 	return nil, route.ErrNoUpstream
+}
+
+// takeIdle takes the most recently pooled connection to up (made for cl
+// when cl is set), or returns nil.
+func (sp *svcProxy) takeIdle(up *route.Upstream, cl *ppClient) *upConn {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if cl != nil {
+		k := cl.key(up)
+		list := sp.ppIdle[k]
+		n := len(list)
+		if n == 0 {
+			return nil
+		}
+		u := list[n-1]
+		list[n-1] = nil
+		// The empty list stays for the connection's return (no
+		// allocation per request); sweepLocked drops it when aged.
+		sp.ppIdle[k] = list[:n-1]
+		sp.nidle--
+		return u
+	}
+	list := sp.idle[up]
+	n := len(list)
+	if n == 0 {
+		return nil
+	}
+	u := list[n-1]
+	list[n-1] = nil
+	sp.idle[up] = list[:n-1]
+	sp.nidle--
+	return u
 }
 
 // dialTimeout bounds connecting to one upstream.
@@ -399,13 +450,24 @@ func (sp *svcProxy) putUp(u *upConn) {
 	sp.mu.Lock()
 	// A draining agent's streams are closed as their exchanges end, so it
 	// gets no new request and its drain completes.
-	if sp.nidle < sp.maxIdle && !a.Draining() && !a.Gone() {
+	if u.pp != nil && sp.nidle < sp.maxIdle && !a.Draining() && !a.Gone() {
+		if sp.ppIdle == nil {
+			sp.ppIdle = make(map[ppKey][]*upConn)
+		}
+		k := u.pp.key(a)
+		sp.ppIdle[k] = append(sp.ppIdle[k], u)
+		sp.nidle++
+		sp.sweepLocked(false)
+		sp.mu.Unlock()
+		return
+	}
+	if u.pp == nil && sp.nidle < sp.maxIdle && !a.Draining() && !a.Gone() {
 		if sp.idle == nil {
 			sp.idle = make(map[*route.Upstream][]*upConn)
 		}
 		sp.idle[a] = append(sp.idle[a], u)
 		sp.nidle++
-		sp.sweepLocked()
+		sp.sweepLocked(false)
 		sp.mu.Unlock()
 		return
 	}
@@ -414,8 +476,10 @@ func (sp *svcProxy) putUp(u *upConn) {
 }
 
 // sweepLocked drops the pooled connections of upstreams that are gone or
-// draining (the balancer no longer picks them).
-func (sp *svcProxy) sweepLocked() {
+// draining (the balancer no longer picks them). Connections pooled per
+// PROXY client are looked at only now and then (they are many, and
+// getUp does not take one of a gone upstream), or when all is set.
+func (sp *svcProxy) sweepLocked(all bool) {
 	now := time.Now()
 	// Now and then, also close connections idle longer than idleTimeout
 	// (a direct upstream's socket would otherwise wait in the pool).
@@ -445,14 +509,40 @@ func (sp *svcProxy) sweepLocked() {
 			}
 		}
 	}
+	if !aged && !all {
+		return
+	}
+	for k, list := range sp.ppIdle {
+		n := 0
+		if k.up.Gone() || k.up.Draining() {
+			n = len(list)
+		}
+		for sp.idleTimeout > 0 && n < len(list) && now.Sub(list[n].idleSince) > sp.idleTimeout {
+			n++
+		}
+		for _, u := range list[:n] {
+			u.close()
+		}
+		sp.nidle -= n
+		if n == len(list) {
+			delete(sp.ppIdle, k)
+		} else if n > 0 {
+			sp.ppIdle[k] = append(list[:0], list[n:]...)
+		}
+	}
 }
 
 func (sp *svcProxy) closeIdle() {
 	sp.mu.Lock()
-	idle := sp.idle
-	sp.idle, sp.nidle = nil, 0
+	idle, ppIdle := sp.idle, sp.ppIdle
+	sp.idle, sp.ppIdle, sp.nidle = nil, nil, 0
 	sp.mu.Unlock()
 	for _, list := range idle {
+		for _, u := range list {
+			u.close()
+		}
+	}
+	for _, list := range ppIdle {
 		for _, u := range list {
 			u.close()
 		}
@@ -468,7 +558,15 @@ func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool)
 		return http.StatusServiceUnavailable, 0, keep && bodyless(req)
 	}
 	sp := h.p.proxyFor(svc)
-	u, resp, werrc, err := sp.roundTrip(nil, svc, req, h.clientIP, h.writeInformational)
+	var cl *ppClient
+	if v := svc.Spec().ProxyProtocol; v != 0 {
+		var err error
+		if cl, err = h.ppClient(sp, v); err != nil {
+			h.writeError(req, http.StatusBadGateway, "The client's address cannot be sent to the service.", false)
+			return http.StatusBadGateway, 0, false
+		}
+	}
+	u, resp, werrc, err := sp.roundTrip(nil, svc, req, h.clientIP, h.writeInformational, cl)
 	if err == nil {
 		defer u.up.End()
 	}
@@ -502,10 +600,11 @@ func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool)
 // answer (an agent killed with the request in flight, or a pooled stream the
 // agent closed just as it was taken).
 // When ctx is not nil, its end closes the stream (a client that went away).
-func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http.Request, clientIP string, info func(*http.Response) error) (*upConn, *http.Response, chan error, error) {
+// With cl set, the upstream connection is one made for cl (getUp).
+func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http.Request, clientIP string, info func(*http.Response) error, cl *ppClient) (*upConn, *http.Response, chan error, error) {
 	var tried []*route.Upstream
 	for attempt := 1; ; attempt++ {
-		u, err := sp.getUp(ctx, svc, clientIP, &tried)
+		u, err := sp.getUp(ctx, svc, clientIP, &tried, cl)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -575,6 +674,25 @@ func (sp *svcProxy) roundTrip(ctx context.Context, svc *route.Service, req *http
 	}
 }
 
+// ppClient returns the connection's PROXY client for version v, noting
+// that sp will pool upstream connections for it.
+func (h *h1conn) ppClient(sp *svcProxy, v int) (*ppClient, error) {
+	if h.pp == nil || int(h.pp.v) != v {
+		cl, err := newPPClient(v, h.c.RemoteAddr(), h.c.LocalAddr(), h)
+		if err != nil {
+			return nil, err
+		}
+		h.pp = cl
+	}
+	for _, s := range h.ppUsed {
+		if s == sp {
+			return h.pp, nil
+		}
+	}
+	h.ppUsed = append(h.ppUsed, sp)
+	return h.pp, nil
+}
+
 // maxAttempts bounds the tries of one request (see roundTrip).
 const maxAttempts = 4
 
@@ -633,6 +751,8 @@ func (sp *svcProxy) finish(u *upConn, resp *http.Response, werrc chan error, upO
 
 func upstreamError(err error) (int, string) {
 	switch {
+	case errors.Is(err, errPPOverTLS):
+		return http.StatusBadGateway, "The service sends the PROXY protocol, which its https upstreams cannot be given."
 	case errors.Is(err, route.ErrBusy):
 		return http.StatusServiceUnavailable, "Every agent of this service is at its stream limit."
 	case errors.Is(err, route.ErrNoUpstream):

@@ -57,8 +57,11 @@ type svcProxy struct {
 	maxIdle int
 	mu      sync.Mutex
 	idle    map[*route.Upstream][]*upConn // pooled connections per upstream, most recently used last; guarded by mu
-	nidle   int                           // streams in idle; guarded by mu
-	swept   time.Time                     // last sweep for age; guarded by mu
+	// ppIdle pools the connections that start with a PROXY header, per
+	// client connection and upstream (ppclient.go); guarded by mu.
+	ppIdle map[ppKey][]*upConn
+	nidle  int       // streams in idle and ppIdle; guarded by mu
+	swept  time.Time // last sweep for age; guarded by mu
 	// idleTimeout closes pooled connections idle this long (swept as
 	// connections come back to the pool); read-only.
 	idleTimeout time.Duration
@@ -146,7 +149,7 @@ func (p *HTTP) DrainIdle(svc *route.Service) {
 	sp := p.proxyFor(svc)
 	sp.transport.closeIdle(true)
 	sp.mu.Lock()
-	sp.sweepLocked()
+	sp.sweepLocked(true)
 	sp.mu.Unlock()
 }
 

@@ -44,9 +44,22 @@ func (b *balancedTransport) transportFor(u *route.Upstream) *http.Transport {
 	b.sweepLocked()
 	t := b.base()
 	t.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+		// The request that asked for the connection names its PROXY
+		// client; its URL host keeps the connection for that client.
+		cl := ppFromContext(ctx)
+		if cl != nil {
+			if err := checkPP(cl, u); err != nil {
+				return nil, fmt.Errorf("%w %s: %w", errDial, u, err)
+			}
+		}
 		dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 		defer cancel()
 		c, err := u.Dial(dctx, b.hdr)
+		if err == nil && cl != nil {
+			if _, err = c.Write(cl.hdr); err != nil {
+				c.Close()
+			}
+		}
 		if err != nil {
 			if !errors.Is(err, route.ErrBusy) {
 				u.Report(false)
@@ -102,6 +115,19 @@ func (b *balancedTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		*r = *req
 		r.Body = noClose{req.Body}
 		req = r
+	}
+	if v := b.svc.Spec().ProxyProtocol; v != 0 {
+		// Connections start with a header naming this client: the URL
+		// host gives them a pool of their own, the context tells the
+		// dialer what to send. The Host header is req.Host, unchanged.
+		cl, err := ppClientOf(v, req)
+		if err != nil {
+			return nil, fmt.Errorf("proxy protocol: %w", err)
+		}
+		u := *req.URL
+		u.Host = cl.poolHost(b.svc.Name)
+		req = req.WithContext(context.WithValue(req.Context(), ppCtxKey{}, cl))
+		req.URL = &u
 	}
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		u := b.svc.Pick(clientIP, tried...)

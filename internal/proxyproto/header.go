@@ -84,6 +84,19 @@ func WriteHeader(w io.Writer, v Version, src, dst net.Addr) error {
 	return nil
 }
 
+// LocalHeader returns the PROXY header of version v for a connection the
+// proxy makes on its own behalf, such as a health check: v1 "PROXY
+// UNKNOWN", v2 the LOCAL command. A receiver keeps the socket's addresses.
+func LocalHeader(v Version) ([]byte, error) {
+	if err := v.valid(); err != nil {
+		return nil, err
+	}
+	if v == V1 {
+		return []byte("PROXY UNKNOWN\r\n"), nil
+	}
+	return (&pp.Header{Version: 2, Command: pp.LOCAL, TransportProtocol: pp.UNSPEC}).Format()
+}
+
 func format(h *pp.Header) ([]byte, error) {
 	if h.Command != pp.PROXY {
 		// HeaderProxyFromAddrs falls back to LOCAL only for address types

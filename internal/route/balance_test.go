@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	pp "github.com/pires/go-proxyproto"
+
 	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/tunnel"
 )
@@ -508,5 +510,34 @@ func TestEjectionCap(t *testing.T) {
 	}
 	if out != 2 {
 		t.Fatalf("%d of 4 upstreams ejected, want 2 (half)", out)
+	}
+}
+
+// TestActiveCheckProxyProtocol: a backend that wants a PROXY header first
+// gets a LOCAL one (v2) or UNKNOWN (v1) on the health check's connection.
+func TestActiveCheckProxyProtocol(t *testing.T) {
+	for _, v := range []int{1, 2} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(204) })}
+		go srv.Serve(&pp.Listener{Listener: ln}) // default policy: REQUIRE
+		defer srv.Close()
+		tb := NewTable(nil)
+		tb.DialDirect = func(ctx context.Context, u model.ParsedUpstream, _ model.Upstream, _ bool) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", u.HostPort())
+		}
+		s := tb.Configure(model.Service{Name: "web", Tenant: "acme", Protocol: model.ProtoHTTP, ProxyProtocol: v,
+			Upstreams: []model.Upstream{{URL: "http://" + ln.Addr().String()}},
+			Health:    &model.HealthCheck{Path: "/", Interval: model.Duration(time.Hour)}})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := tb.Check(ctx, s, s.Upstreams()[0], s.policy()); err != nil {
+			t.Errorf("v%d: Check of a PROXY-protocol backend: %v", v, err)
+		}
+		cancel()
+		tb.Close()
 	}
 }

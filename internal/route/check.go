@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/webgw/webgw/internal/model"
+	"github.com/webgw/webgw/internal/proxyproto"
 	"github.com/webgw/webgw/internal/tunnel"
 )
 
@@ -70,6 +71,17 @@ func (t *Table) Check(ctx context.Context, s *Service, u *Upstream, p *HealthPol
 	defer c.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
+	}
+	if pp := s.Spec().ProxyProtocol; httpCheck && (pp == 1 || pp == 2) {
+		// The backend expects a PROXY header first; a check is the
+		// gateway's own connection.
+		h, err := proxyproto.LocalHeader(proxyproto.Version(pp))
+		if err != nil {
+			return err
+		}
+		if _, err := c.Write(h); err != nil {
+			return fmt.Errorf("send proxy header: %w", err)
+		}
 	}
 	if !httpCheck {
 		if u.Direct != nil {

@@ -245,6 +245,10 @@ func (c *countedConn) Write(p []byte) (int, error) {
 // CloseWrite half-closes the stream. A stream that cannot half-close returns
 // errors.ErrUnsupported rather than pretend, so a splicer closes it instead
 // (the peer would otherwise never see the end of the data).
+// NetConn returns the stream or connection under c (as tls.Conn's does),
+// for the tunnel to find a udp stream's QUIC stream.
+func (c *countedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *countedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
@@ -373,6 +377,21 @@ func (t *Table) upsertLocked(name, tenant string, proto model.Protocol, stored b
 			t.setDirectLocked(ns, c.spec)
 		}
 		return ns
+	}
+	return s
+}
+
+// UpsertQuick adds or updates the anonymous quick-tunnel service name (not
+// stored) and sets the PROXY header version its backends want, which for a
+// quick tunnel comes from its agent's hello; it returns the entry.
+func (t *Table) UpsertQuick(name string, proto model.Protocol, proxyProtocol int) *Service {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.upsertLocked(name, "", proto, false)
+	if c := s.config(); c.spec.ProxyProtocol != proxyProtocol {
+		spec := c.spec
+		spec.ProxyProtocol = proxyProtocol
+		s.cfg.Store(&svcConfig{lb: c.lb, policy: c.policy, spec: spec, checks: c.checks})
 	}
 	return s
 }

@@ -396,7 +396,9 @@ const maxPortAttempts = 128
 
 // AllocatePort gives service p.Service of p.Tenant (empty: an anonymous
 // quick tunnel) a public port of protocol p.Proto from the range r, stores
-// its record (with p.Created as given) and returns it.
+// its record (with p.Created as given) and returns it. An SNI port
+// (p.SNI) is tcp and has no service: it is shared by the tenant's tls
+// services.
 //
 // With p.Number 0 it picks a free port: it starts at a random offset in r
 // and scans, claiming each candidate with a create-only write, so two
@@ -524,8 +526,15 @@ func checkPortRequest(p model.Port, r model.PortRange, quota int) error {
 			return err
 		}
 	}
-	if err := model.ValidateName(p.Service); err != nil {
-		return fmt.Errorf("service: %w", err)
+	switch {
+	case p.SNI && p.Proto != model.PortTCP:
+		return fmt.Errorf("sni: only a tcp port can be an SNI port, not %s", p.Proto)
+	case p.SNI && p.Service != "":
+		return fmt.Errorf("service: an SNI port serves all of its tenant's tls services; give no service (%q given)", p.Service)
+	case !p.SNI:
+		if err := model.ValidateName(p.Service); err != nil {
+			return fmt.Errorf("service: %w", err)
+		}
 	}
 	if quota < 0 {
 		return fmt.Errorf("quota %d; use a count, or 0 for none", quota)

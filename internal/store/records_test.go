@@ -401,6 +401,43 @@ func newPort(proto model.PortProto, n int, tenant, service string) model.Port {
 	return model.Port{Proto: proto, Number: n, Tenant: tenant, Service: service, Created: portCreated}
 }
 
+func sniPort(proto model.PortProto, n int, tenant string) model.Port {
+	return model.Port{Proto: proto, Number: n, Tenant: tenant, SNI: true, Created: portCreated}
+}
+
+// TestAllocateSNIPort: an SNI port has no service; asking again for the
+// same one is idempotent, and it counts towards the quota.
+func TestAllocateSNIPort(t *testing.T) {
+	ctx := testContext(t)
+	s := openBolt(t)
+	r := model.PortRange{First: 20000, Last: 20099}
+	want := sniPort(model.PortTCP, 20010, "acme")
+	got, err := store.AllocatePort(ctx, s, want, r, 2)
+	if err != nil || got != want {
+		t.Fatalf("AllocatePort(SNI %s) = %+v, %v; want %+v", want, got, err, want)
+	}
+	if got, err := store.AllocatePort(ctx, s, want, r, 2); err != nil || got != want {
+		t.Fatalf("AllocatePort(SNI %s) again = %+v, %v; want %+v", want, got, err, want)
+	}
+	if _, err := store.AllocatePort(ctx, s, sniPort(model.PortTCP, 20010, "beta"), r, 0); !errors.Is(err, store.ErrPortTaken) {
+		t.Errorf("another tenant's SNI request for a held port = %v, want ErrPortTaken", err)
+	}
+	if _, err := store.AllocatePort(ctx, s, newPort(model.PortTCP, 20010, "acme", "ssh"), r, 0); !errors.Is(err, store.ErrPortTaken) {
+		t.Errorf("a service's request for the tenant's SNI port = %v, want ErrPortTaken", err)
+	}
+	anyPort, err := store.AllocatePort(ctx, s, sniPort(model.PortTCP, 0, "acme"), r, 2)
+	if err != nil || !anyPort.SNI || anyPort.Service != "" || !r.Contains(anyPort.Number) {
+		t.Fatalf("AllocatePort(SNI, any) = %+v, %v", anyPort, err)
+	}
+	if _, err := store.AllocatePort(ctx, s, sniPort(model.PortTCP, 0, "acme"), r, 2); !errors.Is(err, store.ErrQuota) {
+		t.Errorf("a third port with quota 2 = %v, want ErrQuota", err)
+	}
+	ports, err := store.PortsOf(ctx, s, "acme")
+	if err != nil || len(ports) != 2 || ports[0].Service != "" || ports[1].Service != "" {
+		t.Errorf("PortsOf(acme) = %+v, %v", ports, err)
+	}
+}
+
 func TestAllocatePortAny(t *testing.T) {
 	ctx := testContext(t)
 	s := openBolt(t)
@@ -561,6 +598,8 @@ func TestAllocatePortInvalid(t *testing.T) {
 		{"no service", newPort(model.PortTCP, 0, "acme", ""), r, 0, "service"},
 		{"bad service", newPort(model.PortTCP, 0, "acme", "my_ssh"), r, 0, "service"},
 		{"negative quota", newPort(model.PortTCP, 0, "acme", "ssh"), r, -1, "quota -1"},
+		{"sni udp", sniPort(model.PortUDP, 0, "acme"), r, 0, "sni: only a tcp port"},
+		{"sni with service", model.Port{Proto: model.PortTCP, Tenant: "acme", Service: "web", SNI: true}, r, 0, "service: an SNI port"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -41,7 +41,10 @@ type Hello struct {
 	// stale session.
 	Conn int `json:"conn,omitempty"`
 	// Transport is "tcp" or "quic", for logs and status.
-	Transport string        `json:"transport,omitempty"`
+	Transport string `json:"transport,omitempty"`
+	// Datagrams says the agent takes and sends the datagrams of udp
+	// streams as QUIC datagrams too (spec.md section 5.4).
+	Datagrams bool          `json:"datagrams,omitempty"`
 	Services  []ServiceSpec `json:"services"`
 }
 
@@ -56,6 +59,10 @@ type ServiceSpec struct {
 	// Port is the public port wanted for a tcp or udp service; 0 lets the
 	// gateway pick one (or keep the one the service holds).
 	Port int `json:"port,omitempty"`
+	// ProxyProtocol, 1 or 2, asks the gateway to send the backend a PROXY
+	// header of that version first on each connection; 0 leaves the
+	// service's own setting.
+	ProxyProtocol int `json:"proxy_protocol,omitempty"`
 }
 
 // Welcome answers Hello.
@@ -66,6 +73,9 @@ type Welcome struct {
 	Permanent bool `json:"permanent,omitempty"`
 	// GatewayID names the gateway, for logs.
 	GatewayID string `json:"gateway_id,omitempty"`
+	// Datagrams says QUIC datagrams are on for this session's udp streams
+	// (the hello asked for them and the session is over QUIC).
+	Datagrams bool `json:"datagrams,omitempty"`
 	// Services answers each ServiceSpec, in order.
 	Services []ServiceGrant `json:"services,omitempty"`
 }

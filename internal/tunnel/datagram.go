@@ -128,15 +128,42 @@ func (d *DatagramReader) ReadDatagram(buf []byte) (n int, err error) {
 //
 // It holds two buffers of MaxDatagramLen bytes while it runs.
 func RelayUDP(ctx context.Context, stream net.Conn, udp net.Conn, idle time.Duration) error {
+	// The datagram from udp lands after room for its length, so a frame is
+	// written in one Write without copying.
+	toStream := func(buf []byte, n int) error {
+		binary.BigEndian.PutUint16(buf, uint16(n))
+		_, err := stream.Write(buf[:2+n])
+		return err
+	}
+	return relay(ctx, NewDatagramReader(stream).ReadDatagram, toStream, stream.SetDeadline, udp, idle)
+}
+
+// RelayDatagrams is RelayUDP for any DatagramConn, such as one with QUIC
+// datagrams (Session.Datagrams).
+func RelayDatagrams(ctx context.Context, dc DatagramConn, udp net.Conn, idle time.Duration) error {
+	if sd, ok := dc.(*streamDatagrams); ok {
+		return RelayUDP(ctx, sd.st, udp, idle)
+	}
+	toPeer := func(buf []byte, n int) error { return dc.WriteDatagram(buf[2 : 2+n]) }
+	setDeadline := func(t time.Time) error {
+		dc.SetReadDeadline(t)
+		return dc.SetWriteDeadline(t)
+	}
+	return relay(ctx, dc.ReadDatagram, toPeer, setDeadline, udp, idle)
+}
+
+// relay is RelayUDP's loop: fromPeer reads a datagram of the peer (io.EOF
+// at its end), toPeer sends the n bytes at buf[2:] to it.
+func relay(ctx context.Context, fromPeer func([]byte) (int, error), toPeer func(buf []byte, n int) error,
+	setPeerDeadline func(time.Time) error, udp net.Conn, idle time.Duration) error {
 	start := time.Now()
 	var last atomic.Int64 // time.Since(start) when a datagram last moved
 	errc := make(chan error, 2)
 
 	go func() { // stream -> udp
-		dr := NewDatagramReader(stream)
 		buf := make([]byte, MaxDatagramLen)
 		for {
-			n, err := dr.ReadDatagram(buf)
+			n, err := fromPeer(buf)
 			if err == io.EOF {
 				errc <- nil
 				return
@@ -153,8 +180,6 @@ func RelayUDP(ctx context.Context, stream net.Conn, udp net.Conn, idle time.Dura
 		}
 	}()
 	go func() { // udp -> stream
-		// The datagram lands after room for its length, so a frame is
-		// written in one Write without copying.
 		buf := make([]byte, 2+MaxDatagramLen)
 		for {
 			n, err := udp.Read(buf[2:])
@@ -162,8 +187,7 @@ func RelayUDP(ctx context.Context, stream net.Conn, udp net.Conn, idle time.Dura
 				errc <- fmt.Errorf("read udp: %w", err)
 				return
 			}
-			binary.BigEndian.PutUint16(buf, uint16(n))
-			if _, err := stream.Write(buf[:2+n]); err != nil {
+			if err := toPeer(buf, n); err != nil {
 				errc <- fmt.Errorf("write udp stream: %w", err)
 				return
 			}
@@ -202,12 +226,12 @@ loop:
 	// Unblock the direction still running, wait for it, then clear the
 	// deadlines so the caller gets its conns back as they were.
 	past := time.Unix(1, 0)
-	stream.SetDeadline(past)
+	setPeerDeadline(past)
 	udp.SetDeadline(past)
 	for ; running > 0; running-- {
 		<-errc
 	}
-	stream.SetDeadline(time.Time{})
+	setPeerDeadline(time.Time{})
 	udp.SetDeadline(time.Time{})
 	return err
 }

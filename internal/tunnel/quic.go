@@ -133,6 +133,15 @@ type quicMux struct {
 
 	streams    atomic.Int64 // streams returned by open and accept and not yet ended
 	localClose atomic.Bool  // set by close before the connection closes
+
+	dgOnce sync.Once                   // starts receiveDatagrams (EnableDatagrams)
+	flowMu sync.Mutex                  // guards flows
+	flows  map[quic.StreamID]*quicFlow // udp streams using QUIC datagrams; nil until EnableDatagrams
+	// pending holds datagrams of streams without a flow yet; guarded by flowMu.
+	pending map[quic.StreamID]*earlyDatagrams
+	// dgSent and dgRecv count the udp datagrams that went as QUIC
+	// datagrams, and those received for a flow.
+	dgSent, dgRecv atomic.Int64
 }
 
 var _ muxer = (*quicMux)(nil)

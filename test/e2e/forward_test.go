@@ -5,13 +5,17 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -233,8 +237,8 @@ func tcpListen(t testing.TB, handle func(net.Conn)) string {
 	return ln.Addr().String()
 }
 
-// TestTCPForwardProxyV2: a service with proxy_protocol 2 hands its backend
-// a PROXY v2 header with the true client address and port.
+// TestTCPForwardProxyV2: `expose --proxy-protocol 2` makes the gateway hand
+// the backend a PROXY v2 header with the true client address and port.
 func TestTCPForwardProxyV2(t *testing.T) {
 	t.Parallel()
 	headers := make(chan *pp.Header, 1)
@@ -252,9 +256,7 @@ func TestTCPForwardProxyV2(t *testing.T) {
 	})
 	rng, _ := freePortRange(t, 2)
 	g := startGateway(t, "--port-range", rng)
-	tok := g.addTenant(t, "acme")
-	mustRun(t, append([]string{"service", "add", "db", "--tenant", "acme", "--protocol", "tcp", "--proxy-protocol", "2"}, g.admin()...)...)
-	_, pub := g.exposePort(t, "--token", tok, "--name", "db", "tcp://"+backend)
+	_, pub := g.exposePort(t, "--proxy-protocol", "2", "tcp://"+backend)
 
 	c, err := net.Dial("tcp", pub)
 	if err != nil {
@@ -313,9 +315,23 @@ func TestUDPForwardDig(t *testing.T) {
 	t.Parallel()
 	needTool(t, "dig")
 	server := startDNS(t)
-	rng, _ := freePortRange(t, 2)
+	rng, _ := freePortRange(t, 3)
 	g := startGateway(t, "--port-range", rng)
-	_, pub := g.exposePort(t, "udp://"+server)
+	for _, transport := range []string{"tcp", "quic"} {
+		t.Run(transport, func(t *testing.T) {
+			// Over QUIC the datagrams travel as QUIC datagrams (the 1 KB
+			// TXT answer does not fit one and goes on the stream).
+			p, pub := g.exposePort(t, "--transport", transport, "udp://"+server)
+			if want := transport == "quic"; strings.Contains(p.stderr.String(), "udp_datagrams=true") != want {
+				t.Errorf("agent over %s: QUIC datagrams on = %v, want %v:\n%s", transport, !want, want, p.stderr.String())
+			}
+			digThrough(t, pub)
+		})
+	}
+}
+
+// digThrough queries the test DNS server through pub with dig.
+func digThrough(t *testing.T, pub string) {
 	host, port, _ := net.SplitHostPort(pub)
 	dig := func(args ...string) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -390,9 +406,9 @@ func TestInboundProxyProtocol(t *testing.T) {
 		g := startGateway(t, "--proxy-protocol-from", "192.0.2.0/24")
 		_, url := g.expose(t, backend)
 		// curl's own PROXY header, from a source the gateway does not trust.
-		res := curl(t, "--haproxy-protocol", "--cacert", g.caFile, "--resolve", hostOf(url)+":"+g.httpsPort()+":127.0.0.1", url)
-		if res.code == 0 && res.status == "200" {
-			t.Errorf("curl --haproxy-protocol from an untrusted source got 200; want the header refused")
+		res := curl(t, "--haproxy-protocol", "--cacert", g.caFile, "--max-time", "10", url)
+		if res.code == 0 {
+			t.Errorf("curl --haproxy-protocol from an untrusted source succeeded (%q); want the header refused", res.stdout)
 		}
 		if _, err := requestVia(g, url, true); err == nil {
 			t.Errorf("a spoofed PROXY header from an untrusted source was accepted")
@@ -404,4 +420,151 @@ func TestInboundProxyProtocol(t *testing.T) {
 			t.Errorf("X-Forwarded-For %q, want the socket's 127.0.0.1", got)
 		}
 	})
+}
+
+// startOpenSSLServer runs `openssl s_server -www` with a fresh self-signed
+// certificate for name and returns its address.
+func startOpenSSLServer(t *testing.T, name string) string {
+	t.Helper()
+	bin := needTool(t, "openssl")
+	dir := t.TempDir()
+	certFile, keyFile := selfSignedFiles(t, dir, name)
+	addr := freeAddr(t)
+	cmd := exec.Command(bin, "s_server", "-accept", addr, "-cert", certFile, "-key", keyFile, "-www", "-quiet")
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("openssl s_server %s output:\n%s", name, tail(out.String(), 2000))
+		}
+	})
+	waitFor(t, 10*time.Second, "openssl s_server to listen", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return addr
+}
+
+// tlsPeer connects to addr with SNI serverName, sends an HTTP GET, and
+// returns the name in the certificate the server presented and the first
+// line of its answer.
+func tlsPeer(addr, serverName string) (string, string, error) {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	c, err := tls.DialWithDialer(d, "tcp", addr, &tls.Config{ServerName: serverName, InsecureSkipVerify: true})
+	if err != nil {
+		return "", "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET / HTTP/1.0\r\n\r\n")
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return c.ConnectionState().PeerCertificates[0].Subject.CommonName, strings.TrimSpace(line), err
+}
+
+// TestSNIPort: TLS passthrough on a public TCP port shared by a tenant's
+// tls services (SNI mode), to real `openssl s_server` backends that keep
+// their own certificates; another tenant's name is refused on it.
+func TestSNIPort(t *testing.T) {
+	t.Parallel()
+	rng, _ := freePortRange(t, 3)
+	g := startGateway(t, "--port-range", rng)
+	tok := g.addTenant(t, "acme")
+	other := g.addTenant(t, "other")
+	for _, name := range []string{"one", "two"} {
+		g.expose(t, "--token", tok, "--name", name, "https://"+startOpenSSLServer(t, name+".localhost"))
+	}
+	g.expose(t, "--token", other, "--name", "three", "https://"+startOpenSSLServer(t, "three.localhost"))
+
+	out := mustRun(t, append([]string{"port", "add", "tcp", "--sni", "--token", tok}, g.admin()...)...)
+	pub := strings.TrimSpace(out)
+	if !reHostPort.MatchString(pub) {
+		t.Fatalf("port add tcp --sni printed %q, want HOST:PORT as its one line", out)
+	}
+	for _, name := range []string{"one", "two"} {
+		host := name + ".localhost"
+		var cn, line string
+		waitFor(t, 10*time.Second, host+" through the SNI port "+pub, func() bool {
+			var err error
+			cn, line, err = tlsPeer(pub, host)
+			return err == nil
+		})
+		if cn != host || line != "HTTP/1.0 200 ok" {
+			t.Errorf("SNI %s on %s: certificate %q, answer %q; want the backend's own certificate and s_server's 200", host, pub, cn, line)
+		}
+	}
+	if _, _, err := tlsPeer(pub, "three.localhost"); err == nil {
+		t.Errorf("another tenant's name three.localhost was served on acme's SNI port")
+	}
+}
+
+// selfSignedFiles writes a self-signed certificate for name and its key as
+// PEM files in dir.
+func selfSignedFiles(t testing.TB, dir, name string) (certFile, keyFile string) {
+	t.Helper()
+	cert, der := selfSigned(t, name)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// TestTCPForwardReplicas: two agents serve one tcp service; new
+// connections are balanced over both, and when one agent is killed they
+// all go to the other.
+func TestTCPForwardReplicas(t *testing.T) {
+	t.Parallel()
+	named := func(name string) string {
+		return tcpListen(t, func(c net.Conn) { io.WriteString(c, name+"\n") })
+	}
+	rng, _ := freePortRange(t, 2)
+	g := startGateway(t, "--port-range", rng)
+	tok := g.addTenant(t, "acme")
+	a, pub := g.exposePort(t, "--token", tok, "--name", "echo", "tcp://"+named("a"))
+	_, pub2 := g.exposePort(t, "--token", tok, "--name", "echo", "tcp://"+named("b"))
+	if pub2 != pub {
+		t.Fatalf("second agent got %s, want the service's port %s", pub2, pub)
+	}
+	who := func() string {
+		c, err := net.Dial("tcp", pub)
+		if err != nil {
+			return "dial: " + err.Error()
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return "read: " + err.Error()
+		}
+		return strings.TrimSpace(line)
+	}
+	seen := map[string]int{}
+	for range 20 {
+		seen[who()]++
+	}
+	if seen["a"] == 0 || seen["b"] == 0 || seen["a"]+seen["b"] != 20 {
+		t.Fatalf("20 connections went to %v, want both agents and nothing else", seen)
+	}
+	a.kill(t)
+	waitFor(t, 10*time.Second, "connections to go to b only", func() bool { return who() == "b" })
+	for i := range 20 {
+		if got := who(); got != "b" {
+			t.Fatalf("connection %d after the kill went to %q, want b", i, got)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"strings"
 	"syscall"
 
 	"fmt"
@@ -160,6 +161,12 @@ func TestReplicaDrainUnderLoad(t *testing.T) {
 	l.waitOK(t, 200, "load flowing")
 
 	agentA.signal(t, syscall.SIGTERM)
+	// Count from when the gateway knows: a loaded machine may take a while
+	// to deliver the signal and the agent's drain message.
+	waitFor(t, 10*time.Second, "the gateway to see replica A draining", func() bool {
+		out, _, _ := run(t, 10*time.Second, append([]string{"service", "show", "shop", "--json"}, g.admin()...)...)
+		return strings.Contains(out, `"state": "draining"`)
+	})
 	a := ba.hits.Load()
 	l.waitOK(t, 500, "load flowing while A drains")
 	if extra := ba.hits.Load() - a; extra > 8 {
