@@ -160,7 +160,9 @@ func TestHarnessSmoke(t *testing.T) {
 		for _, key := range targetKeys(rep.ForwardMedian, rep.Settings.Transports) {
 			names := fwd
 			if isWebgwKey(key) {
-				names = append(append([]string(nil), fwd...), "down1_cpu_s_per_gib", "conn_cpu_us", "gateway_conn_cpu_us", "agent_conn_cpu_us", "udp_cpu_us")
+				// Not the CPU of a 4 MiB bulk run or of 600 datagrams: a few
+				// ms, and zero 10 ms ticks is a true reading there.
+				names = append(append([]string(nil), fwd...), "conn_cpu_us", "gateway_conn_cpu_us", "agent_conn_cpu_us")
 				if _, ok := rep.ForwardMedian[key+"_vs_direct"]["conn_s"]; !ok {
 					t.Errorf("forward %s: no ratio to direct", key)
 				}
