@@ -170,7 +170,8 @@ type Settings struct {
 	UDPFlows     int   `json:"udp_flows"`
 }
 
-// Goal is one goal of issue 2 and whether the median met it.
+// Goal is one goal of an issue (2: the main part, 4: forward; the
+// scenarios' own) and whether the median (or the worst run) met it.
 type Goal struct {
 	Name     string  `json:"name"`
 	Measured float64 `json:"measured"`
