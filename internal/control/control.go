@@ -609,7 +609,9 @@ func (s *Server) claimPortLocked(ctx context.Context, g tunnel.ServiceGrant, spe
 		p := model.Port{Proto: proto, Number: spec.Port, Tenant: tenant, Service: name, Created: time.Now().UTC()}
 		port, err = store.AllocatePort(ctx, s.Store, p, s.PortRange, s.MaxPortsPerTenant)
 		switch {
-		case errors.Is(err, store.ErrInvalidPort), errors.Is(err, store.ErrQuota):
+		case errors.Is(err, store.ErrInvalidPort), errors.Is(err, store.ErrQuota), errors.Is(err, store.ErrPortTaken):
+			// Asking again will not help: another owner holds the port
+			// for good, or the request is outside what this gateway allows.
 			return fail(true, "%s", trimStore(err))
 		case err != nil:
 			return fail(false, "%s", trimStore(err))

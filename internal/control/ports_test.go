@@ -98,7 +98,7 @@ func TestClaimPortRefusals(t *testing.T) {
 		permanent bool
 		want      string
 	}{
-		{portSpec("b1", model.ProtoTCP, 20000), beta, false, "held by another"},
+		{portSpec("b1", model.ProtoTCP, 20000), beta, true, "held by another"},
 		{portSpec("b2", model.ProtoTCP, 30000), beta, true, "outside the gateway's range"},
 		{portSpec("b3", model.ProtoHTTP, 20001), beta, true, "public port is for tcp and udp"},
 	}

@@ -568,3 +568,28 @@ func TestTCPForwardReplicas(t *testing.T) {
 		}
 	}
 }
+
+// TestPortTaken: a port one tenant holds is refused to another, for good:
+// its expose exits with the reason.
+func TestPortTaken(t *testing.T) {
+	t.Parallel()
+	backend := tcpListen(t, func(c net.Conn) { io.WriteString(c, "a\n") })
+	rng, first := freePortRange(t, 2)
+	g := startGateway(t, "--port-range", rng)
+	a, b := g.addTenant(t, "a"), g.addTenant(t, "b")
+	want := "127.0.0.1:" + strconv.Itoa(first)
+	if _, pub := g.exposePort(t, "--token", a, "--port", strconv.Itoa(first), "tcp://"+backend); pub != want {
+		t.Fatalf("expose --port %d printed %s, want %s", first, pub, want)
+	}
+	out, errOut, code := run(t, 20*time.Second, "expose", "--gateway", g.httpsAddr, "--ca", g.caFile, "--token", b,
+		"--port", strconv.Itoa(first), "tcp://"+backend)
+	if code == 0 || out != "" || !strings.Contains(errOut, "held by another tenant") {
+		t.Errorf("expose of a port another tenant holds: exit %d, stdout %q, stderr:\n%s\nwant a non-zero exit saying so", code, out, errOut)
+	}
+	// Outside the gateway's range: refused too, naming the range.
+	out, errOut, code = run(t, 20*time.Second, "expose", "--gateway", g.httpsAddr, "--ca", g.caFile, "--token", b,
+		"--port", strconv.Itoa(first+10), "tcp://"+backend)
+	if code == 0 || !strings.Contains(errOut, "outside the gateway's range "+rng) {
+		t.Errorf("expose of a port outside the range: exit %d, stdout %q, stderr:\n%s", code, out, errOut)
+	}
+}
