@@ -75,6 +75,9 @@ underscores instead of dashes. Flags win over the file.`,
 			if fs.Changed("max-udp-sessions-per-port") {
 				cfg.Limits.MaxUDPSessionsPerPort = flags.Limits.MaxUDPSessionsPerPort
 			}
+			if fs.Changed("max-tcp-conns-per-ip") {
+				cfg.Limits.MaxTCPConnsPerIP = flags.Limits.MaxTCPConnsPerIP
+			}
 			if fs.Changed("max-udp-sessions-per-tenant") {
 				cfg.Limits.MaxUDPSessionsPerTenant = flags.Limits.MaxUDPSessionsPerTenant
 			}
@@ -161,6 +164,7 @@ underscores instead of dashes. Flags win over the file.`,
 	f.DurationVar(&flags.Limits.TCPIdleTimeout, "tcp-idle-timeout", gateway.DefaultTCPIdleTimeout, "close a forwarded TCP connection idle this long")
 	f.DurationVar(&flags.Limits.UDPIdleTimeout, "udp-idle-timeout", gateway.DefaultUDPIdleTimeout, "end a UDP session idle this long")
 	f.IntVar(&flags.Limits.MaxUDPSessionsPerPort, "max-udp-sessions-per-port", gateway.DefaultMaxUDPPerPort, "concurrent UDP client sessions per public port")
+	f.IntVar(&flags.Limits.MaxTCPConnsPerIP, "max-tcp-conns-per-ip", gateway.DefaultMaxTCPPerIP, "open connections from one client address to one public TCP port")
 	f.IntVar(&flags.Limits.MaxUDPSessionsPerTenant, "max-udp-sessions-per-tenant", gateway.DefaultMaxUDPPerTenant, "concurrent UDP client sessions of all of one tenant's ports")
 	f.IntVar(&flags.Limits.MaxQuickTunnelsPerIP, "max-quick-tunnels-per-ip", 10, "concurrent quick-tunnel (no token) agent sessions per remote address")
 	f.IntVar(&flags.Limits.MaxHeaderBytes, "max-header-bytes", 64<<10, "largest accepted request header")

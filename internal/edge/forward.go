@@ -48,12 +48,17 @@ type TCPForwarder struct {
 	IdleTimeout time.Duration
 	// AccessLog logs one line (at info) per connection when it ends.
 	AccessLog bool
+	// MaxConnsPerIP bounds the open connections from one client IP
+	// address; more are closed at once (a stranger cannot hold all of the
+	// agent's streams). 0 means 256; -1 means no bound.
+	MaxConnsPerIP int
 	// Log gets debug messages about failed connections; nil discards them.
 	Log *slog.Logger
 
 	mu       sync.Mutex
 	lns      map[net.Listener]struct{} // listeners being served; guarded by mu
 	conns    map[*fwdConn]struct{}     // open connections; guarded by mu
+	perIP    map[string]int            // open connections by client IP; guarded by mu
 	shutdown bool                      // Shutdown was called; guarded by mu
 	wg       sync.WaitGroup            // one per connection goroutine
 }
@@ -65,6 +70,13 @@ type fwdConn struct {
 	stream net.Conn           // nil until dialled
 	cancel context.CancelFunc // cancels the dial
 	closed bool               // force-closed by Shutdown
+}
+
+func (f *TCPForwarder) maxPerIP() int {
+	if f.MaxConnsPerIP == 0 {
+		return 256
+	}
+	return f.MaxConnsPerIP
 }
 
 func (f *TCPForwarder) log() *slog.Logger {
@@ -128,16 +140,25 @@ func (f *TCPForwarder) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		backoff = 0
 		fc := &fwdConn{client: c}
+		ip := remoteIP(c.RemoteAddr())
 		f.mu.Lock()
 		if f.shutdown {
 			f.mu.Unlock()
 			c.Close()
 			continue
 		}
+		if limit := f.maxPerIP(); limit > 0 && f.perIP[ip] >= limit {
+			f.mu.Unlock()
+			f.log().Debug("tcp forwarder: too many connections from one address", "remote", ip, "max", limit)
+			c.Close()
+			continue
+		}
 		if f.conns == nil {
 			f.conns = make(map[*fwdConn]struct{})
+			f.perIP = make(map[string]int)
 		}
 		f.conns[fc] = struct{}{}
+		f.perIP[ip]++
 		f.wg.Add(1)
 		f.mu.Unlock()
 		go func() {
@@ -145,6 +166,9 @@ func (f *TCPForwarder) Serve(ctx context.Context, ln net.Listener) error {
 			f.handle(fc)
 			f.mu.Lock()
 			delete(f.conns, fc)
+			if f.perIP[ip]--; f.perIP[ip] <= 0 {
+				delete(f.perIP, ip)
+			}
 			f.mu.Unlock()
 		}()
 	}

@@ -144,3 +144,34 @@ func TestUDPForwarderDirect(t *testing.T) {
 		udpRoundTrip(t, c, []byte(strings.Repeat("d", size)))
 	}
 }
+
+func TestTCPForwarderMaxConnsPerIP(t *testing.T) {
+	svc, _ := forwardService(t, spliceTo(t, tcpBackend(t, echoTCP)))
+	f := &TCPForwarder{Lookup: func() *route.Service { return svc }, MaxConnsPerIP: 2}
+	addr := startTCPForwarder(t, f)
+	var held []*net.TCPConn
+	for i := range 2 {
+		c := dialTCP(t, addr)
+		c.Write([]byte{byte('a' + i)})
+		b := make([]byte, 1)
+		if _, err := c.Read(b); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		held = append(held, c)
+	}
+	// The third from the same address is closed at once.
+	c := dialTCP(t, addr)
+	c.Write([]byte("x"))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a third connection from one address was served with MaxConnsPerIP 2")
+	}
+	// One ends: there is room again.
+	held[0].Close()
+	waitFor(t, "the slot to free", func() bool { return f.Conns() == 1 })
+	c = dialTCP(t, addr)
+	c.Write([]byte("y"))
+	b := make([]byte, 1)
+	if _, err := c.Read(b); err != nil || b[0] != 'y' {
+		t.Fatalf("after one closed: %q, %v", b, err)
+	}
+}

@@ -96,6 +96,9 @@ type Limits struct {
 	// MaxUDPSessionsPerTenant bounds the client sessions of all of one
 	// tenant's UDP ports together (of all anonymous ones together); 0 means 4096.
 	MaxUDPSessionsPerTenant int `yaml:"max_udp_sessions_per_tenant"`
+	// MaxTCPConnsPerIP bounds the open connections from one client address
+	// to one public TCP port; 0 means 256.
+	MaxTCPConnsPerIP int `yaml:"max_tcp_conns_per_ip"`
 	// QuickTunnelIdle forgets a quick-tunnel name this long after its last agent left; 0 means 10 min.
 	QuickTunnelIdle time.Duration `yaml:"quick_tunnel_idle"`
 }
@@ -108,6 +111,7 @@ const (
 	DefaultUDPIdleTimeout    = 60 * time.Second
 	DefaultMaxUDPPerPort     = 1024
 	DefaultMaxUDPPerTenant   = 4096
+	DefaultMaxTCPPerIP       = 256
 )
 
 // ConfigError is bad configuration; the CLI exits 2 for it.
@@ -228,7 +232,7 @@ func (c *Config) Validate() error {
 		v   int64
 	}{{"max_streams_per_agent", l.MaxStreamsPerAgent}, {"max_agents_per_tenant", int64(l.MaxAgentsPerTenant)}, {"max_quick_tunnels_per_ip", int64(l.MaxQuickTunnelsPerIP)},
 		{"max_ports_per_tenant", int64(l.MaxPortsPerTenant)}, {"max_udp_sessions_per_port", int64(l.MaxUDPSessionsPerPort)},
-		{"max_udp_sessions_per_tenant", int64(l.MaxUDPSessionsPerTenant)}} {
+		{"max_udp_sessions_per_tenant", int64(l.MaxUDPSessionsPerTenant)}, {"max_tcp_conns_per_ip", int64(l.MaxTCPConnsPerIP)}} {
 		if n.v < 0 {
 			return cfgErr("limits.%s: %d not accepted; use a positive count (0 for the default)", n.key, n.v)
 		}

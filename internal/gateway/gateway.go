@@ -229,7 +229,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	g.ports = &ports{
 		host: bindHost, table: g.table, names: names, store: st, log: log, trusted: trusted, accessLog: *cfg.AccessLog,
 		tcpIdle: cfg.Limits.TCPIdleTimeout, udpIdle: cfg.Limits.UDPIdleTimeout,
-		maxUDP: cfg.Limits.MaxUDPSessionsPerPort, maxUDPTenant: int64(cmp.Or(cfg.Limits.MaxUDPSessionsPerTenant, DefaultMaxUDPPerTenant)),
+		maxUDP: cfg.Limits.MaxUDPSessionsPerPort, maxTCPPerIP: cfg.Limits.MaxTCPConnsPerIP, maxUDPTenant: int64(cmp.Or(cfg.Limits.MaxUDPSessionsPerTenant, DefaultMaxUDPPerTenant)),
 		open: map[string]*openPort{}, limits: map[string]*edge.SessionLimit{}, ctx: runCtx,
 	}
 	announce := announceHost(cfg.PublicIPs, bindHost, cfg.Domain)

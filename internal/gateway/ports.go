@@ -36,6 +36,8 @@ type ports struct {
 	// of one tenant's ports together.
 	maxUDP       int
 	maxUDPTenant int64
+	// maxTCPPerIP bounds one client address's connections to one TCP port.
+	maxTCPPerIP int
 	// trusted are the sources whose inbound PROXY header is honoured on
 	// TCP ports; nil means none.
 	trusted []netip.Prefix
@@ -107,7 +109,8 @@ func (m *ports) ensure(p model.Port) error {
 		if len(m.trusted) > 0 {
 			ln = proxyproto.NewListener(ln, m.trusted, 0)
 		}
-		o.tcp = &edge.TCPForwarder{Lookup: func() *route.Service { return o.service(m.table) }, IdleTimeout: m.tcpIdle, AccessLog: m.accessLog, Log: log}
+		o.tcp = &edge.TCPForwarder{Lookup: func() *route.Service { return o.service(m.table) }, IdleTimeout: m.tcpIdle, AccessLog: m.accessLog,
+			MaxConnsPerIP: m.maxTCPPerIP, Log: log}
 		if p.SNI {
 			o.tcp.SNI = func(serverName string) *route.Service {
 				svc := m.names.Lookup(serverName)
