@@ -374,8 +374,9 @@ type udpKey struct {
 }
 
 // udpQueue is how many datagrams from the client wait for a session's
-// stream before more are dropped.
-const udpQueue = 64
+// stream before more are dropped: about 50 ms of a 5000 datagrams/s flow,
+// enough to ride out a scheduling pause on a loaded gateway.
+const udpQueue = 256
 
 // udpSession is one client's flow. Its goroutine (UDPForwarder.run) owns
 // the stream; the serve loop only queues datagrams.
