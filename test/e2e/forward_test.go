@@ -503,6 +503,25 @@ func TestSNIPort(t *testing.T) {
 	if _, _, err := tlsPeer(pub, "three.localhost"); err == nil {
 		t.Errorf("another tenant's name three.localhost was served on acme's SNI port")
 	}
+
+	// A port of its own for one tls service: every connection goes to it,
+	// whatever the ClientHello names.
+	out = mustRun(t, append([]string{"port", "add", "tcp", "--service", "one", "--token", tok}, g.admin()...)...)
+	own := strings.TrimSpace(out)
+	if !reHostPort.MatchString(own) || own == pub {
+		t.Fatalf("port add tcp --service one printed %q, want another HOST:PORT", out)
+	}
+	for _, sn := range []string{"one.localhost", "anything.example"} {
+		var cn string
+		waitFor(t, 10*time.Second, "one's own port "+own, func() bool {
+			var err error
+			cn, _, err = tlsPeer(own, sn)
+			return err == nil
+		})
+		if cn != "one.localhost" {
+			t.Errorf("SNI %q on one's own port: certificate %q, want one's backend's", sn, cn)
+		}
+	}
 }
 
 // selfSignedFiles writes a self-signed certificate for name and its key as
