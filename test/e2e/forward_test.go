@@ -612,3 +612,58 @@ func TestPortTaken(t *testing.T) {
 		t.Errorf("expose of a port outside the range: exit %d, stdout %q, stderr:\n%s", code, out, errOut)
 	}
 }
+
+// TestHTTPProxyProtocol: an http service whose backend wants PROXY v2 gets
+// it on every upstream connection, naming the client's own address and
+// port, with X-Forwarded-For agreeing.
+func TestHTTPProxyProtocol(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s\n", r.RemoteAddr, r.Header.Get("X-Forwarded-For"))
+	})}
+	go srv.Serve(&pp.Listener{Listener: ln}) // requires a PROXY header on every connection
+	t.Cleanup(func() { srv.Close() })
+
+	g := startGateway(t)
+	_, url := g.expose(t, "--proxy-protocol", "2", "http://"+ln.Addr().String())
+	var (
+		mu    sync.Mutex
+		local = map[string]bool{} // the client's own addresses
+	)
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", g.httpsAddr)
+			if err == nil {
+				mu.Lock()
+				local[c.LocalAddr().String()] = true
+				mu.Unlock()
+			}
+			return c, err
+		},
+		TLSClientConfig: &tls.Config{RootCAs: caPool(t, g.caFile)},
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	var body string
+	waitFor(t, 10*time.Second, url+" to answer", func() bool {
+		resp, err := client.Get(url)
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body = string(b)
+		return resp.StatusCode == 200
+	})
+	addr, xff, _ := strings.Cut(strings.TrimSpace(body), " ")
+	mu.Lock()
+	defer mu.Unlock()
+	if !local[addr] || xff != "127.0.0.1" {
+		t.Errorf("backend saw %q, want one of the client's own addresses %v (from the PROXY header) and X-Forwarded-For 127.0.0.1", body, local)
+	}
+}
