@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/webgw/webgw/internal/gateway"
 )
@@ -57,57 +58,23 @@ underscores instead of dashes. Flags win over the file.`,
 			set("store", &cfg.Store, flags.Store)
 			set("log-level", &cfg.LogLevel, flags.LogLevel)
 			set("port-range", &cfg.PortRange, flags.PortRange)
-			if fs.Changed("public-ip") {
-				cfg.PublicIPs = flags.PublicIPs
-			}
-			if fs.Changed("upstream-allow") {
-				cfg.UpstreamAllow = flags.UpstreamAllow
-			}
-			if fs.Changed("proxy-protocol-from") {
-				cfg.ProxyProtocolFrom = flags.ProxyProtocolFrom
-			}
-			if fs.Changed("tcp-idle-timeout") {
-				cfg.Limits.TCPIdleTimeout = flags.Limits.TCPIdleTimeout
-			}
-			if fs.Changed("udp-idle-timeout") {
-				cfg.Limits.UDPIdleTimeout = flags.Limits.UDPIdleTimeout
-			}
-			if fs.Changed("max-udp-sessions-per-port") {
-				cfg.Limits.MaxUDPSessionsPerPort = flags.Limits.MaxUDPSessionsPerPort
-			}
-			if fs.Changed("max-tcp-conns-per-ip") {
-				cfg.Limits.MaxTCPConnsPerIP = flags.Limits.MaxTCPConnsPerIP
-			}
-			if fs.Changed("max-udp-sessions-per-tenant") {
-				cfg.Limits.MaxUDPSessionsPerTenant = flags.Limits.MaxUDPSessionsPerTenant
-			}
-			if fs.Changed("open") {
-				cfg.Open = &open
-			}
-			if fs.Changed("access-log") {
-				cfg.AccessLog = &accessLog
-			}
-			if fs.Changed("http3") {
-				cfg.HTTP3 = &http3
-			}
-			if fs.Changed("max-streams-per-agent") {
-				cfg.Limits.MaxStreamsPerAgent = flags.Limits.MaxStreamsPerAgent
-			}
-			if fs.Changed("max-agents-per-tenant") {
-				cfg.Limits.MaxAgentsPerTenant = flags.Limits.MaxAgentsPerTenant
-			}
-			if fs.Changed("max-quick-tunnels-per-ip") {
-				cfg.Limits.MaxQuickTunnelsPerIP = flags.Limits.MaxQuickTunnelsPerIP
-			}
-			if fs.Changed("max-ports-per-tenant") {
-				cfg.Limits.MaxPortsPerTenant = flags.Limits.MaxPortsPerTenant
-			}
-			if fs.Changed("max-header-bytes") {
-				cfg.Limits.MaxHeaderBytes = flags.Limits.MaxHeaderBytes
-			}
-			if fs.Changed("read-header-timeout") {
-				cfg.Limits.ReadHeaderTimeout = flags.Limits.ReadHeaderTimeout
-			}
+			flagWins(fs, "public-ip", &cfg.PublicIPs, flags.PublicIPs)
+			flagWins(fs, "upstream-allow", &cfg.UpstreamAllow, flags.UpstreamAllow)
+			flagWins(fs, "proxy-protocol-from", &cfg.ProxyProtocolFrom, flags.ProxyProtocolFrom)
+			flagWins(fs, "tcp-idle-timeout", &cfg.Limits.TCPIdleTimeout, flags.Limits.TCPIdleTimeout)
+			flagWins(fs, "udp-idle-timeout", &cfg.Limits.UDPIdleTimeout, flags.Limits.UDPIdleTimeout)
+			flagWins(fs, "max-udp-sessions-per-port", &cfg.Limits.MaxUDPSessionsPerPort, flags.Limits.MaxUDPSessionsPerPort)
+			flagWins(fs, "max-tcp-conns-per-ip", &cfg.Limits.MaxTCPConnsPerIP, flags.Limits.MaxTCPConnsPerIP)
+			flagWins(fs, "max-udp-sessions-per-tenant", &cfg.Limits.MaxUDPSessionsPerTenant, flags.Limits.MaxUDPSessionsPerTenant)
+			flagWins(fs, "open", &cfg.Open, &open)
+			flagWins(fs, "access-log", &cfg.AccessLog, &accessLog)
+			flagWins(fs, "http3", &cfg.HTTP3, &http3)
+			flagWins(fs, "max-streams-per-agent", &cfg.Limits.MaxStreamsPerAgent, flags.Limits.MaxStreamsPerAgent)
+			flagWins(fs, "max-agents-per-tenant", &cfg.Limits.MaxAgentsPerTenant, flags.Limits.MaxAgentsPerTenant)
+			flagWins(fs, "max-quick-tunnels-per-ip", &cfg.Limits.MaxQuickTunnelsPerIP, flags.Limits.MaxQuickTunnelsPerIP)
+			flagWins(fs, "max-ports-per-tenant", &cfg.Limits.MaxPortsPerTenant, flags.Limits.MaxPortsPerTenant)
+			flagWins(fs, "max-header-bytes", &cfg.Limits.MaxHeaderBytes, flags.Limits.MaxHeaderBytes)
+			flagWins(fs, "read-header-timeout", &cfg.Limits.ReadHeaderTimeout, flags.Limits.ReadHeaderTimeout)
 			cfg.Complete()
 			if err := cfg.Validate(); err != nil {
 				return &usageError{err: err}
@@ -170,6 +137,14 @@ underscores instead of dashes. Flags win over the file.`,
 	f.IntVar(&flags.Limits.MaxHeaderBytes, "max-header-bytes", 64<<10, "largest accepted request header")
 	f.DurationVar(&flags.Limits.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "time allowed to send request headers")
 	return c
+}
+
+// flagWins sets *dst to v when the flag name was given: flags win over the
+// config file.
+func flagWins[T any](fs *pflag.FlagSet, name string, dst *T, v T) {
+	if fs.Changed(name) {
+		*dst = v
+	}
 }
 
 func gatewayVersion() string { return "webgw " + gateway.Version }
