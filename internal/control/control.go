@@ -527,7 +527,7 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 	}
 	wantPP := spec.ProxyProtocol // 0: keep the stored setting
 	if tenant != "" && (existing == nil || !existing.Stored || existing.Protocol != proto ||
-		(wantPP != 0 && existing.Spec().ProxyProtocol != wantPP)) {
+		(wantPP != 0 && existing.ProxyProtocol() != wantPP)) {
 		sv := model.Service{Name: name, Tenant: tenant, Protocol: proto, Created: time.Now().UTC(), ProxyProtocol: wantPP}
 		expect := int64(0)
 		if existing != nil && existing.Stored {

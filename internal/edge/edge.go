@@ -361,7 +361,7 @@ func (e *HTTPS) passthrough(pc *prefixConn, svc *route.Service, sni string) {
 		}
 		return
 	}
-	if pp := svc.Spec().ProxyProtocol; pp == 1 || pp == 2 {
+	if pp := svc.ProxyProtocol(); pp == 1 || pp == 2 {
 		if err := proxyproto.WriteHeader(stream, proxyproto.Version(pp), pc.RemoteAddr(), pc.LocalAddr()); err != nil {
 			e.log().Debug("passthrough proxy header", "service", svc.Name, "err", err)
 			stream.Close()

@@ -41,7 +41,7 @@ type TCPForwarder struct {
 	// ProxyProtocol, when 1 or 2, sends a PROXY header of that version
 	// (client address -> the address the client connected to) as the first
 	// bytes towards the backend. 0 follows the service's own setting
-	// (route.Service.Spec().ProxyProtocol).
+	// (route.Service.ProxyProtocol).
 	ProxyProtocol int
 	// IdleTimeout closes a connection after no byte moved either way for
 	// this long; 0 means 10 min.
@@ -236,7 +236,7 @@ func (f *TCPForwarder) handle(fc *fwdConn) {
 	f.mu.Unlock()
 	pp := f.ProxyProtocol
 	if pp == 0 {
-		pp = svc.Spec().ProxyProtocol
+		pp = svc.ProxyProtocol()
 	}
 	if pp == 1 || pp == 2 {
 		if err := proxyproto.WriteHeader(stream, proxyproto.Version(pp), c.RemoteAddr(), c.LocalAddr()); err != nil {

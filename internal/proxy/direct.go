@@ -33,7 +33,7 @@ func (p *HTTP) serveDirect(w http.ResponseWriter, r *http.Request, svc *route.Se
 		return nil
 	}
 	var cl *ppClient
-	if v := svc.Spec().ProxyProtocol; v != 0 {
+	if v := svc.ProxyProtocol(); v != 0 {
 		var err error
 		if cl, err = ppClientOf(v, r); err != nil {
 			ErrorPage(w, http.StatusBadGateway, "The client's address cannot be sent to the service.")

@@ -559,7 +559,7 @@ func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool)
 	}
 	sp := h.p.proxyFor(svc)
 	var cl *ppClient
-	if v := svc.Spec().ProxyProtocol; v != 0 {
+	if v := svc.ProxyProtocol(); v != 0 {
 		var err error
 		if cl, err = h.ppClient(sp, v); err != nil {
 			h.writeError(req, http.StatusBadGateway, "The client's address cannot be sent to the service.", false)

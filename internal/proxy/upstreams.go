@@ -116,7 +116,7 @@ func (b *balancedTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		r.Body = noClose{req.Body}
 		req = r
 	}
-	if v := b.svc.Spec().ProxyProtocol; v != 0 {
+	if v := b.svc.ProxyProtocol(); v != 0 {
 		// Connections start with a header naming this client: the URL
 		// host gives them a pool of their own, the context tells the
 		// dialer what to send. The Host header is req.Host, unchanged.

@@ -72,7 +72,7 @@ func (t *Table) Check(ctx context.Context, s *Service, u *Upstream, p *HealthPol
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
-	if pp := s.Spec().ProxyProtocol; httpCheck && (pp == 1 || pp == 2) {
+	if pp := s.ProxyProtocol(); httpCheck && (pp == 1 || pp == 2) {
 		// The backend expects a PROXY header first; a check is the
 		// gateway's own connection.
 		h, err := proxyproto.LocalHeader(proxyproto.Version(pp))

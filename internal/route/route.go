@@ -133,6 +133,11 @@ func (s *Service) LB() model.LBPolicy {
 // Spec is the service's stored routing settings (upstreams, lb, health).
 func (s *Service) Spec() model.Service { return s.config().spec }
 
+// ProxyProtocol is the PROXY header version the service's backends want
+// first on each connection (model.Service.ProxyProtocol); 0 for none. It
+// is Spec().ProxyProtocol without copying the record, for the request path.
+func (s *Service) ProxyProtocol() int { return s.config().spec.ProxyProtocol }
+
 func (s *Service) list() *upList {
 	if l := s.ups.Load(); l != nil {
 		return l
