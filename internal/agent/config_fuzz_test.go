@@ -15,6 +15,7 @@ func FuzzLoadConfig(f *testing.F) {
 	f.Add([]byte("gateways: [{addr: 'gw:443'}]\nservices:\n  - name: ssh\n    target: tcp://127.0.0.1:22\n    port: 2222\n  - target: udp://[::1]:53\nudp_idle_timeout: 30s\n"))
 	f.Add([]byte("gateways: [{addr: 'gw:443'}]\nservices: [{target: 'tcp://127.0.0.1', port: 70000}]\n"))
 	f.Add([]byte("gateways: [{addr: 'gw:443'}]\nservices: [{target: 'http://127.0.0.1:1', port: 80}]\n"))
+	f.Add([]byte("gateways: [{addr: 'gw:443'}]\nservices: [{target: 'tcp://127.0.0.1:5432', proxy_protocol: 2}, {target: 'udp://127.0.0.1:53', proxy_protocol: 1}]\n"))
 	f.Add([]byte("version: 2\n"))
 	f.Add([]byte("services: {name: x}\n"))
 	f.Add([]byte("gateways:\n  - addr: x\n    colour: blue\n"))
