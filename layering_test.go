@@ -25,6 +25,7 @@ var rank = map[string]int{
 	"internal/certs":    4,
 	"internal/control":  4,
 	"internal/edge":     4,
+	"internal/dns":      4,
 	"internal/api":      4,
 	"internal/agent":    5,
 	"internal/gateway":  5,

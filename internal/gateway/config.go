@@ -29,8 +29,12 @@ type Config struct {
 	HTTPAddr string `yaml:"http_addr"`
 	// HTTPSAddr is the HTTPS and agent tunnel listener; "" means 127.0.0.1:8443.
 	HTTPSAddr string `yaml:"https_addr"`
-	// DNSAddr is reserved for the DNS server; "" means 127.0.0.1:8053.
+	// DNSAddr is the authoritative DNS server's UDP and TCP address; ""
+	// means 127.0.0.1:8053, and then a port already in use only turns DNS
+	// off (with a warning), so several zero-config gateways can run.
 	DNSAddr string `yaml:"dns_addr"`
+	// DNSTTL is the TTL of DNS answers; 0 means 60 s.
+	DNSTTL time.Duration `yaml:"dns_ttl"`
 	// APIAddr is the admin API, metrics and health listener; "" means 127.0.0.1:8081.
 	APIAddr string `yaml:"api_addr"`
 	// PublicIPs are the gateway's public addresses (put in its certificate
@@ -64,6 +68,9 @@ type Config struct {
 	LogLevel string `yaml:"log_level"`
 	// Limits on what strangers and agents can send.
 	Limits Limits `yaml:"limits"`
+
+	// dnsDefault is set by Complete when DNSAddr was left to its default.
+	dnsDefault bool
 }
 
 // Limits bound what strangers and agents can send. Zero values mean defaults.
@@ -152,6 +159,9 @@ func (c *Config) Complete() {
 	def(&c.Domain, "localhost")
 	def(&c.HTTPAddr, "127.0.0.1:8080")
 	def(&c.HTTPSAddr, "127.0.0.1:8443")
+	if c.DNSAddr == "" {
+		c.dnsDefault = true
+	}
 	def(&c.DNSAddr, "127.0.0.1:8053")
 	def(&c.APIAddr, "127.0.0.1:8081")
 	def(&c.PortRange, DefaultPortRange)
@@ -202,6 +212,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := model.ParsePortRange(c.PortRange); err != nil {
 		return cfgErr("port_range: %v", err)
+	}
+	if c.DNSTTL < 0 || (c.DNSTTL > 0 && c.DNSTTL < time.Second) || c.DNSTTL > 7*24*time.Hour {
+		return cfgErr("dns_ttl: %v not accepted; use 1s-168h (0 for 60s)", c.DNSTTL)
 	}
 	if _, err := parseTrusted(c.ProxyProtocolFrom); err != nil {
 		return cfgErr("proxy_protocol_from: %v", err)

@@ -31,6 +31,7 @@ import (
 	"github.com/webgw/webgw/internal/api"
 	"github.com/webgw/webgw/internal/certs"
 	"github.com/webgw/webgw/internal/control"
+	"github.com/webgw/webgw/internal/dns"
 	"github.com/webgw/webgw/internal/edge"
 	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/netpolicy"
@@ -60,6 +61,8 @@ type Gateway struct {
 	CAFile string
 	// AdminTokenFile holds the admin API token.
 	AdminTokenFile string
+	// DNSAddr is the DNS server's address (UDP and TCP); "" when DNS is off.
+	DNSAddr string
 	// Fingerprint is the gateway key's pin for agents (--fingerprint).
 	Fingerprint string
 	// ID names this gateway.
@@ -67,6 +70,7 @@ type Gateway struct {
 
 	https     *edge.HTTPS
 	ports     *ports
+	dns       *dns.Server // nil when DNS is off
 	httpSrv   *http.Server
 	apiSrv    *http.Server
 	cancel    context.CancelFunc // stops the listeners and loops
@@ -153,6 +157,26 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		return nil, err
 	}
 	g.HTTPSAddr, g.HTTPAddr, g.APIAddr = httpsLn.Addr().String(), httpLn.Addr().String(), apiLn.Addr().String()
+	dnsLn, dnsPC, err := listenBoth("dns_addr", cfg.DNSAddr, "", "")
+	if err != nil {
+		if !cfg.dnsDefault {
+			httpsLn.Close()
+			httpLn.Close()
+			apiLn.Close()
+			return nil, err
+		}
+		// The zero-config address is taken (another gateway on this
+		// host): serve everything else.
+		log.Warn("dns off: its default address is in use; set --dns-addr", "addr", cfg.DNSAddr, "err", err)
+	} else {
+		g.DNSAddr = dnsPC.LocalAddr().String()
+		defer func() {
+			if !ok {
+				dnsLn.Close()
+				dnsPC.Close()
+			}
+		}()
+	}
 
 	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
 	if h, _, _ := net.SplitHostPort(g.HTTPSAddr); h != "" {
@@ -304,6 +328,11 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	g.goRun(func() error { return serveHTTP(g.apiSrv, apiLn) })
 	g.goRun(func() error { g.watchServices(runCtx); return nil })
 	g.goRun(func() error { g.ports.watch(runCtx); return nil })
+	if dnsPC != nil {
+		g.dns = &dns.Server{Domain: cfg.Domain, Addrs: dnsAddrs(cfg.PublicIPs, bindHost), TTL: cfg.DNSTTL, Log: log,
+			Exists: func(label string) bool { return g.table.Lookup(label) != nil }}
+		g.goRun(func() error { return g.dns.Serve(runCtx, dnsPC, dnsLn) })
+	}
 	g.goRun(func() error { g.expireLoop(runCtx); return nil })
 	ok = true
 	return g, nil
@@ -485,6 +514,24 @@ func (g *Gateway) expireLoop(ctx context.Context) {
 	}
 }
 
+// dnsAddrs are the addresses DNS answers name for the gateway: its public
+// IPs, else the host it listens on when that is one address (loopback in
+// zero-config mode).
+func dnsAddrs(publicIPs []string, bindHost string) []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range publicIPs {
+		if a, err := netip.ParseAddr(ip); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	if len(out) == 0 {
+		if a, err := netip.ParseAddr(bindHost); err == nil && !a.IsUnspecified() {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
 // orAll names an empty listen host.
 func orAll(host string) string {
 	if host == "" {
@@ -547,7 +594,11 @@ func (g *Gateway) Banner(w io.Writer) {
 	fmt.Fprintf(w, "  http          %s (redirects to https)\n", g.HTTPAddr)
 	fmt.Fprintf(w, "  tcp/udp ports %s on %s (expose tcp://HOST:PORT or udp://HOST:PORT)\n", c.PortRange, orAll(g.ports.host))
 	fmt.Fprintf(w, "  admin api     http://%s (token in %s)\n", g.APIAddr, g.AdminTokenFile)
-	fmt.Fprintf(w, "  dns           %s (reserved; not served in this version)\n", c.DNSAddr)
+	if g.DNSAddr != "" {
+		fmt.Fprintf(w, "  dns           %s (udp and tcp, authoritative for %s)\n", g.DNSAddr, c.Domain)
+	} else {
+		fmt.Fprintf(w, "  dns           off (%s is in use; set --dns-addr)\n", c.DNSAddr)
+	}
 	fmt.Fprintf(w, "  ca            %s\n", g.CAFile)
 	fmt.Fprintf(w, "  fingerprint   %s\n", g.Fingerprint)
 	if *c.Open {
@@ -586,14 +637,24 @@ func hostPort(host, port string) string {
 // same address and port for QUIC. With port 0 the UDP port of the one picked
 // may be taken; then the pair is tried again.
 func listenHTTPS(addr string, udp bool) (net.Listener, net.PacketConn, error) {
+	if !udp {
+		ln, err := listen("https_addr", addr)
+		return ln, nil, err
+	}
+	return listenBoth("https_addr", addr, " for http3", " (set http3: false to serve TCP only)")
+}
+
+// listenBoth listens on TCP and UDP at addr, the same port for both (with
+// port 0, a few tries to find one free for both). Errors name key.
+func listenBoth(key, addr, what, hint string) (net.Listener, net.PacketConn, error) {
 	tries := 1
 	if portOf(addr) == "0" {
 		tries = 5
 	}
 	for i := 1; ; i++ {
-		ln, err := listen("https_addr", addr)
-		if err != nil || !udp {
-			return ln, nil, err
+		ln, err := listen(key, addr)
+		if err != nil {
+			return nil, nil, err
 		}
 		pc, err := net.ListenPacket("udp", ln.Addr().String())
 		if err == nil {
@@ -601,7 +662,7 @@ func listenHTTPS(addr string, udp bool) (net.Listener, net.PacketConn, error) {
 		}
 		ln.Close()
 		if i >= tries {
-			return nil, nil, cfgErr("https_addr: listen on udp %s for http3: %v (set http3: false to serve TCP only)", ln.Addr(), err)
+			return nil, nil, cfgErr("%s: listen on udp %s%s: %v%s", key, ln.Addr(), what, err, hint)
 		}
 	}
 }

@@ -288,6 +288,7 @@ type gateway struct {
 	tokenFile   string // admin token
 	caFile      string
 	fingerprint string
+	dnsAddr     string // the DNS server's address; "" when DNS is off
 	exposeLine  string // the ready-to-paste `webgw expose ...` line
 }
 
@@ -298,6 +299,7 @@ var (
 	reAPI        = regexp.MustCompile(`(?m)^  admin api +http://(\S+) \(token in (\S+)\)$`)
 	reCA         = regexp.MustCompile(`(?m)^  ca +(\S+)$`)
 	reFinger     = regexp.MustCompile(`(?m)^  fingerprint +(\S+)$`)
+	reDNS        = regexp.MustCompile(`(?m)^  dns +(\S+) \(udp and tcp`)
 	reURL        = regexp.MustCompile(`^(https://[a-z0-9-]+\.localhost:\d+)$`)
 )
 
@@ -305,7 +307,7 @@ var (
 func startGateway(t testing.TB, extra ...string) *gateway {
 	t.Helper()
 	args := []string{"gateway", "--http-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0",
-		"--api-addr", "127.0.0.1:0", "--data-dir", t.TempDir()}
+		"--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0", "--data-dir", t.TempDir()}
 	return startGatewayArgs(t, append(args, extra...)...)
 }
 
@@ -335,6 +337,9 @@ func startGatewayArgs(t testing.TB, args ...string) *gateway {
 	g.apiAddr, g.tokenFile = am[1], am[2]
 	g.caFile = field(reCA, "ca")[1]
 	g.fingerprint = field(reFinger, "fingerprint")[1]
+	if m := reDNS.FindStringSubmatch(out); m != nil {
+		g.dnsAddr = m[1]
+	}
 	return g
 }
 

@@ -1,0 +1,294 @@
+// Package dns is the gateway's authoritative DNS server (miekg/dns): for
+// the gateway domain it answers SOA, NS with glue, A/AAAA for the apex and
+// every existing service name, CAA, and NXDOMAIN with the SOA for the rest,
+// from the live routing table, so a change is in the next answer.
+package dns
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+// Server answers for one zone, the gateway domain. Set the exported fields
+// before Serve; they are not changed afterwards.
+type Server struct {
+	// Domain is the zone apex, such as "gw.example.org" (lower case, no
+	// trailing dot).
+	Domain string
+	// Addrs are the gateway's public addresses: the A and AAAA answers for
+	// the apex and for service names, and the glue of the name servers.
+	Addrs []netip.Addr
+	// Exists reports whether a service of that name (one label under
+	// Domain) exists now; nil means none does.
+	Exists func(label string) bool
+	// TTL of the answers; 0 means 60 s. Negative answers use it too (the
+	// SOA's minimum).
+	TTL time.Duration
+	// CAAIssuers are the CAs named in the apex's CAA records ("issue" and
+	// "issuewild"), such as "letsencrypt.org"; empty means no CAA record.
+	CAAIssuers []string
+	// Serial is the SOA serial; 0 means the Unix time when Serve started.
+	Serial uint32
+	// Log gets debug messages; nil discards them.
+	Log *slog.Logger
+
+	mu     sync.Mutex
+	pc     net.PacketConn // guarded by mu
+	ln     net.Listener   // guarded by mu
+	closed bool           // Shutdown was called; guarded by mu
+	serial uint32         // set by Serve before it answers
+}
+
+// nsLabels are the name servers' labels under Domain.
+var nsLabels = []string{"ns1", "ns2"}
+
+// maxUDPSize is the largest UDP answer sent (the DNS flag day 2020 value),
+// whatever larger size a client's EDNS0 offers.
+const maxUDPSize = 1232
+
+func (s *Server) log() *slog.Logger {
+	if s.Log != nil {
+		return s.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func (s *Server) ttl() uint32 {
+	if s.TTL <= 0 {
+		return 60
+	}
+	return uint32(s.TTL / time.Second)
+}
+
+func (s *Server) apex() string { return mdns.Fqdn(s.Domain) }
+
+// Serve answers queries on pc (UDP) and ln (TCP, for truncated answers and
+// zone-size queries) until ctx ends or Shutdown is called; it closes both.
+// Either may be nil.
+func (s *Server) Serve(ctx context.Context, pc net.PacketConn, ln net.Listener) error {
+	if s.Serial == 0 {
+		s.serial = uint32(time.Now().Unix())
+	} else {
+		s.serial = s.Serial
+	}
+	var srvs []*mdns.Server
+	if pc != nil {
+		srvs = append(srvs, &mdns.Server{PacketConn: pc, Handler: s, UDPSize: maxUDPSize})
+	}
+	if ln != nil {
+		srvs = append(srvs, &mdns.Server{Listener: ln, Handler: s, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
+			IdleTimeout: func() time.Duration { return 10 * time.Second }, MaxTCPQueries: 128})
+	}
+	s.mu.Lock()
+	s.pc, s.ln = pc, ln
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		s.Shutdown(ctx)
+	}
+	// Closing the sockets ends the servers, also one that has not started
+	// yet (its start then fails at once).
+	stop := context.AfterFunc(ctx, func() { s.Shutdown(context.Background()) })
+	defer stop()
+	errc := make(chan error, len(srvs))
+	for _, srv := range srvs {
+		go func() { errc <- srv.ActivateAndServe() }()
+	}
+	var first error
+	for range srvs {
+		if err := <-errc; err != nil && first == nil && !s.isClosed() {
+			first = fmt.Errorf("dns server: %w", err)
+			s.Shutdown(context.Background())
+		}
+	}
+	return first
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// Shutdown closes the sockets Serve serves.
+func (s *Server) Shutdown(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.pc != nil {
+		s.pc.Close()
+	}
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	return nil
+}
+
+// ServeDNS answers one query.
+func (s *Server) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
+	m := s.Answer(r)
+	if m == nil {
+		return
+	}
+	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+		size := mdns.MinMsgSize
+		if o := r.IsEdns0(); o != nil {
+			size = min(max(int(o.UDPSize()), mdns.MinMsgSize), maxUDPSize)
+		}
+		m.Truncate(size) // sets TC when it had to drop records: the client retries over TCP
+	}
+	if err := w.WriteMsg(m); err != nil {
+		s.log().Debug("dns write", "remote", w.RemoteAddr().String(), "err", err)
+	}
+}
+
+// Answer builds the answer to r; nil means send nothing (a response, not a
+// query).
+func (s *Server) Answer(r *mdns.Msg) *mdns.Msg {
+	if r.Response {
+		return nil
+	}
+	m := new(mdns.Msg)
+	m.SetReply(r)
+	m.RecursionAvailable = false
+	if o := r.IsEdns0(); o != nil {
+		if o.Version() != 0 {
+			m.SetRcode(r, mdns.RcodeBadVers)
+			m.SetEdns0(maxUDPSize, false)
+			return m
+		}
+		m.SetEdns0(maxUDPSize, o.Do())
+	}
+	if r.Opcode != mdns.OpcodeQuery {
+		m.SetRcode(r, mdns.RcodeNotImplemented)
+		return m
+	}
+	if len(r.Question) != 1 {
+		m.SetRcode(r, mdns.RcodeFormatError)
+		return m
+	}
+	q := r.Question[0]
+	name := strings.ToLower(q.Name)
+	apex := s.apex()
+	if q.Qclass != mdns.ClassINET && q.Qclass != mdns.ClassANY {
+		m.SetRcode(r, mdns.RcodeRefused)
+		return m
+	}
+	if name != apex && !strings.HasSuffix(name, "."+apex) {
+		// Not our zone: no referral, no recursion.
+		m.SetRcode(r, mdns.RcodeRefused)
+		return m
+	}
+	m.Authoritative = true
+	rel := strings.TrimSuffix(strings.TrimSuffix(name, apex), ".")
+	switch {
+	case rel == "":
+		s.apexAnswer(m, q)
+	case isNS(rel):
+		s.addrAnswer(m, q)
+	case !strings.Contains(rel, ".") && s.Exists != nil && s.Exists(rel):
+		s.addrAnswer(m, q)
+	default:
+		m.Rcode = mdns.RcodeNameError
+		m.Ns = append(m.Ns, s.soa())
+	}
+	return m
+}
+
+func isNS(label string) bool {
+	for _, l := range nsLabels {
+		if label == l {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) hdr(name string, t uint16) mdns.RR_Header {
+	return mdns.RR_Header{Name: name, Rrtype: t, Class: mdns.ClassINET, Ttl: s.ttl()}
+}
+
+func (s *Server) soa() *mdns.SOA {
+	apex := s.apex()
+	ttl := s.ttl()
+	return &mdns.SOA{Hdr: s.hdr(apex, mdns.TypeSOA), Ns: "ns1." + apex, Mbox: "hostmaster." + apex,
+		Serial: s.serial, Refresh: 3600, Retry: 600, Expire: 604800, Minttl: ttl}
+}
+
+// apexAnswer answers a question for the apex.
+func (s *Server) apexAnswer(m *mdns.Msg, q mdns.Question) {
+	apex := s.apex()
+	var ans []mdns.RR
+	switch q.Qtype {
+	case mdns.TypeSOA:
+		ans = append(ans, s.soa())
+	case mdns.TypeNS:
+		for _, l := range nsLabels {
+			ans = append(ans, &mdns.NS{Hdr: s.hdr(apex, mdns.TypeNS), Ns: l + "." + apex})
+		}
+		m.Extra = append(m.Extra, s.glue()...)
+	case mdns.TypeCAA:
+		for _, ca := range s.CAAIssuers {
+			for _, tag := range []string{"issue", "issuewild"} {
+				ans = append(ans, &mdns.CAA{Hdr: s.hdr(apex, mdns.TypeCAA), Tag: tag, Value: ca})
+			}
+		}
+	case mdns.TypeA, mdns.TypeAAAA:
+		ans = s.addrs(apex, q.Qtype)
+	case mdns.TypeANY:
+		// RFC 8482: a minimal answer to ANY.
+		ans = append(ans, &mdns.HINFO{Hdr: s.hdr(apex, mdns.TypeHINFO), Cpu: "RFC8482"})
+	}
+	m.Answer = ans
+	if len(ans) == 0 {
+		m.Ns = append(m.Ns, s.soa()) // NODATA
+	}
+}
+
+// addrAnswer answers a question for a name that holds the gateway's
+// addresses (a service or a name server).
+func (s *Server) addrAnswer(m *mdns.Msg, q mdns.Question) {
+	name := strings.ToLower(q.Name)
+	switch q.Qtype {
+	case mdns.TypeA, mdns.TypeAAAA:
+		m.Answer = s.addrs(name, q.Qtype)
+	case mdns.TypeANY:
+		m.Answer = append(s.addrs(name, mdns.TypeA), s.addrs(name, mdns.TypeAAAA)...)
+	}
+	if len(m.Answer) == 0 {
+		m.Ns = append(m.Ns, s.soa()) // NODATA
+	}
+}
+
+// addrs are the A (or AAAA) records of name.
+func (s *Server) addrs(name string, t uint16) []mdns.RR {
+	var out []mdns.RR
+	for _, a := range s.Addrs {
+		switch {
+		case t == mdns.TypeA && a.Is4():
+			out = append(out, &mdns.A{Hdr: s.hdr(name, mdns.TypeA), A: a.AsSlice()})
+		case t == mdns.TypeAAAA && a.Is6() && !a.Is4In6():
+			out = append(out, &mdns.AAAA{Hdr: s.hdr(name, mdns.TypeAAAA), AAAA: a.AsSlice()})
+		}
+	}
+	return out
+}
+
+// glue are the name servers' addresses.
+func (s *Server) glue() []mdns.RR {
+	var out []mdns.RR
+	for _, l := range nsLabels {
+		n := l + "." + s.apex()
+		out = append(out, s.addrs(n, mdns.TypeA)...)
+		out = append(out, s.addrs(n, mdns.TypeAAAA)...)
+	}
+	return out
+}
