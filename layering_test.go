@@ -38,6 +38,7 @@ var rank = map[string]int{
 	"bench":                    7,
 
 	"internal/proxyproto": 1,
+	"internal/resolve":    1,
 }
 
 type pkgInfo struct {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/webgw/webgw/internal/netpolicy"
+	"github.com/webgw/webgw/internal/resolve"
 	"github.com/webgw/webgw/internal/yamlconf"
 
 	"github.com/webgw/webgw/internal/model"
@@ -35,6 +36,10 @@ type Config struct {
 	DNSAddr string `yaml:"dns_addr"`
 	// DNSTTL is the TTL of DNS answers; 0 means 60 s.
 	DNSTTL time.Duration `yaml:"dns_ttl"`
+	// Resolvers are the recursive resolvers (IP, or IP:PORT) the gateway
+	// asks when it checks proof of control of a domain; empty means the
+	// system's (/etc/resolv.conf).
+	Resolvers []string `yaml:"resolver"`
 	// APIAddr is the admin API, metrics and health listener; "" means 127.0.0.1:8081.
 	APIAddr string `yaml:"api_addr"`
 	// PublicIPs are the gateway's public addresses (put in its certificate
@@ -215,6 +220,11 @@ func (c *Config) Validate() error {
 	}
 	if c.DNSTTL < 0 || (c.DNSTTL > 0 && c.DNSTTL < time.Second) || c.DNSTTL > 7*24*time.Hour {
 		return cfgErr("dns_ttl: %v not accepted; use 1s-168h (0 for 60s)", c.DNSTTL)
+	}
+	for _, r := range c.Resolvers {
+		if _, err := resolve.ParseServer(r); err != nil {
+			return cfgErr("resolver: %v", err)
+		}
 	}
 	if _, err := parseTrusted(c.ProxyProtocolFrom); err != nil {
 		return cfgErr("proxy_protocol_from: %v", err)

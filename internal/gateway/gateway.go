@@ -37,6 +37,7 @@ import (
 	"github.com/webgw/webgw/internal/netpolicy"
 	"github.com/webgw/webgw/internal/proxy"
 	"github.com/webgw/webgw/internal/proxyproto"
+	"github.com/webgw/webgw/internal/resolve"
 	"github.com/webgw/webgw/internal/route"
 	"github.com/webgw/webgw/internal/store"
 	"github.com/webgw/webgw/internal/tunnel"
@@ -68,9 +69,11 @@ type Gateway struct {
 	// ID names this gateway.
 	ID string
 
-	https     *edge.HTTPS
-	ports     *ports
-	dns       *dns.Server // nil when DNS is off
+	https *edge.HTTPS
+	ports *ports
+	dns   *dns.Server // nil when DNS is off
+	// resolver checks proof of control of domains (--resolver).
+	resolver  *resolve.Resolver
 	httpSrv   *http.Server
 	apiSrv    *http.Server
 	cancel    context.CancelFunc // stops the listeners and loops
@@ -222,6 +225,11 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		return nil, cfgErr("proxy_protocol_from: %v", err)
 	}
 	portRange, _ := model.ParsePortRange(cfg.PortRange) // validated
+	g.resolver = &resolve.Resolver{}
+	for _, r := range cfg.Resolvers {
+		srv, _ := resolve.ParseServer(r) // validated
+		g.resolver.Servers = append(g.resolver.Servers, srv)
+	}
 	var checkUpstream func(model.ParsedUpstream) error
 	if len(allow) > 0 {
 		checkUpstream = g.upstreams.CheckUpstream
