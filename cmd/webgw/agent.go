@@ -21,7 +21,7 @@ func exposeCmd() *cobra.Command {
 		gateways                                                   []string
 		ca, token, name, fingerprint, dataDir, logLevel, transport string
 		connections, weight, port                                  int
-		proxyProtocol                                              string
+		proxyProtocol, acmeHTTP                                    string
 		drain                                                      time.Duration
 	)
 	c := &cobra.Command{
@@ -76,6 +76,11 @@ all of them; one that drops is replaced while the others serve).`,
 			default:
 				return usagef("--proxy-protocol: %q not accepted; use 1 or 2 (v1, v2), or none", proxyProtocol)
 			}
+			if acmeHTTP != "" {
+				if p, _, err := agent.ParseTarget(acmeHTTP); proto != model.ProtoTLS || err != nil || p != model.ProtoHTTP {
+					return usagef("--acme-http: %q; want http://HOST:PORT, for an https:// TARGET only", acmeHTTP)
+				}
+			}
 			if pp != 0 && proto == model.ProtoUDP {
 				return usagef("--proxy-protocol: not available for udp:// targets")
 			}
@@ -103,7 +108,7 @@ all of them; one that drops is replaced while the others serve).`,
 			}
 			cfg := &agent.Config{
 				Token:        token,
-				Services:     []agent.ServiceConfig{{Name: name, Target: args[0], Weight: weight, Port: port, ProxyProtocol: pp}},
+				Services:     []agent.ServiceConfig{{Name: name, Target: args[0], Weight: weight, Port: port, ProxyProtocol: pp, ACMEHTTP: acmeHTTP}},
 				DrainTimeout: drain,
 				Connections:  connections,
 				Transport:    transport,
@@ -133,6 +138,7 @@ all of them; one that drops is replaced while the others serve).`,
 	f.IntVar(&weight, "weight", 1, fmt.Sprintf("this agent's share of the service's traffic against other agents serving it, 1-%d", agent.MaxWeight))
 	f.StringVar(&transport, "transport", "auto", "how to reach the gateway: auto, tcp (TLS over TCP) or quic")
 	f.IntVar(&port, "port", 0, "public port wanted for a tcp:// or udp:// TARGET, 1-65535 (none: the gateway picks one)")
+	f.StringVar(&acmeHTTP, "acme-http", "", "for an https:// TARGET: http://HOST:PORT where the backend answers ACME HTTP-01 challenges forwarded from the gateway's HTTP port (default: TARGET's host, port 80)")
 	f.StringVar(&proxyProtocol, "proxy-protocol", "", "send TARGET a PROXY protocol header (1 or 2) with the client's address first on each connection (not for udp://)")
 	return c
 }

@@ -38,6 +38,8 @@ func TestExposeUsage(t *testing.T) {
 		{[]string{"--port", "65536", "udp://127.0.0.1:53"}, "--port: 65536 not accepted; use 1-65535"},
 		{[]string{"--port", "-1", "tcp://127.0.0.1:22"}, "--port: -1 not accepted"},
 		{[]string{"--port", "ssh", "tcp://127.0.0.1:22"}, `"ssh" for "--port"`},
+		{[]string{"--acme-http", "http://127.0.0.1:80", "http://127.0.0.1:3000"}, "--acme-http: \"http://127.0.0.1:80\"; want http://HOST:PORT, for an https:// TARGET only"},
+		{[]string{"--acme-http", "udp://127.0.0.1:80", "https://127.0.0.1:8443"}, "--acme-http:"},
 		{[]string{"--proxy-protocol", "3", "tcp://127.0.0.1:22"}, `--proxy-protocol: "3" not accepted; use 1 or 2`},
 		{[]string{"--proxy-protocol", "v2", "udp://127.0.0.1:53"}, "--proxy-protocol: not available for udp://"},
 		{[]string{"tcp://127.0.0.1"}, "TARGET: target \"tcp://127.0.0.1\": no port; want tcp://HOST:PORT"},

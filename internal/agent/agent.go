@@ -469,10 +469,14 @@ func (a *Agent) serveStream(ctx context.Context, log *slog.Logger, sess *tunnel.
 	}
 	// http, h2c, tls and tcp: one TCP connection to the target, bytes
 	// relayed both ways, each direction half-closed on its own.
+	addr := s.addr
+	if h.Kind == tunnel.KindHTTP && s.protocol == model.ProtoTLS {
+		addr = s.acmeAddr
+	}
 	d := net.Dialer{Timeout: a.cfg.DialTimeout}
-	back, err := d.DialContext(ctx, "tcp", s.addr)
+	back, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		log.Warn("local target unreachable", "service", h.Service, "target", s.target, "err", err)
+		log.Warn("local target unreachable", "service", h.Service, "target", addr, "err", err)
 		if h.Kind == tunnel.KindHTTP {
 			answerUnreachable(st, s.target, err)
 		}
@@ -489,7 +493,9 @@ func serves(p model.Protocol, k tunnel.Kind) bool {
 	case tunnel.KindProbe:
 		return true
 	case tunnel.KindHTTP:
-		return p == model.ProtoHTTP
+		// For tls: ACME HTTP-01 challenges the gateway forwards from its
+		// HTTP port (spec.md 5.2), served by the challenge target.
+		return p == model.ProtoHTTP || p == model.ProtoTLS
 	case tunnel.KindH2C:
 		return p == model.ProtoH2C
 	case tunnel.KindTLS:

@@ -92,6 +92,11 @@ type ServiceConfig struct {
 	// first on each connection; 0 sends none (unless the service's stored
 	// setting says so). Not for udp:// targets.
 	ProxyProtocol int `yaml:"proxy_protocol"`
+	// ACMEHTTP is http://HOST:PORT, where the backend of an https:// (TLS
+	// passthrough) target answers ACME HTTP-01 challenges, which the
+	// gateway forwards from its HTTP port; "" means the target's host on
+	// port 80. Only for https:// targets.
+	ACMEHTTP string `yaml:"acme_http"`
 }
 
 // ConfigError is bad configuration; the CLI exits 2 for it.
@@ -110,7 +115,7 @@ func LoadConfig(path string) (*Config, error) {
 	var c Config
 	// An empty file decodes to nothing: validation then says what is missing.
 	if err := yamlconf.Decode(data, &c); err != nil {
-		return nil, cfgErr("config %s: %v (accepted keys: version, token, ca, gateways[addr, ca, fingerprint, token, server_name], services[name, target, weight, port, proxy_protocol], drain_timeout, dial_timeout, connections, transport, udp_idle_timeout)", path, err)
+		return nil, cfgErr("config %s: %v (accepted keys: version, token, ca, gateways[addr, ca, fingerprint, token, server_name], services[name, target, weight, port, proxy_protocol, acme_http], drain_timeout, dial_timeout, connections, transport, udp_idle_timeout)", path, err)
 	}
 	return &c, nil
 }
@@ -125,6 +130,9 @@ type service struct {
 	port     int // public port wanted (tcp, udp); 0: the gateway picks
 	// proxyProtocol is the PROXY header version the target wants; 0 none.
 	proxyProtocol int
+	// acmeAddr is HOST:PORT that answers ACME HTTP-01 challenges for a
+	// tls (passthrough) service; "" for other protocols.
+	acmeAddr string
 }
 
 // targetForms lists the accepted target forms, for error messages.
@@ -241,7 +249,22 @@ func (c *Config) validate() ([]*service, error) {
 		if sc.ProxyProtocol != 0 && proto == model.ProtoUDP {
 			return nil, cfgErr("services[%d].proxy_protocol: not available for udp:// targets", i)
 		}
-		out = append(out, &service{name: sc.Name, protocol: proto, addr: addr, target: sc.Target, weight: weight, port: sc.Port, proxyProtocol: sc.ProxyProtocol})
+		var acmeAddr string
+		switch {
+		case sc.ACMEHTTP != "" && proto != model.ProtoTLS:
+			return nil, cfgErr("services[%d].acme_http: only for https:// (TLS passthrough) targets", i)
+		case sc.ACMEHTTP != "":
+			p, a, err := ParseTarget(sc.ACMEHTTP)
+			if err != nil || p != model.ProtoHTTP {
+				return nil, cfgErr("services[%d].acme_http: %q; want http://HOST:PORT where the backend answers ACME HTTP-01 challenges", i, sc.ACMEHTTP)
+			}
+			acmeAddr = a
+		case proto == model.ProtoTLS:
+			host, _, _ := net.SplitHostPort(addr)
+			acmeAddr = net.JoinHostPort(host, "80")
+		}
+		out = append(out, &service{name: sc.Name, protocol: proto, addr: addr, target: sc.Target, weight: weight, port: sc.Port,
+			proxyProtocol: sc.ProxyProtocol, acmeAddr: acmeAddr})
 	}
 	if c.DrainTimeout < 0 {
 		return nil, cfgErr("drain_timeout: must not be negative")

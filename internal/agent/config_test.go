@@ -125,6 +125,10 @@ func TestValidate(t *testing.T) {
 		{"port on http", func(c *Config) { c.Services[0].Port = 8080 }, "services[0].port: only for tcp:// and udp:// targets"},
 		{"port on https", func(c *Config) { c.Services[0].Target, c.Services[0].Port = "https://127.0.0.1:8443", 8443 }, "services[0].port: only for tcp:// and udp://"},
 		{"proxy protocol 3", func(c *Config) { c.Services[0].ProxyProtocol = 3 }, "services[0].proxy_protocol: 3 not accepted; use 1 or 2"},
+		{"acme_http on http", func(c *Config) { c.Services[0].ACMEHTTP = "http://127.0.0.1:80" }, "services[0].acme_http: only for https://"},
+		{"acme_http not http", func(c *Config) {
+			c.Services[0].Target, c.Services[0].ACMEHTTP = "https://127.0.0.1:8443", "tcp://127.0.0.1:80"
+		}, "services[0].acme_http: \"tcp://127.0.0.1:80\"; want http://HOST:PORT"},
 		{"proxy protocol on udp", func(c *Config) { c.Services[0].Target, c.Services[0].ProxyProtocol = "udp://127.0.0.1:53", 2 }, "services[0].proxy_protocol: not available for udp://"},
 		{"port on h2c", func(c *Config) { c.Services[0].Target, c.Services[0].Port = "h2c://127.0.0.1:1", 9000 }, "services[0].port"},
 		{"port on second service", func(c *Config) {
@@ -219,7 +223,7 @@ func TestValidateDefaults(t *testing.T) {
 	}
 	want := []service{
 		{name: "shop", protocol: model.ProtoHTTP, addr: "127.0.0.1:3000", target: "http://127.0.0.1:3000", weight: 1},
-		{name: "", protocol: model.ProtoTLS, addr: "127.0.0.1:8443", target: "https://127.0.0.1:8443", weight: 1},
+		{name: "", protocol: model.ProtoTLS, addr: "127.0.0.1:8443", target: "https://127.0.0.1:8443", weight: 1, acmeAddr: "127.0.0.1:80"},
 		{name: "grpc", protocol: model.ProtoH2C, addr: "127.0.0.1:50051", target: "h2c://127.0.0.1:50051", weight: 7},
 		{name: "db", protocol: model.ProtoTCP, addr: "127.0.0.1:5432", target: "tcp://127.0.0.1:5432", weight: 1, port: 15432},
 		{name: "resolver", protocol: model.ProtoUDP, addr: "[::1]:53", target: "udp://[::1]:53", weight: 1},

@@ -667,3 +667,83 @@ func TestHTTPProxyProtocol(t *testing.T) {
 		t.Errorf("backend saw %q, want one of the client's own addresses %v (from the PROXY header) and X-Forwarded-For 127.0.0.1", body, local)
 	}
 }
+
+// TestPassthroughACME: a backend behind a TLS-passthrough service gets its
+// ACME challenges through the gateway: HTTP-01 requests on the gateway's
+// HTTP port reach its challenge port, and a TLS-ALPN-01 handshake (ALPN
+// acme-tls/1) reaches the backend itself; other HTTP requests are still
+// redirected to HTTPS.
+func TestPassthroughACME(t *testing.T) {
+	t.Parallel()
+	// The backend: TLS on one port (recording the ALPN it is offered),
+	// its ACME HTTP-01 responder on another.
+	cert, _ := selfSigned(t, "certbot.localhost")
+	alpn := make(chan []string, 1)
+	tlsLn, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		NextProtos:   []string{"acme-tls/1", "http/1.1"},
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			select {
+			case alpn <- h.SupportedProtos:
+			default:
+			}
+			return nil, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := tlsLn.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.(*tls.Conn).Handshake()
+			}()
+		}
+	}()
+	t.Cleanup(func() { tlsLn.Close() })
+	challenge := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/.well-known/acme-challenge/tok123" {
+			io.WriteString(w, "tok123.keyauth")
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	g := startGateway(t)
+	_, url := g.expose(t, "--name", "certbot", "--acme-http", challenge, "https://"+tlsLn.Addr().String())
+	host := hostOf(url)
+
+	// HTTP-01 on the plain HTTP port.
+	res := curl(t, "-s", "--resolve", host+":"+portOf(g.httpAddr)+":127.0.0.1", "http://"+host+":"+portOf(g.httpAddr)+"/.well-known/acme-challenge/tok123")
+	if res.code != 0 || res.stdout != "tok123.keyauth" {
+		t.Errorf("HTTP-01 challenge through the gateway: exit %d, body %q; want the backend's key authorization", res.code, res.stdout)
+	}
+	// Anything else on the HTTP port still goes to HTTPS.
+	res = curl(t, "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "http://"+host+":"+portOf(g.httpAddr)+"/page")
+	if want := "308 https://" + host + ":" + g.httpsPort() + "/page"; res.stdout != want {
+		t.Errorf("plain HTTP request: %q, want %q", res.stdout, want)
+	}
+
+	// TLS-ALPN-01: the validation handshake reaches the backend.
+	c, err := tls.Dial("tcp", g.httpsAddr, &tls.Config{ServerName: host, NextProtos: []string{"acme-tls/1"}, InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatalf("TLS-ALPN-01 handshake through the gateway: %v", err)
+	}
+	proto := c.ConnectionState().NegotiatedProtocol
+	c.Close()
+	if proto != "acme-tls/1" {
+		t.Errorf("negotiated %q, want acme-tls/1 from the backend", proto)
+	}
+	select {
+	case got := <-alpn:
+		if len(got) != 1 || got[0] != "acme-tls/1" {
+			t.Errorf("backend was offered ALPN %v, want [acme-tls/1]", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the backend saw no handshake")
+	}
+}
