@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -57,6 +58,13 @@ type Server struct {
 	// PortAddr returns the public HOST:PORT of port number n, for ports
 	// listed (not just opened). nil means the host of Info.HTTPSAddr.
 	PortAddr func(n int) string
+	// PublicAddrs are the gateway's public addresses, offered as A/AAAA
+	// records instead of a CNAME for custom domains; empty offers none.
+	PublicAddrs []netip.Addr
+	// VerifyDomain checks the proof of control of the custom domain named
+	// name now, stores the outcome and returns the record. nil answers
+	// POST /v1/domains/{name}/verify with 503.
+	VerifyDomain func(ctx context.Context, name string) (model.Domain, error)
 }
 
 // GatewayInfo is the static part of /v1/status.
@@ -103,6 +111,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/ports", s.auth(false, s.listPorts))
 	mux.HandleFunc("POST /v1/ports", s.auth(false, s.createPort))
 	mux.HandleFunc("DELETE /v1/ports/{proto}/{number}", s.auth(false, s.deletePort))
+	mux.HandleFunc("GET /v1/domains", s.auth(false, s.listDomains))
+	mux.HandleFunc("POST /v1/domains", s.auth(false, s.createDomain))
+	mux.HandleFunc("GET /v1/domains/{name}", s.auth(false, s.getDomain))
+	mux.HandleFunc("DELETE /v1/domains/{name}", s.auth(false, s.deleteDomain))
+	mux.HandleFunc("POST /v1/domains/{name}/verify", s.auth(false, s.verifyDomain))
 	mux.HandleFunc("GET /v1/whoami", s.auth(false, s.whoami))
 	notFound := func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)

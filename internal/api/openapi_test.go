@@ -54,6 +54,9 @@ func TestOpenAPISchemas(t *testing.T) {
 		"Port":           api.PortDetail{},
 		"ServiceInfo":    api.ServiceInfo{},
 		"Service":        api.ServiceDetail{},
+		"DomainRequest":  api.DomainRequest{},
+		"Domain":         api.DomainDetail{},
+		"DNSRecord":      api.DNSRecord{},
 	} {
 		var documented []string
 		for k := range doc.Components.Schemas[schema].Properties {
@@ -71,6 +74,9 @@ func TestOpenAPISchemas(t *testing.T) {
 		"/v1/ports/{proto}/{number}": {"delete"},
 		"/v1/services":               {"get", "post"},
 		"/v1/services/{name}":        {"get", "put", "delete"},
+		"/v1/domains":                {"get", "post"},
+		"/v1/domains/{name}":         {"get", "delete"},
+		"/v1/domains/{name}/verify":  {"post"},
 	} {
 		for _, m := range methods {
 			if _, ok := doc.Paths[path][m]; !ok {

@@ -35,28 +35,51 @@ type CertSource interface {
 	ForName(name string) (*tls.Certificate, error)
 }
 
-// Names maps host names to services under the gateway domain.
+// Names maps host names to services: NAME.<domain>, and verified custom
+// domains.
 type Names struct {
 	// Domain is the gateway domain, lower case, without a trailing dot.
 	Domain string
 	Table  *route.Table
+	// Custom maps a verified custom domain (lower case, no trailing dot)
+	// to the service it is served by and the tenant that owns both; ok is
+	// false for any other name. It is asked only for names outside Domain.
+	// nil means no custom domains.
+	Custom func(host string) (service, tenant string, ok bool)
 }
 
-// Resolve returns the service label for host and whether host is the domain
-// itself or a single label directly under it. svc is nil for unknown labels.
+// Resolve returns the service label for host and whether host is ours: the
+// domain itself, a single label directly under it, or a verified custom
+// domain (whose label is its service's). svc is nil for unknown labels, and
+// for a custom domain whose service is gone or has another owner.
 func (n *Names) Resolve(host string) (label string, ours bool, svc *route.Service) {
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	if host == n.Domain {
 		return "", true, nil
 	}
 	if !strings.HasSuffix(host, n.Domain) || len(host) <= len(n.Domain)+1 || host[len(host)-len(n.Domain)-1] != '.' {
-		return "", false, nil
+		return n.custom(host)
 	}
 	label = host[:len(host)-len(n.Domain)-1]
 	if label == "" || strings.IndexByte(label, '.') >= 0 || len(label) > 63 {
 		return "", false, nil
 	}
 	return label, true, n.Table.Lookup(label)
+}
+
+// custom resolves a name outside the gateway domain through Custom.
+func (n *Names) custom(host string) (label string, ours bool, svc *route.Service) {
+	if n.Custom == nil || host == "" {
+		return "", false, nil
+	}
+	service, tenant, ok := n.Custom(host)
+	if !ok {
+		return "", false, nil
+	}
+	if svc = n.Table.Lookup(service); svc != nil && svc.Tenant != tenant {
+		svc = nil
+	}
+	return service, true, svc
 }
 
 // Lookup returns the service for a host, or nil.

@@ -40,6 +40,12 @@ type Config struct {
 	// asks when it checks proof of control of a domain; empty means the
 	// system's (/etc/resolv.conf).
 	Resolvers []string `yaml:"resolver"`
+	// DomainRecheck is how often the proof of control of every custom
+	// domain is checked again; 0 means 6 h (DefaultDomainRecheck).
+	DomainRecheck time.Duration `yaml:"domain_recheck"`
+	// DomainGrace is how long a verified domain whose proof is gone is
+	// still served; 0 means 24 h (DefaultDomainGrace).
+	DomainGrace time.Duration `yaml:"domain_grace"`
 	// APIAddr is the admin API, metrics and health listener; "" means 127.0.0.1:8081.
 	APIAddr string `yaml:"api_addr"`
 	// PublicIPs are the gateway's public addresses (put in its certificate
@@ -225,6 +231,12 @@ func (c *Config) Validate() error {
 		if _, err := resolve.ParseServer(r); err != nil {
 			return cfgErr("resolver: %v", err)
 		}
+	}
+	if c.DomainRecheck < 0 || (c.DomainRecheck > 0 && c.DomainRecheck < time.Second) {
+		return cfgErr("domain_recheck: %v not accepted; use 1s or more (0 for %v)", c.DomainRecheck, DefaultDomainRecheck)
+	}
+	if c.DomainGrace < 0 || (c.DomainGrace > 0 && c.DomainGrace < time.Second) {
+		return cfgErr("domain_grace: %v not accepted; use 1s or more (0 for %v)", c.DomainGrace, DefaultDomainGrace)
 	}
 	if _, err := parseTrusted(c.ProxyProtocolFrom); err != nil {
 		return cfgErr("proxy_protocol_from: %v", err)

@@ -72,6 +72,8 @@ type Gateway struct {
 	https *edge.HTTPS
 	ports *ports
 	dns   *dns.Server // nil when DNS is off
+	// domains serves verified custom domains and rechecks their proof.
+	domains *domains
 	// resolver checks proof of control of domains (--resolver).
 	resolver  *resolve.Resolver
 	httpSrv   *http.Server
@@ -250,14 +252,22 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	// through them finish before they are closed.
 	tunCtx, tunCancel := context.WithCancel(context.Background())
 	g.tunCancel = tunCancel
-	names := &edge.Names{Domain: cfg.Domain, Table: g.table}
+	bindHost, _, _ := net.SplitHostPort(g.HTTPSAddr)
+	g.domains = &domains{store: st, log: log, resolver: g.resolver, domain: cfg.Domain, addrs: dnsAddrs(cfg.PublicIPs, bindHost),
+		recheck: cfg.DomainRecheck, grace: cfg.DomainGrace}
+	if err := g.domains.reload(ctx); err != nil {
+		httpsLn.Close()
+		httpLn.Close()
+		apiLn.Close()
+		return nil, err
+	}
+	names := &edge.Names{Domain: cfg.Domain, Table: g.table, Custom: g.domains.lookup}
 	httpsPort := portOf(g.HTTPSAddr)
 	px := &proxy.HTTP{Lookup: names.Lookup, Log: log, AccessLog: *cfg.AccessLog}
 	g.table.OnRetire = px.Retire
 	if udpPC != nil {
 		px.AltSvc = edge.AltSvc(httpsPort)
 	}
-	bindHost, _, _ := net.SplitHostPort(g.HTTPSAddr)
 	g.ports = &ports{
 		host: bindHost, table: g.table, names: names, store: st, log: log, trusted: trusted, accessLog: *cfg.AccessLog,
 		tcpIdle: cfg.Limits.TCPIdleTimeout, udpIdle: cfg.Limits.UDPIdleTimeout,
@@ -310,8 +320,10 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		Info: api.GatewayInfo{ID: g.ID, Version: Version, Domain: cfg.Domain, HTTPAddr: g.HTTPAddr,
 			HTTPSAddr: g.HTTPSAddr, HTTP3Addr: g.H3Addr, APIAddr: g.APIAddr, Open: *cfg.Open, Started: time.Now().UTC()},
 		PortRange: portRange, MaxPortsPerTenant: cmp.Or(cfg.Limits.MaxPortsPerTenant, DefaultMaxPortsPerTenant),
-		OpenPort: openPublicPort,
-		PortAddr: func(n int) string { return net.JoinHostPort(announce, strconv.Itoa(n)) },
+		OpenPort:     openPublicPort,
+		PortAddr:     func(n int) string { return net.JoinHostPort(announce, strconv.Itoa(n)) },
+		PublicAddrs:  g.domains.addrs,
+		VerifyDomain: g.domains.verify,
 	}
 	g.apiSrv = &http.Server{
 		Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10,
@@ -336,6 +348,8 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	g.goRun(func() error { return serveHTTP(g.apiSrv, apiLn) })
 	g.goRun(func() error { g.watchServices(runCtx); return nil })
 	g.goRun(func() error { g.ports.watch(runCtx); return nil })
+	g.goRun(func() error { g.domains.watch(runCtx); return nil })
+	g.goRun(func() error { g.domains.loop(runCtx); return nil })
 	if dnsPC != nil {
 		g.dns = &dns.Server{Domain: cfg.Domain, Addrs: dnsAddrs(cfg.PublicIPs, bindHost), TTL: cfg.DNSTTL, Log: log,
 			Exists: func(label string) bool { return g.table.Lookup(label) != nil }}

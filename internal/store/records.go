@@ -143,6 +143,9 @@ func DeleteTenant(ctx context.Context, s Store, name string) error {
 	if err := releasePortsIf(ctx, s, func(p model.Port) bool { return p.Tenant == name }); err != nil {
 		return fmt.Errorf("delete tenant %s: %w", name, err)
 	}
+	if err := detachDomainsIf(ctx, s, func(d model.Domain) bool { return d.Tenant == name }); err != nil {
+		return fmt.Errorf("delete tenant %s: %w", name, err)
+	}
 	if err := s.Delete(ctx, TenantKey(name), AnyRev); err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("delete tenant %s: %w", name, err)
 	}
@@ -293,6 +296,11 @@ func DeleteService(ctx context.Context, s Store, name string, ifRev int64, check
 		case err == nil:
 			// Its public ports go with it.
 			if err := releasePortsIf(ctx, s, func(p model.Port) bool { return p.Service == name && p.Tenant == svc.Tenant }); err != nil {
+				return fmt.Errorf("delete service %s: %w", name, err)
+			}
+			// So do its custom domains (detached: a new service of the
+			// same name must be attached again, with a new proof).
+			if err := detachDomainsIf(ctx, s, func(d model.Domain) bool { return d.Service == name && d.Tenant == svc.Tenant }); err != nil {
 				return fmt.Errorf("delete service %s: %w", name, err)
 			}
 			return nil
