@@ -143,6 +143,9 @@ func DeleteTenant(ctx context.Context, s Store, name string) error {
 	if err := releasePortsIf(ctx, s, func(p model.Port) bool { return p.Tenant == name }); err != nil {
 		return fmt.Errorf("delete tenant %s: %w", name, err)
 	}
+	if err := deleteZonesOf(ctx, s, name); err != nil {
+		return fmt.Errorf("delete tenant %s: dns zones: %w", name, err)
+	}
 	if err := s.Delete(ctx, TenantKey(name), AnyRev); err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("delete tenant %s: %w", name, err)
 	}
