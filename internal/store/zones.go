@@ -177,10 +177,17 @@ func ZoneRecords(ctx context.Context, s Store, name string) ([]model.Record, int
 	return recs, rev, nil
 }
 
+// RecordsError refuses a list of records that breaks a rule across
+// records (model.CheckRecords) or the size bound: the caller's mistake.
+type RecordsError struct{ Err error }
+
+func (e *RecordsError) Error() string { return e.Err.Error() }
+func (e *RecordsError) Unwrap() error { return e.Err }
+
 // UpdateZoneRecords reads the records of zone name, lets update return
 // the new list (an error from update aborts and is returned), and writes
 // it, retrying on a concurrent change. The zone must exist. It returns the
-// list written.
+// list written. A list that breaks the rules returns a *RecordsError.
 func UpdateZoneRecords(ctx context.Context, s Store, name string, update func([]model.Record) ([]model.Record, error)) ([]model.Record, error) {
 	for {
 		if _, _, err := GetZone(ctx, s, name); err != nil {
@@ -195,10 +202,10 @@ func UpdateZoneRecords(ctx context.Context, s Store, name string, update func([]
 			return nil, err
 		}
 		if err := model.CheckRecords(name, out); err != nil {
-			return nil, err
+			return nil, &RecordsError{Err: err}
 		}
 		if n := encodedSize(out); n > maxRecordsValue {
-			return nil, fmt.Errorf("the zone's records would take %d bytes; at most %d are accepted", n, maxRecordsValue)
+			return nil, &RecordsError{Err: fmt.Errorf("the zone's records would take %d bytes; at most %d are accepted", n, maxRecordsValue)}
 		}
 		_, err = PutJSON(ctx, s, ZoneRecordsKey(name), out, rev)
 		if errors.Is(err, ErrConflict) {
