@@ -106,13 +106,13 @@ func ValidateZoneName(name string) (string, error) {
 		return "", fmt.Errorf("invalid zone %q: %d characters long; at most 253 are accepted", name, len(n))
 	}
 	labels := strings.Split(n, ".")
-	if len(labels) < 2 {
-		return "", fmt.Errorf("invalid zone %q: a top-level domain cannot be delegated; give a domain such as example.org", name)
-	}
 	for _, l := range labels {
 		if err := validateLabel(l); err != nil {
 			return "", fmt.Errorf("invalid zone %q: label %q: %w", name, l, err)
 		}
+	}
+	if len(labels) < 2 {
+		return "", fmt.Errorf("invalid zone %q: a top-level domain cannot be delegated; give a domain such as example.org", name)
 	}
 	return n, nil
 }
