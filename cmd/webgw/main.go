@@ -79,6 +79,7 @@ func newRoot() *cobra.Command {
 		return usagef("%v (see '%s --help')", err, c.CommandPath())
 	})
 	root.AddCommand(gatewayCmd(), exposeCmd(), agentCmd(), tenantCmd(), serviceCmd(), portCmd(), domainCmd(), statusCmd(), versionCmd())
+	root.AddCommand(dnsCmd())
 	requireSubcommand(root)
 	return root
 }

@@ -65,6 +65,10 @@ type Server struct {
 	// name now, stores the outcome and returns the record. nil answers
 	// POST /v1/domains/{name}/verify with 503.
 	VerifyDomain func(ctx context.Context, name string) (model.Domain, error)
+	// ZoneTXT looks up the TXT records of a name, for the proof of control
+	// of tenants' DNS zones; an error wrapping resolve.ErrNotFound means
+	// there are none. nil means zones cannot be verified (503).
+	ZoneTXT func(ctx context.Context, name string) ([]string, error)
 }
 
 // GatewayInfo is the static part of /v1/status.
@@ -117,6 +121,14 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/domains/{name}", s.auth(false, s.deleteDomain))
 	mux.HandleFunc("POST /v1/domains/{name}/verify", s.auth(false, s.verifyDomain))
 	mux.HandleFunc("GET /v1/whoami", s.auth(false, s.whoami))
+	mux.HandleFunc("GET /v1/dns/zones", s.auth(false, s.listZones))
+	mux.HandleFunc("POST /v1/dns/zones", s.auth(false, s.createZone))
+	mux.HandleFunc("GET /v1/dns/zones/{zone}", s.auth(false, s.getZone))
+	mux.HandleFunc("DELETE /v1/dns/zones/{zone}", s.auth(false, s.deleteZone))
+	mux.HandleFunc("POST /v1/dns/zones/{zone}/verify", s.auth(false, s.verifyZone))
+	mux.HandleFunc("GET /v1/dns/zones/{zone}/records", s.auth(false, s.listRecords))
+	mux.HandleFunc("POST /v1/dns/zones/{zone}/records", s.auth(false, s.createRecord))
+	mux.HandleFunc("DELETE /v1/dns/zones/{zone}/records/{id}", s.auth(false, s.deleteRecord))
 	notFound := func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	}

@@ -238,5 +238,6 @@ func (s *Server) verifyDomain(w http.ResponseWriter, r *http.Request, c caller) 
 	writeJSON(w, http.StatusOK, s.domainDetail(got))
 }
 
-// verifyTimeout bounds one check asked for through the API.
+// verifyTimeout bounds one check of a proof of control (a custom domain's
+// or a zone's) asked for through the API.
 const verifyTimeout = 20 * time.Second

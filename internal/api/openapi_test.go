@@ -10,6 +10,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/webgw/webgw/internal/api"
+	"github.com/webgw/webgw/internal/model"
 )
 
 // jsonFields returns the JSON names of t's fields, embedded structs flattened.
@@ -57,6 +58,10 @@ func TestOpenAPISchemas(t *testing.T) {
 		"DomainRequest":  api.DomainRequest{},
 		"Domain":         api.DomainDetail{},
 		"DNSRecord":      api.DNSRecord{},
+		"ZoneRequest":    api.ZoneRequest{},
+		"Zone":           api.ZoneDetail{},
+		"RecordRequest":  api.RecordRequest{},
+		"Record":         model.Record{},
 	} {
 		var documented []string
 		for k := range doc.Components.Schemas[schema].Properties {
@@ -70,13 +75,18 @@ func TestOpenAPISchemas(t *testing.T) {
 		}
 	}
 	for path, methods := range map[string][]string{
-		"/v1/ports":                  {"get", "post"},
-		"/v1/ports/{proto}/{number}": {"delete"},
-		"/v1/services":               {"get", "post"},
-		"/v1/services/{name}":        {"get", "put", "delete"},
-		"/v1/domains":                {"get", "post"},
-		"/v1/domains/{name}":         {"get", "delete"},
-		"/v1/domains/{name}/verify":  {"post"},
+		"/v1/ports":                         {"get", "post"},
+		"/v1/ports/{proto}/{number}":        {"delete"},
+		"/v1/services":                      {"get", "post"},
+		"/v1/services/{name}":               {"get", "put", "delete"},
+		"/v1/domains":                       {"get", "post"},
+		"/v1/domains/{name}":                {"get", "delete"},
+		"/v1/domains/{name}/verify":         {"post"},
+		"/v1/dns/zones":                     {"get", "post"},
+		"/v1/dns/zones/{zone}":              {"get", "delete"},
+		"/v1/dns/zones/{zone}/verify":       {"post"},
+		"/v1/dns/zones/{zone}/records":      {"get", "post"},
+		"/v1/dns/zones/{zone}/records/{id}": {"delete"},
 	} {
 		for _, m := range methods {
 			if _, ok := doc.Paths[path][m]; !ok {

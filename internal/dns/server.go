@@ -1,7 +1,8 @@
 // Package dns is the gateway's authoritative DNS server (miekg/dns): for
 // the gateway domain it answers SOA, NS with glue, A/AAAA for the apex and
 // every existing service name, CAA, and NXDOMAIN with the SOA for the rest,
-// from the live routing table, so a change is in the next answer.
+// from the live routing table, so a change is in the next answer; and for
+// the tenants' verified zones (Zones) their records, SOA and NS.
 package dns
 
 import (
@@ -37,6 +38,9 @@ type Server struct {
 	CAAIssuers []string
 	// Serial is the SOA serial; 0 means the Unix time when Serve started.
 	Serial uint32
+	// TenantZones are the tenants' verified zones answered besides
+	// Domain (live); nil means none: other zones are refused.
+	TenantZones *Zones
 	// Log gets debug messages; nil discards them.
 	Log *slog.Logger
 
@@ -183,6 +187,10 @@ func (s *Server) Answer(r *mdns.Msg) *mdns.Msg {
 		return m
 	}
 	if name != apex && !strings.HasSuffix(name, "."+apex) {
+		if z := s.TenantZones.find(name); z != nil {
+			s.zoneAnswer(m, q, name, z)
+			return m
+		}
 		// Not our zone: no referral, no recursion.
 		m.SetRcode(r, mdns.RcodeRefused)
 		return m

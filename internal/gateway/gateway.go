@@ -324,6 +324,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		PortAddr:     func(n int) string { return net.JoinHostPort(announce, strconv.Itoa(n)) },
 		PublicAddrs:  g.domains.addrs,
 		VerifyDomain: g.domains.verify,
+		ZoneTXT:      g.resolver.TXT,
 	}
 	g.apiSrv = &http.Server{
 		Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10,
@@ -352,7 +353,8 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	g.goRun(func() error { g.domains.loop(runCtx); return nil })
 	if dnsPC != nil {
 		g.dns = &dns.Server{Domain: cfg.Domain, Addrs: dnsAddrs(cfg.PublicIPs, bindHost), TTL: cfg.DNSTTL, Log: log,
-			Exists: func(label string) bool { return g.table.Lookup(label) != nil }}
+			Exists: func(label string) bool { return g.table.Lookup(label) != nil }, TenantZones: &dns.Zones{}}
+		g.goRun(func() error { g.watchZones(runCtx, g.dns.TenantZones); return nil })
 		g.goRun(func() error { return g.dns.Serve(runCtx, dnsPC, dnsLn) })
 	}
 	g.goRun(func() error { g.expireLoop(runCtx); return nil })

@@ -23,8 +23,8 @@ const (
 	DomainUnverified DomainState = "unverified"
 )
 
-// ChallengeLabel is the label under a custom domain whose TXT record must
-// hold the domain's token: _webgw-challenge.www.example.com.
+// ChallengeLabel is the label under a custom domain (or a tenant's DNS
+// zone) whose TXT record must hold its token: _webgw-challenge.www.example.com.
 const ChallengeLabel = "_webgw-challenge"
 
 // MaxDomainName is the longest domain name accepted (RFC 1035, without the

@@ -146,6 +146,9 @@ func DeleteTenant(ctx context.Context, s Store, name string) error {
 	if err := detachDomainsIf(ctx, s, func(d model.Domain) bool { return d.Tenant == name }); err != nil {
 		return fmt.Errorf("delete tenant %s: %w", name, err)
 	}
+	if err := deleteZonesOf(ctx, s, name); err != nil {
+		return fmt.Errorf("delete tenant %s: dns zones: %w", name, err)
+	}
 	if err := s.Delete(ctx, TenantKey(name), AnyRev); err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("delete tenant %s: %w", name, err)
 	}
