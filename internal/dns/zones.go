@@ -31,6 +31,7 @@ type Zones struct {
 // zone is a tenant zone ready to answer from.
 type zone struct {
 	apex   string // FQDN
+	tenant string // the zone's owner
 	serial uint32
 	nodes  map[string]*node // by owner FQDN
 	// ents are names that hold nothing but have names below them (empty
@@ -130,9 +131,25 @@ func (zs *Zones) find(name string) *zone {
 	return nil
 }
 
+// Service returns the service a name of a verified tenant zone points at
+// (a record with a service), and the zone's tenant: the edge serves the
+// name like that service's own. host is lower case, without a trailing dot.
+func (zs *Zones) Service(host string) (service, tenant string, ok bool) {
+	fq := mdns.Fqdn(host)
+	z := zs.find(fq)
+	if z == nil {
+		return "", "", false
+	}
+	n := z.nodes[fq]
+	if n == nil || len(n.services) == 0 {
+		return "", "", false
+	}
+	return n.services[0].service, z.tenant, true
+}
+
 func build(d ZoneData) *zone {
 	name := strings.ToLower(d.Zone.Name)
-	z := &zone{apex: mdns.Fqdn(name), serial: d.Serial, nodes: map[string]*node{}, ents: map[string]bool{}}
+	z := &zone{apex: mdns.Fqdn(name), tenant: d.Zone.Tenant, serial: d.Serial, nodes: map[string]*node{}, ents: map[string]bool{}}
 	nodeOf := func(owner string) *node {
 		n := z.nodes[owner]
 		if n == nil {

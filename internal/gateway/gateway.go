@@ -72,6 +72,9 @@ type Gateway struct {
 	https *edge.HTTPS
 	ports *ports
 	dns   *dns.Server // nil when DNS is off
+	// zones are the tenants' verified DNS zones, answered by dns and
+	// routed by the edge where a name points at a service.
+	zones *dns.Zones
 	// domains serves verified custom domains and rechecks their proof.
 	domains *domains
 	// resolver checks proof of control of domains (--resolver).
@@ -113,7 +116,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	g := &Gateway{cfg: cfg, log: log, store: st, errc: make(chan error, 4)}
+	g := &Gateway{cfg: cfg, log: log, store: st, errc: make(chan error, 4), zones: &dns.Zones{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -261,7 +264,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		apiLn.Close()
 		return nil, err
 	}
-	names := &edge.Names{Domain: cfg.Domain, Table: g.table, Custom: g.domains.lookup}
+	names := &edge.Names{Domain: cfg.Domain, Table: g.table, Custom: g.customName}
 	httpsPort := portOf(g.HTTPSAddr)
 	px := &proxy.HTTP{Lookup: names.Lookup, Log: log, AccessLog: *cfg.AccessLog}
 	g.table.OnRetire = px.Retire
@@ -351,10 +354,10 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	g.goRun(func() error { g.ports.watch(runCtx); return nil })
 	g.goRun(func() error { g.domains.watch(runCtx); return nil })
 	g.goRun(func() error { g.domains.loop(runCtx); return nil })
+	g.goRun(func() error { g.watchZones(runCtx, g.zones); return nil })
 	if dnsPC != nil {
 		g.dns = &dns.Server{Domain: cfg.Domain, Addrs: dnsAddrs(cfg.PublicIPs, bindHost), TTL: cfg.DNSTTL, Log: log,
-			Exists: func(label string) bool { return g.table.Lookup(label) != nil }, TenantZones: &dns.Zones{}}
-		g.goRun(func() error { g.watchZones(runCtx, g.dns.TenantZones); return nil })
+			Exists: func(label string) bool { return g.table.Lookup(label) != nil }, TenantZones: g.zones}
 		g.goRun(func() error { return g.dns.Serve(runCtx, dnsPC, dnsLn) })
 	}
 	g.goRun(func() error { g.expireLoop(runCtx); return nil })
@@ -536,6 +539,16 @@ func (g *Gateway) expireLoop(ctx context.Context) {
 			g.expireQuickPorts(ctx, now, idle, expired, missing)
 		}
 	}
+}
+
+// customName is edge.Names.Custom: a verified custom domain, or a name of
+// a verified tenant zone pointed at a service (both only for the owner's
+// own services: the edge checks the tenant).
+func (g *Gateway) customName(host string) (service, tenant string, ok bool) {
+	if service, tenant, ok = g.domains.lookup(host); ok {
+		return service, tenant, ok
+	}
+	return g.zones.Service(host)
 }
 
 // dnsAddrs are the addresses DNS answers name for the gateway: its public

@@ -156,6 +156,19 @@ func TestZone(t *testing.T) {
 			}
 		}
 	}
+	// The name pointed at the service is served as that service (no agent
+	// yet: 503 from the gateway, over a certificate for the name); a name
+	// of the zone that is not pointed at a service is not served.
+	https := func(host string) curlResult {
+		return curl(t, "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", g.caFile,
+			"--resolve", host+":"+g.httpsPort()+":127.0.0.1", "https://"+host+":"+g.httpsPort()+"/")
+	}
+	if r := https("shop.example.test"); r.code != 0 || r.stdout != "503" {
+		t.Errorf("https://shop.example.test (pointed at service shop): exit %d, status %q; want 503 from the service", r.code, r.stdout)
+	}
+	if r := https("www.example.test"); r.code == 0 {
+		t.Errorf("https://www.example.test (not pointed at a service) was served: %q", r.stdout)
+	}
 	if nx := g.dig(t, "nope.example.test", "A"); !strings.Contains(nx, "status: NXDOMAIN") || !strings.Contains(nx, "flags: qr aa") ||
 		!strings.Contains(nx, "SOA\tns1.gw.test. hostmaster.example.test.") {
 		t.Errorf("a missing name is not an authoritative NXDOMAIN with the zone's SOA:\n%s", nx)
