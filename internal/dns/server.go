@@ -36,6 +36,10 @@ type Server struct {
 	// CAAIssuers are the CAs named in the apex's CAA records ("issue" and
 	// "issuewild"), such as "letsencrypt.org"; empty means no CAA record.
 	CAAIssuers []string
+	// Challenges returns the TXT values of an ACME DNS-01 challenge at name
+	// (a fully qualified name under Domain, lower case, no trailing dot);
+	// nil means none are answered.
+	Challenges func(name string) []string
 	// Serial is the SOA serial; 0 means the Unix time when Serve started.
 	Serial uint32
 	// TenantZones are the tenants' verified zones answered besides
@@ -200,6 +204,8 @@ func (s *Server) Answer(r *mdns.Msg) *mdns.Msg {
 	switch {
 	case rel == "":
 		s.apexAnswer(m, q)
+	case strings.HasPrefix(rel, "_acme-challenge") && s.Challenges != nil:
+		s.challengeAnswer(m, q, strings.TrimSuffix(name, "."))
 	case isNS(rel):
 		s.addrAnswer(m, q)
 	case !strings.Contains(rel, ".") && s.Exists != nil && s.Exists(rel):
@@ -209,6 +215,36 @@ func (s *Server) Answer(r *mdns.Msg) *mdns.Msg {
 		m.Ns = append(m.Ns, s.soa())
 	}
 	return m
+}
+
+// challengeAnswer answers the TXT records of an ACME DNS-01 challenge.
+func (s *Server) challengeAnswer(m *mdns.Msg, q mdns.Question, name string) {
+	vals := s.Challenges(name)
+	if len(vals) == 0 {
+		m.Rcode = mdns.RcodeNameError
+		m.Ns = append(m.Ns, s.soa())
+		return
+	}
+	if q.Qtype == mdns.TypeTXT || q.Qtype == mdns.TypeANY {
+		for _, v := range vals {
+			h := s.hdr(q.Name, mdns.TypeTXT)
+			h.Ttl = 1 // a challenge lives for seconds
+			m.Answer = append(m.Answer, &mdns.TXT{Hdr: h, Txt: splitTXT(v)})
+		}
+	}
+	if len(m.Answer) == 0 {
+		m.Ns = append(m.Ns, s.soa())
+	}
+}
+
+// splitTXT cuts v into the 255-byte strings of a TXT record.
+func splitTXT(v string) []string {
+	var out []string
+	for len(v) > 255 {
+		out = append(out, v[:255])
+		v = v[255:]
+	}
+	return append(out, v)
 }
 
 func isNS(label string) bool {

@@ -23,6 +23,9 @@ type Redirect struct {
 	Names *Names
 	// HTTPSPort is the public HTTPS port; "443" or "" leaves it out of URLs.
 	HTTPSPort string
+	// Challenge answers the gateway's own ACME HTTP-01 challenges and
+	// reports whether the request was one; nil means none are.
+	Challenge func(w http.ResponseWriter, r *http.Request) bool
 
 	once      sync.Once
 	challenge *httputil.ReverseProxy // made once
@@ -32,6 +35,9 @@ type Redirect struct {
 const acmeChallengePrefix = "/.well-known/acme-challenge/"
 
 func (rd *Redirect) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if rd.Challenge != nil && strings.HasPrefix(r.URL.Path, acmeChallengePrefix) && rd.Challenge(w, r) {
+		return
+	}
 	host := proxy.HostName(r.Host)
 	label, ours, svc := rd.Names.Resolve(host)
 	if !ours || (label != "" && svc == nil) {

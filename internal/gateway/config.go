@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -34,6 +35,22 @@ type Config struct {
 	// means 127.0.0.1:8053, and then a port already in use only turns DNS
 	// off (with a warning), so several zero-config gateways can run.
 	DNSAddr string `yaml:"dns_addr"`
+	// ACMECA is the ACME directory URL the gateway gets its certificates
+	// from; "" means its local CA (ca.pem in the data dir).
+	ACMECA string `yaml:"acme_ca"`
+	// ACMEEmail is the ACME account's contact; "" means none.
+	ACMEEmail string `yaml:"acme_email"`
+	// ACMEEABKeyID and ACMEEABHMAC are the CA's external account binding,
+	// when it asks for one.
+	ACMEEABKeyID string `yaml:"acme_eab_kid"`
+	ACMEEABHMAC  string `yaml:"acme_eab_hmac"`
+	// ACMECARoot is a PEM file of the CAs that sign the ACME server's own
+	// TLS certificate (a private or test CA); "" means the system's roots.
+	ACMECARoot string `yaml:"acme_ca_root"`
+	// ACMECAA is the CA's domain named in the gateway domain's CAA records
+	// ("letsencrypt.org"); "" means derived from acme_ca's host (its last two
+	// labels), none for an IP address.
+	ACMECAA string `yaml:"acme_caa"`
 	// DNSTTL is the TTL of DNS answers; 0 means 60 s.
 	DNSTTL time.Duration `yaml:"dns_ttl"`
 	// Resolvers are the recursive resolvers (IP, or IP:PORT) the gateway
@@ -226,6 +243,18 @@ func (c *Config) Validate() error {
 	}
 	if c.DNSTTL < 0 || (c.DNSTTL > 0 && c.DNSTTL < time.Second) || c.DNSTTL > 7*24*time.Hour {
 		return cfgErr("dns_ttl: %v not accepted; use 1s-168h (0 for 60s)", c.DNSTTL)
+	}
+	if c.ACMECA != "" {
+		u, err := url.Parse(c.ACMECA)
+		if err != nil || u.Scheme != "https" || u.Host == "" {
+			return cfgErr("acme_ca: %q; want the https:// URL of an ACME directory", c.ACMECA)
+		}
+	}
+	if (c.ACMEEABKeyID == "") != (c.ACMEEABHMAC == "") {
+		return cfgErr("acme_eab_kid and acme_eab_hmac: give both or neither")
+	}
+	if c.ACMECA == "" && (c.ACMEEmail != "" || c.ACMEEABKeyID != "" || c.ACMECARoot != "" || c.ACMECAA != "") {
+		return cfgErr("acme_email, acme_eab_kid, acme_eab_hmac, acme_ca_root and acme_caa need acme_ca")
 	}
 	for _, r := range c.Resolvers {
 		if _, err := resolve.ParseServer(r); err != nil {

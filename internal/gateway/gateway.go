@@ -72,6 +72,10 @@ type Gateway struct {
 	https *edge.HTTPS
 	ports *ports
 	dns   *dns.Server // nil when DNS is off
+	// acme is the ACME certificate source; nil with the local CA.
+	acme *certs.ACME
+	// challenges are the ACME DNS-01 records the DNS server answers.
+	challenges challengeView
 	// zones are the tenants' verified DNS zones, answered by dns and
 	// routed by the edge where a name points at a service.
 	zones *dns.Zones
@@ -266,6 +270,31 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	}
 	names := &edge.Names{Domain: cfg.Domain, Table: g.table, Custom: g.customName}
 	httpsPort := portOf(g.HTTPSAddr)
+	var certSrc edge.CertSource = g.ca
+	var acmeChallenge func(http.ResponseWriter, *http.Request) bool
+	if cfg.ACMECA != "" {
+		if g.DNSAddr == "" {
+			log.Warn("acme: DNS is off, so the wildcard certificate (DNS-01, answered by this gateway's DNS) cannot be obtained")
+		}
+		httpPortN, _ := strconv.Atoi(portOf(g.HTTPAddr))
+		src, err := certs.NewACME(certs.ACMEConfig{
+			CA: cfg.ACMECA, Email: cfg.ACMEEmail, EABKeyID: cfg.ACMEEABKeyID, EABMACKey: cfg.ACMEEABHMAC,
+			RootsFile: cfg.ACMECARoot, Domain: cfg.Domain,
+			DNS01: &certs.ChallengeRecords{DB: st}, Resolvers: nonEmpty(g.DNSAddr),
+			Allowed: func(name string) bool {
+				_, _, ok := g.customName(name)
+				return ok
+			},
+			HTTPPort: httpPortN, Storage: &certs.Storage{DB: st}, Log: log,
+		})
+		if err != nil {
+			httpsLn.Close()
+			httpLn.Close()
+			apiLn.Close()
+			return nil, cfgErr("acme_ca: %v", err)
+		}
+		g.acme, certSrc, acmeChallenge = src, src, src.HandleHTTPChallenge
+	}
 	px := &proxy.HTTP{Lookup: names.Lookup, Log: log, AccessLog: *cfg.AccessLog}
 	g.table.OnRetire = px.Retire
 	if udpPC != nil {
@@ -299,7 +328,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		},
 	}
 	g.https = &edge.HTTPS{
-		Names: names, Certs: g.ca, TunnelCert: tunnelCert, Tunnel: func(_ context.Context, c net.Conn) { ctl.ServeConn(tunCtx, c) }, Proxy: px,
+		Names: names, Certs: certSrc, TunnelCert: tunnelCert, Tunnel: func(_ context.Context, c net.Conn) { ctl.ServeConn(tunCtx, c) }, Proxy: px,
 		Log: log, AccessLog: *cfg.AccessLog,
 		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout, IdleTimeout: cfg.Limits.IdleTimeout,
 		MaxHeaderBytes: cfg.Limits.MaxHeaderBytes,
@@ -312,7 +341,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	}
 	g.https.H1 = func(ctx context.Context, c net.Conn) { px.ServeH1(ctx, c, lim) }
 	g.httpSrv = &http.Server{
-		Handler:           &edge.Redirect{Names: names, HTTPSPort: httpsPort},
+		Handler:           &edge.Redirect{Names: names, HTTPSPort: httpsPort, Challenge: acmeChallenge},
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
@@ -355,9 +384,19 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	g.goRun(func() error { g.domains.watch(runCtx); return nil })
 	g.goRun(func() error { g.domains.loop(runCtx); return nil })
 	g.goRun(func() error { g.watchZones(runCtx, g.zones); return nil })
+	g.goRun(func() error { g.challenges.watch(runCtx, st, log); return nil })
+	if g.acme != nil {
+		if err := g.acme.Manage(runCtx); err != nil {
+			log.Error("acme", "err", err)
+		}
+	}
 	if dnsPC != nil {
 		g.dns = &dns.Server{Domain: cfg.Domain, Addrs: dnsAddrs(cfg.PublicIPs, bindHost), TTL: cfg.DNSTTL, Log: log,
-			Exists: func(label string) bool { return g.table.Lookup(label) != nil }, TenantZones: g.zones}
+			Exists: func(label string) bool { return g.table.Lookup(label) != nil }, TenantZones: g.zones,
+			Challenges: g.challenges.lookup}
+		if caa := caaIssuer(cfg); cfg.ACMECA != "" && caa != "" {
+			g.dns.CAAIssuers = []string{caa}
+		}
 		g.goRun(func() error { return g.dns.Serve(runCtx, dnsPC, dnsLn) })
 	}
 	g.goRun(func() error { g.expireLoop(runCtx); return nil })
@@ -551,6 +590,14 @@ func (g *Gateway) customName(host string) (service, tenant string, ok bool) {
 	return g.zones.Service(host)
 }
 
+// nonEmpty is the list of s, empty when s is.
+func nonEmpty(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return []string{s}
+}
+
 // dnsAddrs are the addresses DNS answers name for the gateway: its public
 // IPs, else the host it listens on when that is one address (loopback in
 // zero-config mode).
@@ -637,6 +684,9 @@ func (g *Gateway) Banner(w io.Writer) {
 		fmt.Fprintf(w, "  dns           off (%s is in use; set --dns-addr)\n", c.DNSAddr)
 	}
 	fmt.Fprintf(w, "  ca            %s\n", g.CAFile)
+	if c.ACMECA != "" {
+		fmt.Fprintf(w, "  certificates  ACME from %s (the local CA above signs the agent tunnel only)\n", c.ACMECA)
+	}
 	fmt.Fprintf(w, "  fingerprint   %s\n", g.Fingerprint)
 	if *c.Open {
 		fmt.Fprintf(w, "  open mode     on: agents without a token get a random quick-tunnel name\n")
