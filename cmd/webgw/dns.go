@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/url"
 	"io"
 	"strings"
 	"text/tabwriter"
@@ -18,7 +19,43 @@ func dnsCmd() *cobra.Command {
 	zone.AddCommand(zoneAddCmd(), zoneListCmd(), zoneShowCmd(), zoneVerifyCmd(), zoneRemoveCmd())
 	record := &cobra.Command{Use: "record", Short: "Add, list and remove records of a DNS zone"}
 	record.AddCommand(recordAddCmd(), recordListCmd(), recordRemoveCmd())
-	c.AddCommand(zone, record)
+	c.AddCommand(zone, record, dsCmd())
+	return c
+}
+
+func dsCmd() *cobra.Command {
+	var cf clientFlags
+	c := &cobra.Command{
+		Use:   "ds [ZONE]",
+		Short: "Print the DS record to put at the parent of a signed zone (default: the gateway domain)",
+		Args:  argsUsage(cobra.MaximumNArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			path := "/v1/dns/ds"
+			if len(args) == 1 {
+				zone, err := zoneArg(args[0])
+				if err != nil {
+					return err
+				}
+				path += "?zone=" + url.QueryEscape(zone)
+			}
+			cl, err := cf.client(c)
+			if err != nil {
+				return err
+			}
+			var d api.DSAnswer
+			if err := cl.Do(c.Context(), "GET", path, nil, &d); err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(c.OutOrStdout(), d)
+			}
+			for _, ds := range d.DS {
+				fmt.Fprintln(c.OutOrStdout(), ds)
+			}
+			return nil
+		},
+	}
+	cf.add(c, true)
 	return c
 }
 

@@ -69,6 +69,9 @@ type Server struct {
 	// of tenants' DNS zones; an error wrapping resolve.ErrNotFound means
 	// there are none. nil means zones cannot be verified (503).
 	ZoneTXT func(ctx context.Context, name string) ([]string, error)
+	// DS returns the DS records and DNSKEY (zone-file form) of a zone the
+	// gateway signs; nil answers GET /v1/dns/ds with 503.
+	DS func(ctx context.Context, zone string) (ds []string, dnskey string, err error)
 }
 
 // GatewayInfo is the static part of /v1/status.
@@ -121,6 +124,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/domains/{name}", s.auth(false, s.deleteDomain))
 	mux.HandleFunc("POST /v1/domains/{name}/verify", s.auth(false, s.verifyDomain))
 	mux.HandleFunc("GET /v1/whoami", s.auth(false, s.whoami))
+	mux.HandleFunc("GET /v1/dns/ds", s.auth(false, s.getDS))
 	mux.HandleFunc("GET /v1/dns/zones", s.auth(false, s.listZones))
 	mux.HandleFunc("POST /v1/dns/zones", s.auth(false, s.createZone))
 	mux.HandleFunc("GET /v1/dns/zones/{zone}", s.auth(false, s.getZone))

@@ -62,6 +62,7 @@ func TestOpenAPISchemas(t *testing.T) {
 		"Zone":           api.ZoneDetail{},
 		"RecordRequest":  api.RecordRequest{},
 		"Record":         model.Record{},
+		"DSAnswer":       api.DSAnswer{},
 	} {
 		var documented []string
 		for k := range doc.Components.Schemas[schema].Properties {
@@ -82,6 +83,7 @@ func TestOpenAPISchemas(t *testing.T) {
 		"/v1/domains":                       {"get", "post"},
 		"/v1/domains/{name}":                {"get", "delete"},
 		"/v1/domains/{name}/verify":         {"post"},
+		"/v1/dns/ds":                        {"get"},
 		"/v1/dns/zones":                     {"get", "post"},
 		"/v1/dns/zones/{zone}":              {"get", "delete"},
 		"/v1/dns/zones/{zone}/verify":       {"post"},

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +41,10 @@ type Server struct {
 	// (a fully qualified name under Domain, lower case, no trailing dot);
 	// nil means none are answered.
 	Challenges func(name string) []string
+	// Keys, when set, turns DNSSEC on: answers to queries with the DO bit
+	// are signed with the zone's key (online signing, NSEC3 white lies for
+	// denial). nil serves unsigned answers.
+	Keys KeySource
 	// Serial is the SOA serial; 0 means the Unix time when Serve started.
 	Serial uint32
 	// TenantZones are the tenants' verified zones answered besides
@@ -190,9 +195,13 @@ func (s *Server) Answer(r *mdns.Msg) *mdns.Msg {
 		m.SetRcode(r, mdns.RcodeRefused)
 		return m
 	}
+	do := r.IsEdns0() != nil && r.IsEdns0().Do()
 	if name != apex && !strings.HasSuffix(name, "."+apex) {
 		if z := s.TenantZones.find(name); z != nil {
 			s.zoneAnswer(m, q, name, z)
+			if do && s.Keys != nil {
+				s.secure(m, q, z.apex, s.existsFn(), s.typesFn(z.apex))
+			}
 			return m
 		}
 		// Not our zone: no referral, no recursion.
@@ -214,7 +223,50 @@ func (s *Server) Answer(r *mdns.Msg) *mdns.Msg {
 		m.Rcode = mdns.RcodeNameError
 		m.Ns = append(m.Ns, s.soa())
 	}
+	if do && s.Keys != nil {
+		s.secure(m, q, apex, s.existsFn(), s.typesFn(apex))
+	}
 	return m
+}
+
+// probeTypes are the types looked for at a name to list them in an NSEC3.
+var probeTypes = []uint16{mdns.TypeA, mdns.TypeNS, mdns.TypeCNAME, mdns.TypeSOA, mdns.TypeMX, mdns.TypeTXT,
+	mdns.TypeAAAA, mdns.TypeSRV, mdns.TypeCAA}
+
+// probe answers (name, t) without DNSSEC, for the proofs of denial.
+func (s *Server) probe(name string, t uint16) *mdns.Msg {
+	r := new(mdns.Msg)
+	r.SetQuestion(name, t)
+	return s.Answer(r)
+}
+
+// existsFn reports whether a name has records or names below it.
+func (s *Server) existsFn() func(string) bool {
+	return func(n string) bool { return s.probe(n, mdns.TypeA).Rcode != mdns.RcodeNameError }
+}
+
+// typesFn lists the types at an existing name of the zone at apex, with
+// RRSIG (and DNSKEY, NSEC3PARAM at the apex).
+func (s *Server) typesFn(apex string) func(string) []uint16 {
+	return func(n string) []uint16 {
+		var out []uint16
+		for _, t := range probeTypes {
+			for _, rr := range s.probe(n, t).Answer {
+				if rr.Header().Rrtype == t && strings.EqualFold(rr.Header().Name, n) {
+					out = append(out, t)
+					break
+				}
+			}
+		}
+		if strings.EqualFold(n, apex) {
+			out = append(out, mdns.TypeDNSKEY, mdns.TypeNSEC3PARAM)
+		}
+		if len(out) > 0 {
+			out = append(out, mdns.TypeRRSIG)
+		}
+		slices.Sort(out)
+		return out
+	}
 }
 
 // challengeAnswer answers the TXT records of an ACME DNS-01 challenge.

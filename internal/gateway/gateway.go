@@ -72,6 +72,8 @@ type Gateway struct {
 	https *edge.HTTPS
 	ports *ports
 	dns   *dns.Server // nil when DNS is off
+	// dnsKeys are the zones' DNSSEC signing keys, kept in the store.
+	dnsKeys *dns.StoreKeys
 	// acme is the ACME certificate source; nil with the local CA.
 	acme *certs.ACME
 	// challenges are the ACME DNS-01 records the DNS server answers.
@@ -120,7 +122,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	g := &Gateway{cfg: cfg, log: log, store: st, errc: make(chan error, 4), zones: &dns.Zones{}}
+	g := &Gateway{cfg: cfg, log: log, store: st, errc: make(chan error, 4), zones: &dns.Zones{}, dnsKeys: &dns.StoreKeys{DB: st}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -357,6 +359,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		PublicAddrs:  g.domains.addrs,
 		VerifyDomain: g.domains.verify,
 		ZoneTXT:      g.resolver.TXT,
+		DS:           g.dsOf,
 	}
 	g.apiSrv = &http.Server{
 		Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10,
@@ -393,7 +396,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	if dnsPC != nil {
 		g.dns = &dns.Server{Domain: cfg.Domain, Addrs: dnsAddrs(cfg.PublicIPs, bindHost), TTL: cfg.DNSTTL, Log: log,
 			Exists: func(label string) bool { return g.table.Lookup(label) != nil }, TenantZones: g.zones,
-			Challenges: g.challenges.lookup}
+			Challenges: g.challenges.lookup, Keys: g.dnsKeys}
 		if caa := caaIssuer(cfg); cfg.ACMECA != "" && caa != "" {
 			g.dns.CAAIssuers = []string{caa}
 		}
@@ -588,6 +591,15 @@ func (g *Gateway) customName(host string) (service, tenant string, ok bool) {
 		return service, tenant, ok
 	}
 	return g.zones.Service(host)
+}
+
+// dsOf is the DS record and DNSKEY of a zone the gateway signs.
+func (g *Gateway) dsOf(ctx context.Context, zone string) ([]string, string, error) {
+	key, err := g.dnsKeys.Key(ctx, zone)
+	if err != nil {
+		return nil, "", err
+	}
+	return []string{key.DS().String()}, key.DNSKEY.String(), nil
 }
 
 // nonEmpty is the list of s, empty when s is.

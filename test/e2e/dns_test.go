@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -87,3 +90,56 @@ func TestDNS(t *testing.T) {
 
 // squash turns each run of white space in s into one space.
 func squash(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// TestDNSSEC: the gateway signs its zone online; `webgw dns ds` prints the
+// DS for the parent; delv, trusting the zone's key, fully validates an
+// answer, a NXDOMAIN (NSEC3 white lies) and a NODATA.
+func TestDNSSEC(t *testing.T) {
+	t.Parallel()
+	needTool(t, "delv")
+	g := startGateway(t, "--domain", "gw.test", "--public-ip", "192.0.2.10")
+	g.addTenant(t, "acme")
+	mustRun(t, append([]string{"service", "add", "shop", "--tenant", "acme"}, g.admin()...)...)
+
+	ds := strings.TrimSpace(mustRun(t, append([]string{"dns", "ds"}, g.admin()...)...))
+	if !regexp.MustCompile(`^gw\.test\.\s+\d+\s+IN\s+DS\s+\d+ 13 2 [0-9A-F]{64}$`).MatchString(ds) {
+		t.Fatalf("webgw dns ds printed %q, want one DS record (algorithm 13, SHA-256)", ds)
+	}
+	var d struct{ DNSKEY string }
+	if err := json.Unmarshal([]byte(mustRun(t, append([]string{"dns", "ds", "--json"}, g.admin()...)...)), &d); err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(d.DNSKEY) // gw.test. TTL IN DNSKEY 257 3 13 KEY...
+	anchors := filepath.Join(t.TempDir(), "anchors.conf")
+	if err := os.WriteFile(anchors, []byte(fmt.Sprintf("trust-anchors {\n\tgw.test. static-key %s %s %s \"%s\";\n};\n",
+		f[4], f[5], f[6], strings.Join(f[7:], ""))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(g.dnsAddr)
+	delv := func(args ...string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		out, _ := exec.CommandContext(ctx, "delv", append([]string{"@" + host, "-p", port, "-a", anchors, "+root=gw.test"}, args...)...).CombinedOutput()
+		return string(out)
+	}
+	for _, q := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"shop.gw.test", "A"}, "; fully validated"},
+		{[]string{"gw.test", "SOA"}, "; fully validated"},
+		{[]string{"nope.gw.test", "A"}, "; negative response, fully validated"},
+		{[]string{"shop.gw.test", "MX"}, "; negative response, fully validated"},
+	} {
+		if out := delv(q.args...); !strings.Contains(out, q.want) {
+			t.Errorf("delv %v: want %q:\n%s", q.args, q.want, out)
+		}
+	}
+	// A wrong trust anchor fails validation: the test can fail.
+	if err := os.WriteFile(anchors, []byte("trust-anchors {\n\tgw.test. static-key 257 3 13 \"Vlw+GudqY4h2YpnjN874QUXZgBaBcG+yJ/XX3VD0WFuy0JCQwDWBjRq5b0hpKRfCjsOM8yT96LEARKU5xITfOQ==\";\n};\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := delv("shop.gw.test", "A"); strings.Contains(out, "fully validated") {
+		t.Errorf("delv validated with a foreign key:\n%s", out)
+	}
+}
