@@ -77,8 +77,11 @@ func TestACME(t *testing.T) {
 	roots := x509.NewCertPool()
 	roots.AddCert(pca.GetRootCert(0).Cert)
 
+	res := startTXTServer(t) // the resolver that proves control of the tenant's zone
+	start := time.Now()
 	g := startGateway(t, "--domain", "gw.test", "--public-ip", "127.0.0.1", "--dns-addr", dnsAddr, "--http-addr", httpAddr,
-		"--acme-ca", srv.URL+"/dir", "--acme-ca-root", tlsRoot, "--acme-email", "ops@gw.test", "--acme-caa", "pebble.test")
+		"--acme-ca", srv.URL+"/dir", "--acme-ca-root", tlsRoot, "--acme-email", "ops@gw.test", "--acme-caa", "pebble.test",
+		"--resolver", res.addr)
 	tok := g.addTenant(t, "acme-co")
 	p := startProc(t, "expose", "expose", "--gateway", g.httpsAddr, "--ca", g.caFile, "--token", tok, "--name", "shop", textBackend(t, "served over ACME\n"))
 	p.waitLine(t, regexp.MustCompile(`^https://shop\.gw\.test:\d+$`), 15*time.Second)
@@ -105,6 +108,29 @@ func TestACME(t *testing.T) {
 	if body != "served over ACME\n" {
 		t.Errorf("body %q", body)
 	}
+	t.Logf("time to the first ACME certificate (wildcard by DNS-01), from the gateway's start: %v", time.Since(start).Round(10*time.Millisecond))
+
+	// A name of the tenant's own (verified) zone pointed at the service: its
+	// certificate is obtained on demand, by HTTP-01 on the gateway's port.
+	as := []string{"--api-addr", g.apiAddr, "--token", tok}
+	out := mustRun(t, append([]string{"dns", "zone", "add", "custom.test"}, as...)...)
+	m := regexp.MustCompile(`TXT "(webgw-[0-9a-f]+)"`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("dns zone add printed no token:\n%s", out)
+	}
+	res.set("_webgw-challenge.custom.test", m[1])
+	mustRun(t, append([]string{"dns", "zone", "verify", "custom.test"}, as...)...)
+	mustRun(t, append([]string{"dns", "record", "add", "custom.test", "www", "--service", "shop"}, as...)...)
+	start = time.Now()
+	waitFor(t, 60*time.Second, "an on-demand certificate for www.custom.test", func() bool {
+		resp, err := client.Get("https://www.custom.test:" + g.httpsPort() + "/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	t.Logf("time to an on-demand certificate (HTTP-01): %v", time.Since(start).Round(10*time.Millisecond))
 	// A name that is not the gateway's: no certificate, no issuance.
 	if c, err := tls.Dial("tcp", g.httpsAddr, &tls.Config{ServerName: "www.other.test", RootCAs: roots}); err == nil {
 		c.Close()
