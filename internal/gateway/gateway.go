@@ -387,6 +387,10 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	g.goRun(func() error { g.domains.watch(runCtx); return nil })
 	g.goRun(func() error { g.domains.loop(runCtx); return nil })
 	g.goRun(func() error { g.watchZones(runCtx, g.zones); return nil })
+	g.goRun(func() error {
+		g.recheckZones(runCtx, cmp0(cfg.DomainRecheck, DefaultDomainRecheck), cmp0(cfg.DomainGrace, DefaultDomainGrace))
+		return nil
+	})
 	g.goRun(func() error { g.challenges.watch(runCtx, st, log); return nil })
 	if g.acme != nil {
 		if err := g.acme.Manage(runCtx); err != nil {

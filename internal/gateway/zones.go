@@ -3,7 +3,9 @@ package gateway
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/webgw/webgw/internal/dns"
 	"github.com/webgw/webgw/internal/model"
@@ -73,4 +75,60 @@ func (g *Gateway) watchZones(ctx context.Context, zones *dns.Zones) {
 			g.log.Error("reload dns zone", "zone", name, "err", err)
 		}
 	})
+}
+
+// recheckZones checks the proof of control of every verified zone every
+// recheck (as for custom domains): a zone whose TXT token has been gone for
+// grace goes back to pending, and is no longer answered until verified
+// again. gone remembers when each zone's proof was first found missing.
+func (g *Gateway) recheckZones(ctx context.Context, recheck, grace time.Duration) {
+	t := time.NewTicker(recheck)
+	defer t.Stop()
+	gone := map[string]time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		g.recheckZonesOnce(ctx, grace, gone, time.Now())
+	}
+}
+
+func (g *Gateway) recheckZonesOnce(ctx context.Context, grace time.Duration, gone map[string]time.Time, now time.Time) {
+	all, err := store.ListZones(ctx, g.store)
+	if err != nil {
+		g.log.Error("list zones to recheck", "err", err)
+		return
+	}
+	for _, z := range all {
+		if z.State != model.ZoneVerified || ctx.Err() != nil {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		vals, err := g.resolver.TXT(cctx, z.ChallengeName())
+		cancel()
+		if err == nil && slices.Contains(vals, z.Token) {
+			delete(gone, z.Name)
+			continue
+		}
+		first, ok := gone[z.Name]
+		if !ok {
+			gone[z.Name] = now
+			g.log.Warn("zone proof of control missing; the zone stays served for the grace period", "zone", z.Name, "err", err, "grace", grace.String())
+			continue
+		}
+		if now.Sub(first) < grace {
+			continue
+		}
+		if _, err := store.UpdateZone(ctx, g.store, z.Name, func(cur *model.Zone) error {
+			cur.State = model.ZonePending
+			return nil
+		}); err != nil {
+			g.log.Error("zone back to pending", "zone", z.Name, "err", err)
+			continue
+		}
+		delete(gone, z.Name)
+		g.log.Warn("zone proof of control gone past the grace period: no longer answered until verified again", "zone", z.Name)
+	}
 }
