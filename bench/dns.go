@@ -373,7 +373,7 @@ func (h *harness) dnsLoad(ctx context.Context, addr string, names []string, exis
 		return nil, dialErr
 	}
 	sleep(ctx, h.cfg.Warmup)
-	win, err := startCPUWindow([]*proc{server}, ours)
+	win, err := startCPUWindow(procs(server), ours)
 	if err != nil {
 		finish()
 		return nil, err
@@ -412,7 +412,9 @@ func (h *harness) dnsLoad(ctx context.Context, addr string, names []string, exis
 	r.p50 = lat[len(lat)*50/100]
 	r.p99 = lat[min(len(lat)-1, len(lat)*99/100)]
 	r.lossPct = float64(r.lost) * 100 / float64(r.answers+r.lost+r.errors)
-	r.cpuUS = float64(per[0]) * (1e6 / clkTck) / float64(r.answers)
+	if len(per) > 0 {
+		r.cpuUS = float64(per[0]) * (1e6 / clkTck) / float64(r.answers)
+	}
 	r.loadgenUS = float64(self1-self0) * (1e6 / clkTck) / float64(r.answers)
 	return r, nil
 }
@@ -455,7 +457,7 @@ func (h *harness) dnsperfRun(ctx context.Context, bin, addr, file string, exist 
 	cmd.SysProcAttr = childAttr()
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
-	win, err := startCPUWindow([]*proc{server}, ours)
+	win, err := startCPUWindow(procs(server), ours)
 	if err != nil {
 		return nil, err
 	}
@@ -476,8 +478,10 @@ func (h *harness) dnsperfRun(ctx context.Context, bin, addr, file string, exist 
 		return nil, fmt.Errorf("%s: %w\n%s", strings.Join(cmd.Args, " "), err, out.String())
 	}
 	r.foreignPct, r.otherTicks = foreign, win.otherTicks
-	if r.answers > 0 {
+	if r.answers > 0 && len(per) > 0 {
 		r.cpuUS = float64(per[0]) * (1e6 / clkTck) / float64(r.answers)
+	}
+	if r.answers > 0 {
 		r.loadgenUS = float64(rusage+self1-self0) * (1e6 / clkTck) / float64(r.answers)
 	}
 	return r, nil
@@ -544,4 +548,13 @@ func parseDNSPerf(out string, exist bool) (*dnsResult, error) {
 		r.lossPct = float64(r.lost) * 100 / float64(sent)
 	}
 	return r, nil
+}
+
+// procs is p as a list, empty when p is nil (a server in this process, in
+// tests).
+func procs(p *proc) []*proc {
+	if p == nil {
+		return nil
+	}
+	return []*proc{p}
 }
