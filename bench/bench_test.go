@@ -21,6 +21,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(backendRoleEnv) == "fwdbackend" && len(os.Args) > 1 && os.Args[1] == "fwdbackend" {
 		os.Exit(fwdBackendMain(os.Args[2:]))
 	}
+	if os.Getenv(backendRoleEnv) == "dnsref" && len(os.Args) > 1 && os.Args[1] == "dnsref" {
+		os.Exit(dnsRefMain(os.Args[2:]))
+	}
 	if os.Getenv(backendRoleEnv) == "link" && len(os.Args) > 1 && os.Args[1] == "link" {
 		os.Exit(linkMain(os.Args[2:]))
 	}

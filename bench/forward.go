@@ -327,7 +327,7 @@ func (h *harness) forward(ctx context.Context, rep *Report) error {
 			streams int
 		}{{"down1", fwdDownload, 1}, {"down8", fwdDownload, fwdStreams}, {"up1", fwdUpload, 1}, {"up8", fwdUpload, fwdStreams}} {
 			for _, t := range targets {
-				br, err := quietest(h, rep, tag+" "+b.name+" "+t.key, func() (*fwdBulkResult, float64, int64, error) {
+				br, err := quietest(h, &rep.ForwardRedone, tag+" "+b.name+" "+t.key, func() (*fwdBulkResult, float64, int64, error) {
 					br, err := fwdBulk(ctx, t.tcpAddr, b.mode, b.streams, h.cfg.FwdBulkSize, t.tcpProcs, ours)
 					if err != nil {
 						return nil, 0, 0, err
@@ -348,7 +348,7 @@ func (h *harness) forward(ctx context.Context, rep *Report) error {
 			}
 		}
 		for _, t := range targets {
-			cr, err := quietest(h, rep, tag+" conn "+t.key, func() (*connResult, float64, int64, error) {
+			cr, err := quietest(h, &rep.ForwardRedone, tag+" conn "+t.key, func() (*connResult, float64, int64, error) {
 				cr, err := h.connRate(ctx, t.tcpAddr, t.tcpProcs, ours)
 				if err != nil {
 					return nil, 0, 0, err
@@ -376,7 +376,7 @@ func (h *harness) forward(ctx context.Context, rep *Report) error {
 			}
 		}
 		for _, t := range targets {
-			ur, err := quietest(h, rep, tag+" udp "+t.key, func() (*udpResult, float64, int64, error) {
+			ur, err := quietest(h, &rep.ForwardRedone, tag+" udp "+t.key, func() (*udpResult, float64, int64, error) {
 				ur, err := h.udpRun(ctx, t.udpAddr, t.udpProcs, ours)
 				if err != nil {
 					return nil, 0, 0, err
@@ -406,10 +406,10 @@ func (h *harness) forward(ctx context.Context, rep *Report) error {
 // quietest runs run, and runs it again (up to cfg.FwdRedo more times) while
 // other processes took more than fwdOtherMax % of the machine's CPU during
 // it, and at least fwdOtherMinTicks; it returns the run with the least other
-// load. The forward part runs on machines others share: a run that competed
-// for the cores says little. run returns its result, the other load in %
-// and in clock ticks.
-func quietest[T any](h *harness, rep *Report, what string, run func() (T, float64, int64, error)) (T, error) {
+// load and adds the runs made again to *redone. The forward and dns parts
+// run on machines others share: a run that competed for the cores says
+// little. run returns its result, the other load in % and in clock ticks.
+func quietest[T any](h *harness, redone *int, what string, run func() (T, float64, int64, error)) (T, error) {
 	var best T
 	bestOther := -1.0
 	for i := 0; i <= max(h.cfg.FwdRedo, 0); i++ {
@@ -423,7 +423,7 @@ func quietest[T any](h *harness, rep *Report, what string, run func() (T, float6
 		if other <= fwdOtherMax || ticks < fwdOtherMinTicks || i == max(h.cfg.FwdRedo, 0) {
 			break
 		}
-		rep.ForwardRedone++
+		*redone++
 		h.logf("%s: other processes took %.1f%% of the CPUs, run again", what, other)
 	}
 	return best, nil
@@ -579,6 +579,10 @@ type cpuWindow struct {
 	// otherTicks is, after end, the CPU time in clock ticks (all CPUs)
 	// that processes not ours used in the window.
 	otherTicks int64
+	// extraOurs, set before end, is CPU time in clock ticks of processes
+	// of ours that are not in measured or others, such as one that exited
+	// in the window (its rusage).
+	extraOurs int64
 }
 
 // startCPUWindow opens a window; others are our processes not measured
@@ -607,7 +611,7 @@ func (w *cpuWindow) end() (per []int64, foreignPct float64, err error) {
 	if err := errors.Join(err0, err1, err2); err != nil {
 		return nil, 0, err
 	}
-	ours := self1 - w.self0
+	ours := self1 - w.self0 + w.extraOurs
 	for i := range all {
 		ours += cpu1[i] - w.cpu0[i]
 		if i < len(w.measured) {

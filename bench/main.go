@@ -33,6 +33,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "fwdbackend" {
 		os.Exit(fwdBackendMain(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "dnsref" {
+		os.Exit(dnsRefMain(os.Args[2:]))
+	}
 	if len(os.Args) > 1 && os.Args[1] == "link" {
 		os.Exit(linkMain(os.Args[2:]))
 	}
@@ -61,7 +64,7 @@ func benchMain(args []string) int {
 	fs.BoolVar(&cfg.H2, "h2", false, "load with HTTP/2 (h2 over TLS, h2c to the plain backend) instead of HTTP/1.1")
 	fs.StringVar(&cfg.Webgw, "webgw", "", "use this webgw binary instead of building ./cmd/webgw")
 	fs.StringVar(&cfg.PprofDir, "pprof", "", "build webgw with a pprof listener (harness-side overlay) and write gateway/agent CPU and heap profiles of the last round here")
-	fs.StringVar(&parts, "parts", strings.Join(allParts, ","), "what to run, comma-separated: "+partMain+" (req/s, latency, CPU, bulk, idle RSS), "+partFailover+" (an agent killed under load), "+partUpstream+" (a direct upstream added under load), "+partLossy+" (direct and webgw across a lossy link between network namespaces; root), "+partForward+" (TCP bulk, connections/s and UDP through public ports forwarded over agent tunnels)")
+	fs.StringVar(&parts, "parts", strings.Join(defaultParts, ","), "what to run, comma-separated: "+partMain+" (req/s, latency, CPU, bulk, idle RSS), "+partFailover+" (an agent killed under load), "+partUpstream+" (a direct upstream added under load), "+partLossy+" (direct and webgw across a lossy link between network namespaces; root), "+partForward+" (TCP bulk, connections/s and UDP through public ports forwarded over agent tunnels), "+partDNS+" (the gateway's DNS answers/s and latency against a minimal miekg/dns server; not in the default set)")
 	fs.StringVar(&transports, "transports", "", "agent transports to measure, comma-separated: tcp, quic (default: tcp, and quic when the agent can use it)")
 	fs.StringVar(&cfg.Netem, "netem", defaultNetem, "the lossy link of the lossy part, in netem's words (loss P%, delay D), applied in each direction")
 	fs.Var(&lossyBulk, "lossy-bulk-size", "size of the bulk download across the lossy link")
@@ -70,7 +73,8 @@ func benchMain(args []string) int {
 	fs.IntVar(&cfg.UDPRate, "udp-rate", defaultUDPRate, "datagrams per second offered by the forward part's UDP run")
 	fs.IntVar(&cfg.UDPSize, "udp-size", defaultUDPSize, "bytes per datagram of the UDP run")
 	fs.IntVar(&cfg.UDPFlows, "udp-flows", defaultUDPFlows, "client sockets of the UDP run (one gateway session each), sending in turn")
-	fwdRedo := fs.Int("fwd-redo", defaultFwdRedo, "redo a forward run up to this often while other processes take more than 5% of the CPUs during it (the quietest is kept); 0: never")
+	fwdRedo := fs.Int("fwd-redo", defaultFwdRedo, "redo a forward or dns run up to this often while other processes take more than 5% of the CPUs during it (the quietest is kept); 0: never")
+	fs.IntVar(&cfg.DNSClients, "dns-clients", defaultDNSClients, "DNS queries in flight in the dns part (Go client: one UDP socket each; dnsperf -c and -q)")
 	fs.IntVar(&cfg.ScenarioConns, "scenario-conns", defaultScenarioConns, "workers of the steady load in the failover and upstream parts")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON instead of a table")
 	fs.StringVar(&save, "save", "", "also write the JSON report to this file")

@@ -248,6 +248,7 @@ type gateway struct {
 	dataDir   string
 	httpsAddr string // HTTPS, tunnel (TCP) and, with QUIC, the UDP port of the same number
 	apiAddr   string // admin API, host:port
+	dnsAddr   string // authoritative DNS, UDP and TCP; "" when the banner says off
 	caFile    string
 	caRoots   *x509.CertPool
 	dialNS    string // namespace the load generator dials it from; "" is its own
@@ -275,7 +276,9 @@ func (h *harness) startGateway(ctx context.Context, dir, name string, env []stri
 		return nil, err
 	}
 	g.proc = p
-	// The banner: "  https+tunnel  ADDR", "  admin api     http://ADDR (...)" and "  ca            FILE".
+	// The banner: "  https+tunnel  ADDR", "  admin api     http://ADDR (...)",
+	// "  dns           ADDR (udp and tcp, ...)" (before the ca line) and
+	// "  ca            FILE".
 	err = p.readLines(ctx, 30*time.Second, func(line string) bool {
 		f := strings.Fields(line)
 		switch {
@@ -285,6 +288,8 @@ func (h *harness) startGateway(ctx context.Context, dir, name string, env []stri
 			g.apiAddr = strings.TrimPrefix(f[2], "http://")
 		case len(f) >= 2 && f[0] == "ca":
 			g.caFile = f[1]
+		case len(f) >= 3 && f[0] == "dns" && f[2] == "(udp":
+			g.dnsAddr = f[1]
 		}
 		return g.httpsAddr != "" && g.caFile != "" && g.apiAddr != ""
 	})

@@ -119,6 +119,12 @@ type Report struct {
 	// ForwardRedone counts forward runs made again because other
 	// processes competed for the CPUs (Config.FwdRedo).
 	ForwardRedone int `json:"forward_redone,omitempty"`
+	// DNS holds each round of the dns part (direct: the reference server,
+	// webgw: the gateway, and webgw_vs_direct; see dns.go), DNSMedian the
+	// medians, DNSRedone the runs made again for other load.
+	DNS       []Round `json:"dns,omitempty"`
+	DNSMedian Round   `json:"dns_median,omitempty"`
+	DNSRedone int     `json:"dns_redone,omitempty"`
 	// Notes say what was skipped and why.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -168,6 +174,8 @@ type Settings struct {
 	UDPRate      int   `json:"udp_rate"`
 	UDPSize      int   `json:"udp_size"`
 	UDPFlows     int   `json:"udp_flows"`
+	// DNSClients is the dns part's queries in flight.
+	DNSClients int `json:"dns_clients"`
 }
 
 // Goal is one goal of an issue (2: the main part, 4: forward; the
@@ -195,7 +203,8 @@ func newReport(cfg Config) *Report {
 		Settings: Settings{Rounds: cfg.Rounds, DurationS: cfg.Duration.Seconds(), WarmupS: cfg.Warmup.Seconds(),
 			Conns: cfg.Conns, IdleConns: cfg.IdleConns, BulkBytes: cfg.BulkSize, Protocol: proto,
 			Parts: cfg.Parts, ScenarioConns: cfg.ScenarioConns, Netem: cfg.Netem, LossyBulkBytes: cfg.LossyBulkSize,
-			FwdBulkBytes: cfg.FwdBulkSize, FwdDialers: cfg.FwdDialers, UDPRate: cfg.UDPRate, UDPSize: cfg.UDPSize, UDPFlows: cfg.UDPFlows},
+			FwdBulkBytes: cfg.FwdBulkSize, FwdDialers: cfg.FwdDialers, UDPRate: cfg.UDPRate, UDPSize: cfg.UDPSize, UDPFlows: cfg.UDPFlows,
+			DNSClients: cfg.DNSClients},
 	}
 }
 
@@ -204,11 +213,13 @@ func (r *Report) finish() {
 	r.LoadAvgEnd = loadAvg()
 	r.finishScenarios()
 	r.LossyMedian = medianRound(r.Lossy)
-	for _, rd := range append(slices.Clone(r.Lossy), r.Forward...) {
+	r.DNSMedian = medianRound(r.DNS)
+	for _, rd := range slices.Concat(r.Lossy, r.Forward, r.DNS) {
 		for key, f := range rd {
 			for name, v := range f {
 				// The forward part's bulk runs are too short to count (fwdOtherMinTicks).
-				counted := strings.HasPrefix(name, "foreign_cpu_pct") || strings.HasPrefix(name, "conn_foreign") || strings.HasPrefix(name, "udp_foreign")
+				counted := strings.HasPrefix(name, "foreign_cpu_pct") || strings.HasPrefix(name, "conn_foreign") || strings.HasPrefix(name, "udp_foreign") ||
+					strings.HasPrefix(name, "go_") && strings.HasSuffix(name, "_foreign_cpu_pct") || strings.HasPrefix(name, "dnsperf_") && strings.HasSuffix(name, "_foreign_cpu_pct")
 				if counted && !strings.Contains(key, "_vs_") {
 					r.ForeignPctMax = max(r.ForeignPctMax, v)
 				}
@@ -313,6 +324,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	r.writeScenarios(w)
 	r.writeLossy(w)
 	r.writeForward(w)
+	r.writeDNS(w)
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "\nnote: %s\n", n)
 	}
@@ -622,11 +634,15 @@ func columnName(key string) string {
 	return strings.ReplaceAll(key, "_", " ")
 }
 
+// tableCol is one column of a target table: a target's figures (format
+// ""), or a ratio's (format "%.2f").
+type tableCol struct{ head, key, format string }
+
 // writeTargets prints one column per target, then webgw/direct ratios per
 // transport ("tcp/http").
 func writeTargets(w io.Writer, m Round, transports []string, rows []tableRow) {
 	keys := targetKeys(m, transports)
-	type col struct{ head, key, format string }
+	type col = tableCol
 	var cols []col
 	for _, k := range keys {
 		cols = append(cols, col{columnName(k), k, ""})
@@ -643,6 +659,11 @@ func writeTargets(w io.Writer, m Round, transports []string, rows []tableRow) {
 			}
 		}
 	}
+	writeColumns(w, m, cols, rows)
+}
+
+// writeColumns prints rows of m's figures under cols.
+func writeColumns(w io.Writer, m Round, cols []tableCol, rows []tableRow) {
 	const lw = 52
 	fmt.Fprintf(w, "%-*s", lw, "measurement (median)")
 	for _, c := range cols {
@@ -715,4 +736,67 @@ func gitSource() string {
 		}
 	}
 	return src
+}
+
+// writeDNS prints the dns part: the gateway's DNS server against the
+// reference, with the Go load client and with dnsperf.
+func (r *Report) writeDNS(w io.Writer) {
+	if len(r.DNS) == 0 {
+		return
+	}
+	s := r.Settings
+	m := r.DNSMedian
+	fmt.Fprintf(w, "\ndns: the gateway's authoritative DNS server (--dns-addr) against a minimal miekg/dns server (bench dnsref), A queries over UDP\n")
+	fmt.Fprintf(w, "(%d rounds, median; %d queries in flight, each client waits for its answer; Go client: %s after %s warm-up; dnsperf: %s;\n existing name: %s.%s (a service); missing: %d names in turn, NXDOMAIN)\n\n",
+		len(r.DNS), s.DNSClients, fmtDur(s.DurationS), fmtDur(s.WarmupS), fmtDur(s.DurationS), dnsName, dnsDomain, dnsMissing)
+	var rows []tableRow
+	for _, kind := range dnsKinds {
+		name := map[string]string{"exist": "existing name", "missing": "missing name"}[kind]
+		rows = append(rows,
+			tableRow{"answers/s, " + name + ", Go client", "go_" + kind + "_qps", "%.0f"},
+			tableRow{"  latency p50, ms", "go_" + kind + "_p50_ms", "%.3f"},
+			tableRow{"  latency p99, ms", "go_" + kind + "_p99_ms", "%.3f"},
+			tableRow{"  CPU µs/answer (server)", "go_" + kind + "_cpu_us", "%.1f"},
+			tableRow{"  lost, %", "go_" + kind + "_loss_pct", "%.3f"})
+		if _, ok := m[keyDirect]["dnsperf_"+kind+"_qps"]; ok {
+			rows = append(rows,
+				tableRow{"answers/s, " + name + ", dnsperf", "dnsperf_" + kind + "_qps", "%.0f"},
+				tableRow{"  latency mean, ms", "dnsperf_" + kind + "_mean_ms", "%.3f"},
+				tableRow{"  latency standard deviation, ms", "dnsperf_" + kind + "_sd_ms", "%.3f"},
+				tableRow{"  CPU µs/answer (server)", "dnsperf_" + kind + "_cpu_us", "%.1f"},
+				tableRow{"  lost, %", "dnsperf_" + kind + "_loss_pct", "%.3f"})
+		}
+	}
+	writeColumns(w, m, []tableCol{{"reference", keyDirect, ""}, {"webgw", keyWebgw, ""}, {"webgw/ref", keyWebgw + "_vs_direct", "%.2f"}}, rows)
+	var lg []string
+	for _, kind := range dnsKinds {
+		for _, tool := range []string{"go", "dnsperf"} {
+			k := tool + "_" + kind + "_loadgen_cpu_us"
+			if _, ok := m[keyWebgw][k]; ok {
+				lg = append(lg, fmt.Sprintf("%s %s %.1f | %.1f", tool, kind, m[keyDirect][k], m[keyWebgw][k]))
+			}
+		}
+	}
+	fmt.Fprintf(w, "load client CPU µs/answer (reference | webgw): %s\n", strings.Join(lg, ", "))
+	var other float64
+	for _, rd := range r.DNS {
+		for key, f := range rd {
+			for name, v := range f {
+				if !strings.Contains(key, "_vs_") && strings.HasSuffix(name, "_foreign_cpu_pct") {
+					other = max(other, v)
+				}
+			}
+		}
+	}
+	fmt.Fprintf(w, "other processes, at most: %.1f%% of the CPUs in the runs kept; %d runs made again because other processes took more than %g%% and %d ticks\n",
+		other, r.DNSRedone, fwdOtherMax, fwdOtherMinTicks)
+	for i, rd := range r.DNS {
+		for _, key := range []string{keyDirect, keyWebgw} {
+			for name, v := range rd[key] {
+				if strings.HasSuffix(name, "_errors") && v > 0 {
+					fmt.Fprintf(w, "WARNING: dns round %d, %s: %.0f wrong answers (%s)\n", i+1, key, v, strings.TrimSuffix(name, "_errors"))
+				}
+			}
+		}
+	}
 }

@@ -36,9 +36,15 @@ const (
 	partUpstream = "upstream" // a direct upstream added under load
 	partLossy    = "lossy"    // direct against webgw per transport across an emulated lossy link
 	partForward  = "forward"  // TCP and UDP through public ports forwarded over agent tunnels
+	partDNS      = "dns"      // the gateway's authoritative DNS server against a minimal one; not in defaultParts
 )
 
-var allParts = []string{partMain, partFailover, partUpstream, partLossy, partForward}
+// allParts are the parts -parts accepts; defaultParts those run when it is
+// not given.
+var (
+	allParts     = []string{partMain, partFailover, partUpstream, partLossy, partForward, partDNS}
+	defaultParts = []string{partMain, partFailover, partUpstream, partLossy, partForward}
+)
 
 // allTransports are the agent transports the harness knows (--transport).
 var allTransports = []string{"tcp", "quic"}
@@ -64,8 +70,9 @@ type Config struct {
 	// PprofDir, when set, builds webgw with a harness-side pprof listener and
 	// writes CPU and heap profiles of gateway and agent (last round) there.
 	PprofDir string
-	// Parts lists what to run (partMain, partFailover, partUpstream, partLossy); nil
-	// means all.
+	// Parts lists what to run (partMain, partFailover, partUpstream,
+	// partLossy, partForward, partDNS); nil means defaultParts (all but
+	// partDNS).
 	Parts []string
 	// FailoverWatch is the longest a failover run watches after the kill
 	// while requests fail or throughput is not back; 0 means 60 s.
@@ -99,6 +106,9 @@ type Config struct {
 	// processes took more than 5% of the CPUs during it (the quietest run
 	// is kept); 0 means 3, negative means never.
 	FwdRedo int
+	// DNSClients is the number of DNS queries in flight in the dns part,
+	// each from its own UDP socket; 0 means 32.
+	DNSClients int
 	// Backend is the command that runs `bench backend`; nil re-executes this program.
 	Backend []string
 	// Progress receives one line per step; nil is silent.
@@ -125,7 +135,7 @@ func (c *Config) complete() {
 		c.BulkSize = defaultBulkSize
 	}
 	if c.Parts == nil {
-		c.Parts = allParts
+		c.Parts = defaultParts
 	}
 	if c.ScenarioConns == 0 {
 		c.ScenarioConns = defaultScenarioConns
@@ -156,6 +166,9 @@ func (c *Config) complete() {
 	}
 	if c.FwdRedo == 0 {
 		c.FwdRedo = defaultFwdRedo
+	}
+	if c.DNSClients == 0 {
+		c.DNSClients = defaultDNSClients
 	}
 }
 
@@ -191,6 +204,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("-fwd-redo %d not accepted; use 0-100", c.FwdRedo)
 	case c.UDPFlows < 0 || c.UDPFlows > 1000:
 		return fmt.Errorf("-udp-flows %d not accepted; use 1-1000", c.UDPFlows)
+	case c.DNSClients < 0 || c.DNSClients > 10000:
+		return fmt.Errorf("-dns-clients %d not accepted; use 1-10000", c.DNSClients)
 	}
 	if c.Netem != "" {
 		if _, _, err := parseNetem(c.Netem); err != nil {
@@ -323,7 +338,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if h.certFile, h.keyFile, h.backendRoots, err = writeSelfSigned(work); err != nil {
 		return nil, err
 	}
-	if h.cfg.Transports == nil {
+	// The dns part starts no agent: with it alone, no transport is probed.
+	agents := slices.ContainsFunc(cfg.Parts, func(p string) bool { return p != partDNS })
+	if h.cfg.Transports == nil && !agents {
+		h.cfg.Transports = []string{"tcp"}
+	} else if h.cfg.Transports == nil {
 		h.cfg.Transports = []string{"tcp"}
 		if why := h.probeTransport(ctx, "quic"); why != nil {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("quic not measured: %v", why))
@@ -367,6 +386,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if cfg.has(partForward) {
 		if err := h.forward(ctx, rep); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("interrupted: %w", ctx.Err())
+			}
+			return nil, err
+		}
+	}
+	if cfg.has(partDNS) {
+		if err := h.dnsPart(ctx, rep); err != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("interrupted: %w", ctx.Err())
 			}
