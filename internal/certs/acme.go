@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/certmagic"
 	"github.com/libdns/libdns"
@@ -50,6 +51,10 @@ type ACMEConfig struct {
 	HTTPPort int
 	// Storage keeps certificates, keys, the account and locks.
 	Storage certmagic.Storage
+	// RenewCheck is how often certificates are looked at for renewal
+	// (renewed once a third of their lifetime is left); 0 means
+	// certmagic's default (10 min).
+	RenewCheck time.Duration
 	// Log gets certmagic's messages; nil discards them.
 	Log *slog.Logger
 }
@@ -117,7 +122,8 @@ func NewACME(c ACMEConfig) (*ACME, error) {
 			}
 			return onDemand, nil
 		},
-		Logger: logger,
+		Logger:             logger,
+		RenewCheckInterval: c.RenewCheck,
 	})
 	managed = certmagic.New(cache, certmagic.Config{Storage: c.Storage, Logger: logger, OnEvent: onEvent})
 	onDemand = certmagic.New(cache, certmagic.Config{

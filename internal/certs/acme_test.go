@@ -211,3 +211,65 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// TestACMERenewal: a certificate is renewed before it expires, without a
+// restart (Pebble issues 20-second certificates here).
+func TestACMERenewal(t *testing.T) {
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "s.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	resolver := challengeDNS(t, st)
+	os.Setenv("PEBBLE_VA_NOSLEEP", "1")
+	os.Setenv("PEBBLE_WFE_NONCEREJECT", "0")
+	logger := log.New(io.Discard, "", 0)
+	memDB := db.NewMemoryStore()
+	c := ca.New(logger, memDB, "", "ecdsa", 0, 1, map[string]ca.Profile{"default": {Description: "short", ValidityPeriod: 20}})
+	v := va.New(logger, 1, 0, false, resolver, memDB)
+	w := wfe.New(logger, memDB, v, c, nil, false, false, 1, 1)
+	srv := httptest.NewTLSServer(w.Handler())
+	defer srv.Close()
+	tlsRoots := filepath.Join(t.TempDir(), "pebble-tls.pem")
+	os.WriteFile(tlsRoots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+
+	src, err := NewACME(ACMEConfig{CA: srv.URL + "/dir", RootsFile: tlsRoots, Domain: "gw.test",
+		DNS01: &ChallengeRecords{DB: st}, Resolvers: []string{resolver}, Storage: &Storage{DB: st}, RenewCheck: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := src.Manage(ctx); err != nil {
+		t.Fatal(err)
+	}
+	serial := func() string {
+		cert, err := src.ForName("shop.gw.test")
+		if err != nil {
+			return ""
+		}
+		leaf, err := x509.ParseCertificate(cert.Certificate[0])
+		if err != nil {
+			return ""
+		}
+		return leaf.SerialNumber.String()
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	first := ""
+	for first == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("no first certificate")
+		}
+		time.Sleep(100 * time.Millisecond)
+		first = serial()
+	}
+	for {
+		if s := serial(); s != "" && s != first {
+			return // renewed, served without a restart
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the certificate was not renewed before it expired")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
