@@ -273,3 +273,50 @@ func TestACMERenewal(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestACMEExternalAccount: a CA that requires external account binding
+// issues to an account bound with the key it handed out.
+func TestACMEExternalAccount(t *testing.T) {
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "s.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	resolver := challengeDNS(t, st)
+	os.Setenv("PEBBLE_VA_NOSLEEP", "1")
+	os.Setenv("PEBBLE_WFE_NONCEREJECT", "0")
+	logger := log.New(io.Discard, "", 0)
+	memDB := db.NewMemoryStore()
+	const kid, hmac = "kid-1", "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+	if err := memDB.AddExternalAccountKeyByID(kid, hmac); err != nil {
+		t.Fatal(err)
+	}
+	c := ca.New(logger, memDB, "", "ecdsa", 0, 1, map[string]ca.Profile{"default": {Description: "default"}})
+	v := va.New(logger, 1, 0, false, resolver, memDB)
+	w := wfe.New(logger, memDB, v, c, nil, false, true, 1, 1) // EAB required
+	srv := httptest.NewTLSServer(w.Handler())
+	defer srv.Close()
+	tlsRoots := filepath.Join(t.TempDir(), "pebble-tls.pem")
+	os.WriteFile(tlsRoots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+
+	src, err := NewACME(ACMEConfig{CA: srv.URL + "/dir", RootsFile: tlsRoots, Domain: "gw.test", EABKeyID: kid, EABMACKey: hmac,
+		DNS01: &ChallengeRecords{DB: st}, Resolvers: []string{resolver}, Storage: &Storage{DB: st}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := src.Manage(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := src.ForName("shop.gw.test"); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no certificate from a CA that requires external account binding")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
