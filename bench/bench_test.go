@@ -98,9 +98,10 @@ func TestHarnessSmoke(t *testing.T) {
 			switch {
 			case !ok:
 				t.Errorf("%s: no figure %s", key, name)
-			case name == "bulk_cpu_s_per_gib" && !isWebgwKey(key):
-				// 4 MiB direct costs the backend less than one 10 ms clock
-				// tick of /proc/PID/stat: zero is a true reading there.
+			case name == "bulk_cpu_s_per_gib":
+				// 4 MiB costs a process about one 10 ms clock tick of
+				// /proc/PID/stat (direct: less): zero is a true reading,
+				// also through webgw on a busy machine (seen in CI runs).
 				if v < 0 {
 					t.Errorf("%s: %s = %v, want >= 0", key, name, v)
 				}
