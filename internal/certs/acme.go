@@ -63,6 +63,7 @@ type ACMEConfig struct {
 // ACME CA (certmagic): the gateway domain's wildcard by DNS-01, and
 // verified custom domains on demand by HTTP-01.
 type ACME struct {
+	cache    *certmagic.Cache      // shared by both configs; Stop stops its maintenance
 	managed  *certmagic.Config     // the gateway domain's certificate
 	onDemand *certmagic.Config     // verified custom domains
 	issuer   *certmagic.ACMEIssuer // onDemand's, which answers HTTP-01
@@ -172,7 +173,7 @@ func NewACME(c ACMEConfig) (*ACME, error) {
 	odTmpl.DNS01Solver = nil // custom domains prove control over HTTP-01
 	issuer := certmagic.NewACMEIssuer(onDemand, odTmpl)
 	onDemand.Issuers = []certmagic.Issuer{issuer}
-	a := &ACME{managed: managed, onDemand: onDemand, issuer: issuer, domain: domain}
+	a := &ACME{cache: cache, managed: managed, onDemand: onDemand, issuer: issuer, domain: domain}
 	if domain != "" {
 		a.names = []string{domain, "*." + domain}
 	}
@@ -202,6 +203,9 @@ func (a *ACME) ForName(name string) (*tls.Certificate, error) {
 	}
 	return a.onDemand.GetCertificate(hello)
 }
+
+// Stop ends the renewal and maintenance of the certificates.
+func (a *ACME) Stop() { a.cache.Stop() }
 
 // HandleHTTPChallenge answers an ACME HTTP-01 challenge request of this
 // gateway's own issuance and reports whether it did.

@@ -26,19 +26,30 @@ import (
 	"github.com/webgw/webgw/internal/store"
 )
 
+// pebbleOpts changes the Pebble of pebbleCA.
+type pebbleOpts struct {
+	validity uint64            // certificate lifetime in seconds; 0: Pebble's default
+	eab      map[string]string // external account keys by id; set: EAB required
+}
+
 // pebbleCA runs Pebble in the test process: its validation authority
 // resolves names with resolver and checks HTTP-01 on httpPort. It returns
 // the directory URL, a PEM file trusting Pebble's own TLS, and the root of
 // the certificates it issues.
-func pebbleCA(t *testing.T, resolver string, httpPort int) (dir, tlsRoots string, root *x509.Certificate) {
+func pebbleCA(t *testing.T, resolver string, httpPort int, o pebbleOpts) (dir, tlsRoots string, root *x509.Certificate) {
 	t.Helper()
-	t.Setenv("PEBBLE_VA_NOSLEEP", "1")
-	t.Setenv("PEBBLE_WFE_NONCEREJECT", "0")
+	os.Setenv("PEBBLE_VA_NOSLEEP", "1") // read when Pebble is made; only Pebble reads them
+	os.Setenv("PEBBLE_WFE_NONCEREJECT", "0")
 	logger := log.New(io.Discard, "", 0)
 	memDB := db.NewMemoryStore()
-	c := ca.New(logger, memDB, "", "ecdsa", 0, 1, map[string]ca.Profile{"default": {Description: "default"}})
+	for kid, key := range o.eab {
+		if err := memDB.AddExternalAccountKeyByID(kid, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := ca.New(logger, memDB, "", "ecdsa", 0, 1, map[string]ca.Profile{"default": {Description: "default", ValidityPeriod: o.validity}})
 	v := va.New(logger, httpPort, 0, false, resolver, memDB)
-	w := wfe.New(logger, memDB, v, c, nil, false, false, 3, 5)
+	w := wfe.New(logger, memDB, v, c, nil, false, len(o.eab) > 0, 1, 1)
 	srv := httptest.NewTLSServer(w.Handler())
 	t.Cleanup(srv.Close)
 	tlsRoots = filepath.Join(t.TempDir(), "pebble-tls.pem")
@@ -53,12 +64,21 @@ func pebbleCA(t *testing.T, resolver string, httpPort int) (dir, tlsRoots string
 // ChallengeRecords from the store.
 func challengeDNS(t *testing.T, st store.Store) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Pebble asks over TCP, certmagic over UDP: both on one port.
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	var (
+		pc  net.PacketConn
+		ln  net.Listener
+		err error
+	)
+	for range 20 {
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close() // that port is taken for TCP: another
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,10 +91,11 @@ func challengeDNS(t *testing.T, st store.Store) string {
 		hdr := mdns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: mdns.ClassINET, Ttl: 1}
 		switch q.Qtype {
 		case mdns.TypeSOA:
-			if name == "gw.test" || name == "custom.test" {
+			if strings.Count(name, ".") == 1 { // a zone apex such as gw.test
 				m.Answer = append(m.Answer, &mdns.SOA{Hdr: hdr, Ns: "ns1.gw.test.", Mbox: "h.gw.test.", Serial: 1, Minttl: 1})
 			} else {
-				m.Ns = append(m.Ns, &mdns.SOA{Hdr: mdns.RR_Header{Name: "gw.test.", Rrtype: mdns.TypeSOA, Class: mdns.ClassINET, Ttl: 1},
+				apex := name[strings.LastIndex(name[:strings.LastIndex(name, ".")], ".")+1:] + "."
+				m.Ns = append(m.Ns, &mdns.SOA{Hdr: mdns.RR_Header{Name: apex, Rrtype: mdns.TypeSOA, Class: mdns.ClassINET, Ttl: 1},
 					Ns: "ns1.gw.test.", Mbox: "h.gw.test.", Serial: 1, Minttl: 1})
 			}
 		case mdns.TypeA:
@@ -124,7 +145,7 @@ func TestACMEWithPebble(t *testing.T) {
 	defer httpSrv.Close()
 	httpPort := httpLn.Addr().(*net.TCPAddr).Port
 
-	dir, tlsRoots, root := pebbleCA(t, resolver, httpPort)
+	dir, tlsRoots, root := pebbleCA(t, resolver, httpPort, pebbleOpts{})
 	acmeSrc, err = NewACME(ACMEConfig{
 		CA: dir, Email: "ops@gw.test", RootsFile: tlsRoots, Domain: "gw.test",
 		DNS01: &ChallengeRecords{DB: st}, Resolvers: []string{resolver},
@@ -138,6 +159,7 @@ func TestACMEWithPebble(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	defer acmeSrc.Stop()
 	if err := acmeSrc.Manage(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -221,30 +243,21 @@ func TestACMERenewal(t *testing.T) {
 	}
 	defer st.Close()
 	resolver := challengeDNS(t, st)
-	os.Setenv("PEBBLE_VA_NOSLEEP", "1")
-	os.Setenv("PEBBLE_WFE_NONCEREJECT", "0")
-	logger := log.New(io.Discard, "", 0)
-	memDB := db.NewMemoryStore()
-	c := ca.New(logger, memDB, "", "ecdsa", 0, 1, map[string]ca.Profile{"default": {Description: "short", ValidityPeriod: 20}})
-	v := va.New(logger, 1, 0, false, resolver, memDB)
-	w := wfe.New(logger, memDB, v, c, nil, false, false, 1, 1)
-	srv := httptest.NewTLSServer(w.Handler())
-	defer srv.Close()
-	tlsRoots := filepath.Join(t.TempDir(), "pebble-tls.pem")
-	os.WriteFile(tlsRoots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+	dir, tlsRoots, _ := pebbleCA(t, resolver, 1, pebbleOpts{validity: 20})
 
-	src, err := NewACME(ACMEConfig{CA: srv.URL + "/dir", RootsFile: tlsRoots, Domain: "gw.test",
+	src, err := NewACME(ACMEConfig{CA: dir, RootsFile: tlsRoots, Domain: "renew.test",
 		DNS01: &ChallengeRecords{DB: st}, Resolvers: []string{resolver}, Storage: &Storage{DB: st}, RenewCheck: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	defer src.Stop()
 	if err := src.Manage(ctx); err != nil {
 		t.Fatal(err)
 	}
 	serial := func() string {
-		cert, err := src.ForName("shop.gw.test")
+		cert, err := src.ForName("shop.renew.test")
 		if err != nil {
 			return ""
 		}
@@ -283,35 +296,23 @@ func TestACMEExternalAccount(t *testing.T) {
 	}
 	defer st.Close()
 	resolver := challengeDNS(t, st)
-	os.Setenv("PEBBLE_VA_NOSLEEP", "1")
-	os.Setenv("PEBBLE_WFE_NONCEREJECT", "0")
-	logger := log.New(io.Discard, "", 0)
-	memDB := db.NewMemoryStore()
 	const kid, hmac = "kid-1", "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
-	if err := memDB.AddExternalAccountKeyByID(kid, hmac); err != nil {
-		t.Fatal(err)
-	}
-	c := ca.New(logger, memDB, "", "ecdsa", 0, 1, map[string]ca.Profile{"default": {Description: "default"}})
-	v := va.New(logger, 1, 0, false, resolver, memDB)
-	w := wfe.New(logger, memDB, v, c, nil, false, true, 1, 1) // EAB required
-	srv := httptest.NewTLSServer(w.Handler())
-	defer srv.Close()
-	tlsRoots := filepath.Join(t.TempDir(), "pebble-tls.pem")
-	os.WriteFile(tlsRoots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+	dir, tlsRoots, _ := pebbleCA(t, resolver, 1, pebbleOpts{eab: map[string]string{kid: hmac}})
 
-	src, err := NewACME(ACMEConfig{CA: srv.URL + "/dir", RootsFile: tlsRoots, Domain: "gw.test", EABKeyID: kid, EABMACKey: hmac,
+	src, err := NewACME(ACMEConfig{CA: dir, RootsFile: tlsRoots, Domain: "eab.test", EABKeyID: kid, EABMACKey: hmac,
 		DNS01: &ChallengeRecords{DB: st}, Resolvers: []string{resolver}, Storage: &Storage{DB: st}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	defer src.Stop()
 	if err := src.Manage(ctx); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if _, err := src.ForName("shop.gw.test"); err == nil {
+		if _, err := src.ForName("shop.eab.test"); err == nil {
 			return
 		}
 		if time.Now().After(deadline) {

@@ -460,6 +460,9 @@ func (g *Gateway) Stop(ctx context.Context) error {
 	go func() { defer wg.Done(); g.ports.shutdown(ctx) }()
 	wg.Wait()
 	g.table.Close() // stops health checks
+	if g.acme != nil {
+		g.acme.Stop()
+	}
 	// Only now that no request is in flight (or ctx ran out) are the agents cut.
 	g.tunCancel()
 	for _, a := range g.table.AgentsOf() {
