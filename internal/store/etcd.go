@@ -123,6 +123,11 @@ func OpenEtcd(ctx context.Context, endpoints []string, opts EtcdOptions) (*Etcd,
 	_, err = cli.Get(pctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(1))
 	if err != nil {
 		cli.Close()
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			// gRPC keeps the reason (refused, TLS handshake) to itself.
+			return nil, fmt.Errorf("connect to etcd %s: no answer within %v (check the endpoints and the TLS options): %w",
+				strings.Join(endpoints, ","), timeout, err)
+		}
 		return nil, fmt.Errorf("connect to etcd %s: %w", strings.Join(endpoints, ","), err)
 	}
 	stopCtx, stop := context.WithCancel(context.Background())

@@ -2,11 +2,19 @@ package store_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -64,14 +73,23 @@ func startEtcd() {
 		return
 	}
 	testEtcd.dir = dir
+	testEtcd.srv, testEtcd.endpoints, testEtcd.err = startEmbedded(dir, nil)
+}
+
+// startEmbedded starts a one-member etcd in dir on free loopback ports and
+// waits until it serves. With tlsInfo, clients must use TLS.
+func startEmbedded(dir string, tlsInfo *transport.TLSInfo) (*embed.Etcd, []string, error) {
 	client, peer := freeURL(), freeURL()
 	if client == nil || peer == nil {
-		testEtcd.err = errors.New("no free loopback port")
-		return
+		return nil, nil, errors.New("no free loopback port")
 	}
 	cfg := embed.NewConfig()
 	cfg.Name = "webgw-test"
 	cfg.Dir = dir
+	if tlsInfo != nil {
+		client.Scheme = "https"
+		cfg.ClientTLSInfo = *tlsInfo
+	}
 	cfg.ListenClientUrls = []url.URL{*client}
 	cfg.AdvertiseClientUrls = []url.URL{*client}
 	cfg.ListenPeerUrls = []url.URL{*peer}
@@ -81,20 +99,18 @@ func startEtcd() {
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	srv, err := embed.StartEtcd(cfg)
 	if err != nil {
-		testEtcd.err = err
-		return
+		return nil, nil, err
 	}
-	testEtcd.srv = srv
 	select {
 	case <-srv.Server.ReadyNotify():
+		return srv, []string{client.Host}, nil
 	case err := <-srv.Err():
-		testEtcd.err = fmt.Errorf("start: %w", err)
-		return
+		srv.Close()
+		return nil, nil, fmt.Errorf("start: %w", err)
 	case <-time.After(20 * time.Second):
-		testEtcd.err = errors.New("not ready after 20 s")
-		return
+		srv.Close()
+		return nil, nil, errors.New("not ready after 20 s")
 	}
-	testEtcd.endpoints = []string{client.Host}
 }
 
 // freeURL returns an http URL on a loopback port that was free a moment ago.
@@ -338,4 +354,167 @@ func TestParseEtcdURL(t *testing.T) {
 			t.Errorf("ParseEtcdURL(%q) = %q, %v; want %q", c.in, got, err, c.want)
 		}
 	}
+}
+
+// TestEtcdTLSAuth runs a second etcd that demands client certificates and
+// has auth enabled, and checks the EtcdOptions that reach it and those that
+// must not.
+func TestEtcdTLSAuth(t *testing.T) {
+	ctx := testContext(t)
+	dir := t.TempDir()
+	files := writeTestPKI(t, dir)
+	srv, eps, err := startEmbedded(filepath.Join(dir, "data"), &transport.TLSInfo{
+		CertFile:       files["server.pem"],
+		KeyFile:        files["server-key.pem"],
+		TrustedCAFile:  files["ca.pem"],
+		ClientCertAuth: true,
+	})
+	if err != nil {
+		t.Fatalf("embedded etcd with TLS: %v", err)
+	}
+	t.Cleanup(srv.Close)
+
+	good := store.EtcdOptions{
+		CAFile:      files["ca.pem"],
+		CertFile:    files["client.pem"],
+		KeyFile:     files["client-key.pem"],
+		Prefix:      uniquePrefix(t),
+		DialTimeout: time.Second,
+	}
+	// Before auth is enabled, the certificate alone is enough.
+	s, err := store.OpenEtcd(ctx, eps, good)
+	if err != nil {
+		t.Fatalf("OpenEtcd with TLS: %v", err)
+	}
+	if _, err := s.Put(ctx, "k", []byte("v"), 0); err != nil {
+		t.Fatalf("Put over TLS: %v", err)
+	}
+	s.Close()
+	enableAuth(t, ctx, eps, good, "root", "rootpw")
+
+	withAuth := good
+	withAuth.Username, withAuth.Password = "root", "rootpw"
+	s, err = store.OpenEtcd(ctx, eps, withAuth)
+	if err != nil {
+		t.Fatalf("OpenEtcd with TLS and password: %v", err)
+	}
+	defer s.Close()
+	if e, err := s.Get(ctx, "k"); err != nil || string(e.Value) != "v" {
+		t.Fatalf("Get over TLS with auth = %v, %v; want v", e, err)
+	}
+
+	noCert, noCA, wrongPW, noPW := withAuth, withAuth, withAuth, good
+	noCert.CertFile, noCert.KeyFile = "", ""
+	noCA.CAFile = ""
+	wrongPW.Password = "wrong"
+	for name, opts := range map[string]store.EtcdOptions{
+		"no client certificate": noCert,
+		"system roots only":     noCA,
+		"wrong password":        wrongPW,
+		"no password":           noPW, // the certificate's CN is no etcd user
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel() // each waits out its dial timeout
+			s, err := store.OpenEtcd(ctx, eps, opts)
+			if err == nil {
+				s.Close()
+				t.Fatal("OpenEtcd succeeded, want an error")
+			}
+			if !strings.Contains(err.Error(), "connect to etcd") {
+				t.Fatalf("error = %q, want it to say connect to etcd", err)
+			}
+			t.Log(err)
+		})
+	}
+}
+
+// enableAuth creates user with the root role and turns etcd auth on.
+func enableAuth(t *testing.T, ctx context.Context, eps []string, opts store.EtcdOptions, user, password string) {
+	t.Helper()
+	tlsInfo := transport.TLSInfo{CertFile: opts.CertFile, KeyFile: opts.KeyFile, TrustedCAFile: opts.CAFile}
+	tlsConf, err := tlsInfo.ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, TLS: tlsConf, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.UserAdd(ctx, user, password); err != nil {
+		t.Fatalf("user add: %v", err)
+	}
+	if _, err := cli.UserGrantRole(ctx, user, "root"); err != nil {
+		t.Fatalf("grant root: %v", err)
+	}
+	if _, err := cli.AuthEnable(ctx); err != nil {
+		t.Fatalf("auth enable: %v", err)
+	}
+}
+
+// writeTestPKI writes a CA, a server certificate for 127.0.0.1 and a client
+// certificate into dir, returning their paths by file name.
+func writeTestPKI(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	write := func(name, typ string, der []byte) {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		files[name] = path
+	}
+	newKey := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	now := time.Now()
+	caKey := newKey()
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "webgw test CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("ca.pem", "CERTIFICATE", caDER)
+	for i, leaf := range []struct {
+		name  string
+		usage x509.ExtKeyUsage
+	}{{"server", x509.ExtKeyUsageServerAuth}, {"client", x509.ExtKeyUsageClientAuth}} {
+		key := newKey()
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(int64(i + 2)),
+			Subject:      pkix.Name{CommonName: "webgw-test-" + leaf.name},
+			NotBefore:    now.Add(-time.Hour),
+			NotAfter:     now.Add(time.Hour),
+			KeyUsage:     x509.KeyUsageDigitalSignature,
+			ExtKeyUsage:  []x509.ExtKeyUsage{leaf.usage},
+			IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(leaf.name+".pem", "CERTIFICATE", der)
+		write(leaf.name+"-key.pem", "PRIVATE KEY", keyDER)
+	}
+	return files
 }
