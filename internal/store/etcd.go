@@ -286,7 +286,8 @@ func (e *Etcd) Delete(ctx context.Context, key string, expect int64) error {
 // from the one after it, so every change after Watch returns is seen, by
 // any client of the cluster. The channel holds up to 1024 events; a watcher
 // that lets it fill is closed, as is one whose start revision etcd has
-// compacted away or whose etcd watch is cancelled.
+// compacted away, whose etcd watch is cancelled, or whose member loses the
+// leader.
 func (e *Etcd) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
 	if err := e.begin(ctx, prefix, true); err != nil {
 		return nil, fmt.Errorf("watch %q: %w", prefix, err)
@@ -309,7 +310,9 @@ func (e *Etcd) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
 
 	wctx, cancel := context.WithCancel(ctx)
 	stopAfter := context.AfterFunc(e.stopCtx, cancel)
-	wch := e.cli.Watch(wctx, full, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	// WithRequireLeader: a member cut off from the leader ends the watch
+	// rather than going quiet, so the caller re-lists elsewhere.
+	wch := e.cli.Watch(clientv3.WithRequireLeader(wctx), full, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
 	out := make(chan Event, watchBuffer)
 	go func() {
 		defer e.watches.Done()
