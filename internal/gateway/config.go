@@ -12,6 +12,7 @@ import (
 
 	"github.com/webgw/webgw/internal/netpolicy"
 	"github.com/webgw/webgw/internal/resolve"
+	"github.com/webgw/webgw/internal/store"
 	"github.com/webgw/webgw/internal/yamlconf"
 
 	"github.com/webgw/webgw/internal/model"
@@ -73,8 +74,11 @@ type Config struct {
 	// Loopback, link-local and the gateway's own addresses need an entry of
 	// their own (::1/128), a wider one (::/0) does not cover them.
 	UpstreamAllow []string `yaml:"upstream_allow"`
-	// Store is a bolt file path (or bolt://PATH); "" means <data_dir>/state.db.
+	// Store is a bolt file path (or bolt://PATH), or etcd://HOST:PORT[,HOST:PORT...]
+	// for a cluster's etcd; "" means <data_dir>/state.db.
 	Store string `yaml:"store"`
+	// Etcd are the options of an etcd:// store.
+	Etcd EtcdConfig `yaml:"etcd"`
 	// Open lets agents without a token get quick-tunnel names; nil means true.
 	Open *bool `yaml:"open"`
 	// AccessLog writes one log line per request or stream; nil means true.
@@ -99,6 +103,22 @@ type Config struct {
 
 	// dnsDefault is set by Complete when DNSAddr was left to its default.
 	dnsDefault bool
+}
+
+// EtcdConfig are the options of an etcd:// store. Zero values: no TLS, no
+// auth, the key prefix "webgw/".
+type EtcdConfig struct {
+	// CA is a PEM file of the CAs signing the etcd servers' certificates;
+	// setting it (or Cert) turns TLS on.
+	CA string `yaml:"ca"`
+	// Cert and Key are the client certificate and key, for mutual TLS.
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+	// Username and Password authenticate with etcd's own auth.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// Prefix is put before every key, so several clusters can share an etcd.
+	Prefix string `yaml:"prefix"`
 }
 
 // Limits bound what strangers and agents can send. Zero values mean defaults.
@@ -233,9 +253,16 @@ func (c *Config) Validate() error {
 		return cfgErr("upstream_allow: %v", err)
 	}
 	if strings.HasPrefix(c.Store, "etcd://") {
-		return cfgErr("store: %q: the etcd cluster store is not available in this version; use a bolt file path", c.Store)
+		if _, err := store.ParseEtcdURL(c.Store); err != nil {
+			return cfgErr("store: %v", err)
+		}
+	} else if c.Etcd != (EtcdConfig{}) {
+		return cfgErr("etcd: the etcd options need an etcd:// store")
 	}
-	if strings.Contains(c.Store, "://") && !strings.HasPrefix(c.Store, "bolt://") {
+	if (c.Etcd.Cert == "") != (c.Etcd.Key == "") {
+		return cfgErr("etcd.cert and etcd.key: give both or neither")
+	}
+	if strings.Contains(c.Store, "://") && !strings.HasPrefix(c.Store, "bolt://") && !strings.HasPrefix(c.Store, "etcd://") {
 		return cfgErr("store: %q not accepted; use a file path, bolt://PATH or etcd://HOST:PORT", c.Store)
 	}
 	if _, err := model.ParsePortRange(c.PortRange); err != nil {

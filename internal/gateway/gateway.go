@@ -114,13 +114,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, cfgErr("data_dir: create %s: %v", cfg.DataDir, err)
 	}
-	storePath := strings.TrimPrefix(cfg.Store, "bolt://")
-	if storePath == "" {
-		storePath = filepath.Join(cfg.DataDir, "state.db")
-	}
-	st, err := store.OpenBolt(storePath)
+	st, err := openStore(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
+		return nil, err
 	}
 	g := &Gateway{cfg: cfg, log: log, store: st, errc: make(chan error, 4), zones: &dns.Zones{}, dnsKeys: &dns.StoreKeys{DB: st}}
 	ok := false
@@ -607,6 +603,33 @@ func (g *Gateway) dsOf(ctx context.Context, zone string) ([]string, string, erro
 		return nil, "", err
 	}
 	return []string{key.DS().String()}, key.DNSKEY.String(), nil
+}
+
+// openStore opens the bolt file or the etcd cluster cfg.Store names.
+func openStore(ctx context.Context, cfg *Config) (store.Store, error) {
+	if strings.HasPrefix(cfg.Store, "etcd://") {
+		endpoints, err := store.ParseEtcdURL(cfg.Store)
+		if err != nil {
+			return nil, cfgErr("store: %v", err)
+		}
+		st, err := store.OpenEtcd(ctx, endpoints, store.EtcdOptions{
+			CAFile: cfg.Etcd.CA, CertFile: cfg.Etcd.Cert, KeyFile: cfg.Etcd.Key,
+			Username: cfg.Etcd.Username, Password: cfg.Etcd.Password, Prefix: cfg.Etcd.Prefix,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		return st, nil
+	}
+	path := strings.TrimPrefix(cfg.Store, "bolt://")
+	if path == "" {
+		path = filepath.Join(cfg.DataDir, "state.db")
+	}
+	st, err := store.OpenBolt(path)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	return st, nil
 }
 
 // nonEmpty is the list of s, empty when s is.

@@ -312,7 +312,7 @@ func TestStartFailures(t *testing.T) {
 		contains  string
 	}{
 		{"bad domain", func(c *gateway.Config) { c.Domain = "bad_domain" }, true, "domain:"},
-		{"etcd", func(c *gateway.Config) { c.Store = "etcd://127.0.0.1:2379" }, true, "store:"},
+		{"etcd url without a port", func(c *gateway.Config) { c.Store = "etcd://127.0.0.1" }, true, "store:"},
 		{"https port taken", func(c *gateway.Config) { c.HTTPSAddr = busy.Addr().String() }, true, "https_addr"},
 		{"http port taken", func(c *gateway.Config) { c.HTTPAddr = busy.Addr().String() }, true, "http_addr"},
 		{"api port taken", func(c *gateway.Config) { c.APIAddr = busy.Addr().String() }, true, "api_addr"},
