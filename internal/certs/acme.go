@@ -198,7 +198,7 @@ func (a *ACME) Manage(ctx context.Context) error {
 func (a *ACME) ForName(name string) (*tls.Certificate, error) {
 	name = canonicalName(name)
 	hello := &tls.ClientHelloInfo{ServerName: name, Conn: noConn{}}
-	if a.domain != "" && (name == a.domain || !strings.Contains(strings.TrimSuffix(name, "."+a.domain), ".") && strings.HasSuffix(name, "."+a.domain)) {
+	if a.covered(name) {
 		return a.managed.GetCertificate(hello)
 	}
 	return a.onDemand.GetCertificate(hello)
@@ -206,6 +206,16 @@ func (a *ACME) ForName(name string) (*tls.Certificate, error) {
 
 // Stop ends the renewal and maintenance of the certificates.
 func (a *ACME) Stop() { a.cache.Stop() }
+
+// covered reports whether name is the gateway domain or one label under it:
+// what its managed certificates (apex and wildcard) cover.
+func (a *ACME) covered(name string) bool {
+	if a.domain == "" {
+		return false
+	}
+	label, ok := strings.CutSuffix(name, "."+a.domain)
+	return name == a.domain || ok && label != "" && !strings.Contains(label, ".")
+}
 
 // HandleHTTPChallenge answers an ACME HTTP-01 challenge request of this
 // gateway's own issuance and reports whether it did.

@@ -213,7 +213,7 @@ func (s *Server) Answer(r *mdns.Msg) *mdns.Msg {
 	switch {
 	case rel == "":
 		s.apexAnswer(m, q)
-	case strings.HasPrefix(rel, "_acme-challenge") && s.Challenges != nil:
+	case (rel == "_acme-challenge" || strings.HasPrefix(rel, "_acme-challenge.")) && s.Challenges != nil:
 		s.challengeAnswer(m, q, strings.TrimSuffix(name, "."))
 	case isNS(rel):
 		s.addrAnswer(m, q)

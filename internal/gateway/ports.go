@@ -242,7 +242,7 @@ func (m *ports) shutdown(ctx context.Context) {
 	wg.Wait()
 }
 
-// announce is the public HOST:PORT of port n: the first public IP, else the
+// announceHost is the host in the public HOST:PORT of a port: the first public IP, else the
 // listening host, else the domain.
 func announceHost(publicIPs []string, bindHost, domain string) string {
 	if len(publicIPs) > 0 {
