@@ -33,6 +33,9 @@ var (
 	dataBucket = []byte("kv")
 	metaBucket = []byte("meta")
 	revKey     = []byte("rev")
+	// leaseBucket marks the keys written under a lease, so a process that
+	// died without closing its leases has them removed at the next open.
+	leaseBucket = []byte("leased")
 )
 
 // Bolt is a Store kept in one local bbolt file. Watches are served in
@@ -77,8 +80,10 @@ func OpenBolt(path string) (*Bolt, error) {
 		if _, err := tx.CreateBucketIfNotExists(dataBucket); err != nil {
 			return err
 		}
-		_, err := tx.CreateBucketIfNotExists(metaBucket)
-		return err
+		if _, err := tx.CreateBucketIfNotExists(metaBucket); err != nil {
+			return err
+		}
+		return sweepLeased(tx)
 	})
 	if err != nil {
 		db.Close()
@@ -134,6 +139,11 @@ func (b *Bolt) List(ctx context.Context, prefix string) ([]Entry, error) {
 
 // Put implements Store.
 func (b *Bolt) Put(ctx context.Context, key string, value []byte, expect int64) (int64, error) {
+	return b.put(ctx, key, value, expect, false)
+}
+
+// put is Put; leased marks the key for removal at the next open.
+func (b *Bolt) put(ctx context.Context, key string, value []byte, expect int64, leased bool) (int64, error) {
 	if err := b.begin(ctx, key, false); err != nil {
 		return 0, fmt.Errorf("put %q: %w", key, err)
 	}
@@ -168,6 +178,15 @@ func (b *Bolt) Put(ctx context.Context, key string, value []byte, expect int64) 
 		buf := make([]byte, revSize+len(value))
 		binary.BigEndian.PutUint64(buf, uint64(rev))
 		copy(buf[revSize:], value)
+		if leased {
+			lb, err := tx.CreateBucketIfNotExists(leaseBucket)
+			if err != nil {
+				return err
+			}
+			if err := lb.Put([]byte(key), nil); err != nil {
+				return err
+			}
+		}
 		return data.Put([]byte(key), buf)
 	})
 	if err != nil {

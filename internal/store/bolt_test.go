@@ -285,3 +285,36 @@ func TestBoltCloseWhileBusy(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestBoltLeaseSweptAtOpen: keys of a lease its process never closed (a
+// crash) are gone when the file is opened again; other keys stay.
+func TestBoltLeaseSweptAtOpen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	b, err := store.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	l, err := b.Grant(ctx, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Put(ctx, "gateways/x", []byte("me")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Put(ctx, "tenants/a", []byte("{}"), store.AnyRev); err != nil {
+		t.Fatal(err)
+	}
+	b.Close() // the lease is never closed, as after kill -9
+	b, err = store.OpenBolt(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := b.Get(ctx, "gateways/x"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("leased key after reopen: err = %v, want store.ErrNotFound", err)
+	}
+	if _, err := b.Get(ctx, "tenants/a"); err != nil {
+		t.Errorf("unleased key after reopen: %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -14,8 +15,11 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 var _ Store = (*Etcd)(nil)
@@ -45,14 +49,20 @@ type EtcdOptions struct {
 	// DialTimeout bounds connecting and the first request in OpenEtcd.
 	// Zero: five seconds.
 	DialTimeout time.Duration
+	// OpTimeout bounds each request whose context has no deadline, so a
+	// write while etcd is unreachable fails with ErrUnavailable instead of
+	// waiting for it. Zero: five seconds.
+	OpTimeout time.Duration
 }
 
 // Etcd is a Store kept in an etcd cluster. Revisions are etcd's own
 // (ModRevision), so every webgw process sharing the cluster sees the same
 // revisions, and watches see changes made by any of them.
 type Etcd struct {
-	cli    *clientv3.Client // immutable; closed by Close
-	prefix string           // immutable
+	cli       *clientv3.Client // immutable; closed by Close
+	prefix    string           // immutable
+	endpoints string           // immutable, for errors
+	opTimeout time.Duration    // immutable
 
 	// stop ends every watch; Close calls it.
 	stopCtx context.Context
@@ -131,7 +141,8 @@ func OpenEtcd(ctx context.Context, endpoints []string, opts EtcdOptions) (*Etcd,
 		return nil, fmt.Errorf("connect to etcd %s: %w", strings.Join(endpoints, ","), err)
 	}
 	stopCtx, stop := context.WithCancel(context.Background())
-	return &Etcd{cli: cli, prefix: prefix, stopCtx: stopCtx, stop: stop}, nil
+	return &Etcd{cli: cli, prefix: prefix, endpoints: strings.Join(endpoints, ","), opTimeout: cmp.Or(opts.OpTimeout, defaultEtcdDialTimeout),
+		stopCtx: stopCtx, stop: stop}, nil
 }
 
 // etcdTLS builds the client TLS configuration, or nil for plain TCP.
@@ -380,9 +391,15 @@ func (e *Etcd) begin(ctx context.Context, key string, isPrefix bool) error {
 }
 
 // opContext returns ctx, also cancelled by Close, so calls in flight end
-// promptly instead of waiting out the client's retries. Call done after.
+// promptly instead of waiting out the client's retries, and bounded by the
+// operation timeout when ctx has no deadline. Call done after.
 func (e *Etcd) opContext(ctx context.Context) (context.Context, func()) {
-	ctx, cancel := context.WithCancel(ctx)
+	var cancel context.CancelFunc
+	if _, ok := ctx.Deadline(); ok || e.opTimeout <= 0 {
+		ctx, cancel = context.WithCancel(ctx)
+	} else {
+		ctx, cancel = context.WithTimeout(ctx, e.opTimeout)
+	}
 	stop := context.AfterFunc(e.stopCtx, cancel)
 	return ctx, func() {
 		stop()
@@ -396,12 +413,28 @@ func (e *Etcd) isClosed() bool {
 	return e.closed
 }
 
-// mapErr reports a failure caused by Close as ErrClosed; others pass through.
+// mapErr reports a failure caused by Close as ErrClosed, and one of an
+// etcd that did not answer in time (or has no leader) as ErrUnavailable;
+// others pass through.
 func (e *Etcd) mapErr(err error) error {
 	if e.isClosed() && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrConflict) {
 		return fmt.Errorf("%w (%v)", ErrClosed, err)
 	}
+	if errors.Is(err, context.DeadlineExceeded) || isUnavailable(err) {
+		return fmt.Errorf("%w: etcd at %s did not answer (%v); what this gateway knows is still served, changes are refused until etcd is back",
+			ErrUnavailable, e.endpoints, err)
+	}
 	return err
+}
+
+// isUnavailable reports gRPC's codes for a cluster that cannot answer now.
+func isUnavailable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrGRPCNoLeader) ||
+		errors.Is(err, rpctypes.ErrLeaderChanged) || errors.Is(err, rpctypes.ErrTimeout)
 }
 
 // cloneValue copies an etcd value; an empty value is non-nil, as from Bolt.
@@ -410,4 +443,85 @@ func cloneValue(v []byte) []byte {
 		return []byte{}
 	}
 	return bytes.Clone(v)
+}
+
+var _ Leaser = (*Etcd)(nil)
+
+// Grant implements Leaser with an etcd lease, renewed by the client until
+// Close. When etcd stays unreachable past the TTL, etcd expires the lease
+// (its keys vanish for every other gateway) and Done is closed.
+func (e *Etcd) Grant(ctx context.Context, ttl time.Duration) (Lease, error) {
+	if err := e.begin(ctx, "lease", false); err != nil {
+		return nil, fmt.Errorf("grant lease: %w", err)
+	}
+	secs := max(int64((ttl+time.Second-1)/time.Second), 1)
+	gctx, done := e.opContext(ctx)
+	resp, err := e.cli.Grant(gctx, secs)
+	done()
+	if err != nil {
+		return nil, fmt.Errorf("grant lease: %w", e.mapErr(err))
+	}
+	kctx, cancel := context.WithCancel(context.Background())
+	stop := context.AfterFunc(e.stopCtx, cancel)
+	ch, err := e.cli.KeepAlive(kctx, resp.ID)
+	if err != nil {
+		stop()
+		cancel()
+		return nil, fmt.Errorf("keep lease alive: %w", e.mapErr(err))
+	}
+	l := &etcdLease{e: e, id: resp.ID, cancel: func() { stop(); cancel() }, done: make(chan struct{})}
+	go func() {
+		for range ch { // the client renews; the channel closes when the lease is lost or cancelled
+		}
+		l.once.Do(func() { close(l.done) })
+	}()
+	return l, nil
+}
+
+type etcdLease struct {
+	e      *Etcd
+	id     clientv3.LeaseID
+	cancel func() // stops the renewals
+	done   chan struct{}
+	once   sync.Once // closes done
+	closed sync.Once
+}
+
+func (l *etcdLease) Put(ctx context.Context, key string, value []byte) (int64, error) {
+	if err := l.e.begin(ctx, key, false); err != nil {
+		return 0, fmt.Errorf("put %q: %w", key, err)
+	}
+	select {
+	case <-l.done:
+		return 0, fmt.Errorf("put %q: lease lost", key)
+	default:
+	}
+	ctx, done := l.e.opContext(ctx)
+	defer done()
+	resp, err := l.e.cli.Put(ctx, l.e.prefix+key, string(value), clientv3.WithLease(l.id))
+	if err != nil {
+		return 0, fmt.Errorf("put %q: %w", key, l.e.mapErr(err))
+	}
+	return resp.Header.Revision, nil
+}
+
+func (l *etcdLease) Done() <-chan struct{} { return l.done }
+
+func (l *etcdLease) Close() error {
+	var err error
+	l.closed.Do(func() {
+		l.cancel()
+		if !l.e.isClosed() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err = l.e.cli.Revoke(ctx, l.id)
+			cancel()
+			if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				err = fmt.Errorf("revoke lease: %w", l.e.mapErr(err))
+			} else {
+				err = nil
+			}
+		}
+		l.once.Do(func() { close(l.done) })
+	})
+	return err
 }

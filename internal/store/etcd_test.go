@@ -83,6 +83,17 @@ func startEmbedded(dir string, tlsInfo *transport.TLSInfo) (*embed.Etcd, []strin
 	if client == nil || peer == nil {
 		return nil, nil, errors.New("no free loopback port")
 	}
+	return startEmbeddedAt(dir, tlsInfo, client, peer)
+}
+
+// restartEmbedded starts the member srv was again, on its data and ports.
+func restartEmbedded(dir string, srv *embed.Etcd) (*embed.Etcd, error) {
+	c, p := srv.Config().ListenClientUrls[0], srv.Config().ListenPeerUrls[0]
+	s, _, err := startEmbeddedAt(dir, nil, &c, &p)
+	return s, err
+}
+
+func startEmbeddedAt(dir string, tlsInfo *transport.TLSInfo, client, peer *url.URL) (*embed.Etcd, []string, error) {
 	cfg := embed.NewConfig()
 	cfg.Name = "webgw-test"
 	cfg.Dir = dir
@@ -517,4 +528,74 @@ func writeTestPKI(t *testing.T, dir string) map[string]string {
 		write(leaf.name+"-key.pem", "PRIVATE KEY", keyDER)
 	}
 	return files
+}
+
+// TestEtcdUnavailable: with etcd gone, a write fails within the operation
+// timeout with ErrUnavailable (not a hang), and a lease is lost once its
+// TTL passes; with etcd back on the same data, writes work again.
+func TestEtcdUnavailable(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	srv, eps, err := startEmbedded(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopSrv := sync.OnceFunc(srv.Close) // embed's Close panics when called twice
+	defer stopSrv()
+	ctx := t.Context()
+	s, err := store.OpenEtcd(ctx, eps, store.EtcdOptions{OpTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	l, err := s.Grant(ctx, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := l.Put(ctx, "gateways/a", []byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	stopSrv()
+	<-srv.Server.StopNotify()
+
+	start := time.Now()
+	_, err = s.Put(ctx, "tenants/x", []byte("{}"), store.AnyRev)
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("put with etcd down: err = %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("put with etcd down took %v, want about the 1 s operation timeout", d)
+	}
+	if !strings.Contains(err.Error(), "etcd at ") {
+		t.Errorf("error does not name etcd: %v", err)
+	}
+	select {
+	case <-l.Done():
+	case <-time.After(15 * time.Second):
+		t.Error("lease not lost 15 s after etcd went away (TTL 2 s)")
+	}
+
+	// The same member again, on the same data and ports.
+	srv2, err := restartEmbedded(dir, srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv2.Close()
+	waitFor(t, 20*time.Second, "a write after etcd is back", func() bool {
+		_, err := s.Put(ctx, "tenants/x", []byte("{}"), store.AnyRev)
+		return err == nil
+	})
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -46,6 +46,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentCAS", testConcurrentCAS},
 		{"NoAliasing", testNoAliasing},
 		{"Closed", testClosed},
+		{"Lease", testLease},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -530,4 +531,61 @@ func fmtEvent(ev store.Event) string {
 		kind = fmt.Sprintf("type(%d)", ev.Type)
 	}
 	return kind + " " + fmtEntry(ev.Entry)
+}
+
+// testLease: keys put under a lease are ordinary keys to readers and
+// watchers, and go away (with a delete event) when the lease is closed.
+// Every backend implements store.Leaser.
+func testLease(t *testing.T, ctx context.Context, s store.Store) {
+	ls, ok := s.(store.Leaser)
+	if !ok {
+		t.Fatalf("%T does not implement store.Leaser", s)
+	}
+	mustPut(t, ctx, s, "members/keep", "not leased", store.AnyRev)
+	ch, err := s.Watch(ctx, "members/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := ls.Grant(ctx, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := l.Put(ctx, "members/a", []byte("alive"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := mustGet(t, ctx, s, "members/a"); string(e.Value) != "alive" || e.Rev != rev {
+		t.Fatalf("leased key = %s, want alive at rev %d", fmtEntry(e), rev)
+	}
+	if ev := recv(t, ctx, ch); ev.Type != store.EventPut || ev.Entry.Key != "members/a" {
+		t.Fatalf("watch saw %s, want the put of members/a", fmtEvent(ev))
+	}
+	select {
+	case <-l.Done():
+		t.Fatal("lease done before Close")
+	default:
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("close lease: %v", err)
+	}
+	select {
+	case <-l.Done():
+	case <-ctx.Done():
+		t.Fatal("Done not closed by Close")
+	}
+	if ev := recv(t, ctx, ch); ev.Type != store.EventDelete || ev.Entry.Key != "members/a" {
+		t.Fatalf("watch saw %s, want the delete of members/a", fmtEvent(ev))
+	}
+	if _, err := s.Get(ctx, "members/a"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("leased key after Close: err = %v, want ErrNotFound", err)
+	}
+	if e := mustGet(t, ctx, s, "members/keep"); string(e.Value) != "not leased" {
+		t.Fatalf("unleased key changed: %s", fmtEntry(e))
+	}
+	if _, err := l.Put(ctx, "members/b", []byte("late")); err == nil {
+		t.Fatal("put on a closed lease succeeded")
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
 }
