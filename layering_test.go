@@ -21,6 +21,7 @@ var rank = map[string]int{
 	"internal/store":    1,
 	"internal/tunnel":   1,
 	"internal/route":    2,
+	"internal/cluster":  2,
 	"internal/proxy":    3,
 	"internal/certs":    4,
 	"internal/control":  4,
