@@ -69,6 +69,12 @@ type Config struct {
 	// PublicIPs are the gateway's public addresses (put in its certificate
 	// for agents, and later in DNS answers).
 	PublicIPs []string `yaml:"public_ip"`
+	// Region labels the gateway in the cluster's member list (free text,
+	// up to 64 printable characters); "" means none.
+	Region string `yaml:"region"`
+	// ClusterTTL is the membership lease TTL: a gateway that stops renewing
+	// it leaves the cluster (and DNS answers) this long after; 0 means 10 s.
+	ClusterTTL time.Duration `yaml:"cluster_ttl"`
 	// UpstreamAllow lists the networks (CIDRs or addresses) direct upstreams
 	// may be in; empty means none: services are then served by agents only.
 	// Loopback, link-local and the gateway's own addresses need an entry of
@@ -267,6 +273,12 @@ func (c *Config) Validate() error {
 	}
 	if _, err := model.ParsePortRange(c.PortRange); err != nil {
 		return cfgErr("port_range: %v", err)
+	}
+	if len(c.Region) > 64 || strings.IndexFunc(c.Region, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+		return cfgErr("region: %q not accepted; use up to 64 printable characters", c.Region)
+	}
+	if c.ClusterTTL < 0 || (c.ClusterTTL > 0 && c.ClusterTTL < 2*time.Second) || c.ClusterTTL > 5*time.Minute {
+		return cfgErr("cluster_ttl: %v not accepted; use 2s-5m (0 for 10s)", c.ClusterTTL)
 	}
 	if c.DNSTTL < 0 || (c.DNSTTL > 0 && c.DNSTTL < time.Second) || c.DNSTTL > 7*24*time.Hour {
 		return cfgErr("dns_ttl: %v not accepted; use 1s-168h (0 for 60s)", c.DNSTTL)

@@ -30,6 +30,7 @@ import (
 
 	"github.com/webgw/webgw/internal/api"
 	"github.com/webgw/webgw/internal/certs"
+	"github.com/webgw/webgw/internal/cluster"
 	"github.com/webgw/webgw/internal/control"
 	"github.com/webgw/webgw/internal/dns"
 	"github.com/webgw/webgw/internal/edge"
@@ -69,6 +70,8 @@ type Gateway struct {
 	// ID names this gateway.
 	ID string
 
+	// cluster is this gateway's membership and view of the others.
+	cluster *cluster.Cluster
 	https *edge.HTTPS
 	ports *ports
 	dns   *dns.Server // nil when DNS is off
@@ -403,6 +406,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		g.goRun(func() error { return g.dns.Serve(runCtx, dnsPC, dnsLn) })
 	}
 	g.goRun(func() error { g.expireLoop(runCtx); return nil })
+	if err := g.startCluster(runCtx, dnsAddrs(cfg.PublicIPs, bindHost), announce, httpsPort); err != nil {
+		return nil, err
+	}
 	ok = true
 	return g, nil
 }

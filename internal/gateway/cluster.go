@@ -1,0 +1,55 @@
+package gateway
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/webgw/webgw/internal/cluster"
+)
+
+// heldEvery is how often the names this gateway can serve are compared
+// with what it published: a tunnel lost or gained shows in the cluster's
+// view (and DNS answers) within this.
+const heldEvery = 250 * time.Millisecond
+
+// startCluster registers this gateway as a member of the cluster on its
+// store (alone with a bolt file) and keeps the names it can serve
+// published, until ctx ends.
+func (g *Gateway) startCluster(ctx context.Context, addrs []netip.Addr, tunnelHost, httpsPort string) error {
+	self := cluster.Member{ID: g.ID, Tunnel: net.JoinHostPort(tunnelHost, httpsPort), Region: g.cfg.Region,
+		Version: Version, Started: time.Now().UTC().Truncate(time.Second)}
+	for _, a := range addrs {
+		self.Addrs = append(self.Addrs, a.String())
+	}
+	c, err := cluster.New(g.store, self, cluster.Options{TTL: g.cfg.ClusterTTL, Log: g.log})
+	if err != nil {
+		return err
+	}
+	g.cluster = c
+	g.goRun(func() error { c.Run(ctx); return nil })
+	g.goRun(func() error { g.publishHeld(ctx); return nil })
+	return nil
+}
+
+// publishHeld keeps the cluster told which names this gateway can serve
+// now (a live local agent or a healthy direct upstream), until ctx ends.
+func (g *Gateway) publishHeld(ctx context.Context) {
+	t := time.NewTicker(heldEvery)
+	defer t.Stop()
+	for {
+		held := map[string]cluster.Holding{}
+		for _, s := range g.table.List() {
+			if s.Live() {
+				held[s.Name] = cluster.Holding{Protocol: string(s.Protocol), ProxyProtocol: s.ProxyProtocol()}
+			}
+		}
+		g.cluster.SetHeld(held)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
