@@ -72,9 +72,9 @@ type Gateway struct {
 
 	// cluster is this gateway's membership and view of the others.
 	cluster *cluster.Cluster
-	https *edge.HTTPS
-	ports *ports
-	dns   *dns.Server // nil when DNS is off
+	https   *edge.HTTPS
+	ports   *ports
+	dns     *dns.Server // nil when DNS is off
 	// dnsKeys are the zones' DNSSEC signing keys, kept in the store.
 	dnsKeys *dns.StoreKeys
 	// acme is the ACME certificate source; nil with the local CA.
