@@ -172,6 +172,7 @@ underscores instead of dashes. Flags win over the file.`,
 	f.IntVar(&flags.Limits.MaxQuickTunnelsPerIP, "max-quick-tunnels-per-ip", 10, "concurrent quick-tunnel (no token) agent sessions per remote address")
 	f.IntVar(&flags.Limits.MaxHeaderBytes, "max-header-bytes", 64<<10, "largest accepted request header")
 	f.DurationVar(&flags.Limits.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "time allowed to send request headers")
+	c.AddCommand(gatewayListCmd())
 	return c
 }
 

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/webgw/webgw/internal/cluster"
 	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/route"
 	"github.com/webgw/webgw/internal/store"
@@ -72,6 +73,9 @@ type Server struct {
 	// DS returns the DS records and DNSKEY (zone-file form) of a zone the
 	// gateway signs; nil answers GET /v1/dns/ds with 503.
 	DS func(ctx context.Context, zone string) (ds []string, dnskey string, err error)
+	// Members lists the cluster's live gateways, this one included; nil
+	// answers GET /v1/gateways with 503.
+	Members func() []cluster.Member
 }
 
 // GatewayInfo is the static part of /v1/status.
@@ -107,6 +111,7 @@ func (s *Server) Handler() http.Handler {
 		mux.Handle("GET /metrics", s.Metrics)
 	}
 	mux.HandleFunc("GET /v1/status", s.auth(true, s.status))
+	mux.HandleFunc("GET /v1/gateways", s.auth(true, s.listGateways))
 	mux.HandleFunc("GET /v1/tenants", s.auth(true, s.listTenants))
 	mux.HandleFunc("POST /v1/tenants", s.auth(true, s.addTenant))
 	mux.HandleFunc("DELETE /v1/tenants/{name}", s.auth(true, s.removeTenant))
@@ -191,6 +196,11 @@ type Error struct {
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
+	if status == http.StatusInternalServerError && strings.Contains(msg, store.ErrUnavailable.Error()) {
+		// The store (etcd) does not answer: a condition of the moment,
+		// not a bug; the message says what is going on.
+		status = http.StatusServiceUnavailable
+	}
 	writeJSON(w, status, Error{Error: msg})
 }
 

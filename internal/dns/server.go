@@ -50,6 +50,14 @@ type Server struct {
 	// TenantZones are the tenants' verified zones answered besides
 	// Domain (live); nil means none: other zones are refused.
 	TenantZones *Zones
+	// Cluster, when set, steers answers across the gateways of a cluster:
+	// the apex NS lists every live gateway, the apex A/AAAA are all their
+	// addresses, and a service name gets the addresses of the gateways that
+	// can serve it now. nil answers Addrs everywhere (one gateway).
+	Cluster ClusterView
+	// ServiceTTL, when set, is the TTL of a service name's addresses under
+	// Cluster (shorter than TTL, so a withdrawn gateway leaves caches soon).
+	ServiceTTL time.Duration
 	// Log gets debug messages; nil discards them.
 	Log *slog.Logger
 
@@ -60,8 +68,72 @@ type Server struct {
 	serial uint32         // set by Serve before it answers
 }
 
-// nsLabels are the name servers' labels under Domain.
+// nsLabels are the name servers' labels under Domain without a cluster.
 var nsLabels = []string{"ns1", "ns2"}
+
+// ClusterView is what the DNS server needs to know of a gateway cluster.
+type ClusterView interface {
+	// NameServers are the live gateways as name servers of the domain,
+	// sorted; empty means use Addrs as ns1 and ns2.
+	NameServers() []NameServer
+	// ServiceAddrs are the addresses of the live gateways that can serve
+	// the service (a label under Domain) now; empty when none can.
+	ServiceAddrs(service string) []netip.Addr
+}
+
+// NameServer is one name server of the domain: Label under Domain, with
+// its addresses (the glue).
+type NameServer struct {
+	Label string
+	Addrs []netip.Addr
+}
+
+// nameServers are the domain's name servers.
+func (s *Server) nameServers() []NameServer {
+	if s.Cluster != nil {
+		if ns := s.Cluster.NameServers(); len(ns) > 0 {
+			return ns
+		}
+	}
+	out := make([]NameServer, len(nsLabels))
+	for i, l := range nsLabels {
+		out[i] = NameServer{Label: l, Addrs: s.Addrs}
+	}
+	return out
+}
+
+// allAddrs are the addresses of every live gateway: the apex's answer.
+func (s *Server) allAddrs() []netip.Addr {
+	if s.Cluster == nil {
+		return s.Addrs
+	}
+	var out []netip.Addr
+	for _, ns := range s.nameServers() {
+		for _, a := range ns.Addrs {
+			if !slices.Contains(out, a) {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
+// serviceAddrs are the addresses answered for a service and their TTL:
+// in a cluster those of the gateways that can serve it (all gateways
+// when none can, so clients get an answer from a gateway, not NXDOMAIN).
+func (s *Server) serviceAddrs(service string) ([]netip.Addr, uint32) {
+	if s.Cluster == nil {
+		return s.Addrs, s.ttl()
+	}
+	ttl := s.ttl()
+	if s.ServiceTTL > 0 {
+		ttl = min(ttl, uint32(s.ServiceTTL/time.Second))
+	}
+	if a := s.Cluster.ServiceAddrs(service); len(a) > 0 {
+		return a, ttl
+	}
+	return s.allAddrs(), ttl
+}
 
 // maxUDPSize is the largest UDP answer sent (the DNS flag day 2020 value),
 // whatever larger size a client's EDNS0 offers.
@@ -215,10 +287,11 @@ func (s *Server) Answer(r *mdns.Msg) *mdns.Msg {
 		s.apexAnswer(m, q)
 	case (rel == "_acme-challenge" || strings.HasPrefix(rel, "_acme-challenge.")) && s.Challenges != nil:
 		s.challengeAnswer(m, q, strings.TrimSuffix(name, "."))
-	case isNS(rel):
-		s.addrAnswer(m, q)
+	case s.isNS(rel):
+		s.addrAnswer(m, q, s.nsAddrs(rel), s.ttl())
 	case !strings.Contains(rel, ".") && s.Exists != nil && s.Exists(rel):
-		s.addrAnswer(m, q)
+		addrs, ttl := s.serviceAddrs(rel)
+		s.addrAnswer(m, q, addrs, ttl)
 	default:
 		m.Rcode = mdns.RcodeNameError
 		m.Ns = append(m.Ns, s.soa())
@@ -299,13 +372,23 @@ func splitTXT(v string) []string {
 	return append(out, v)
 }
 
-func isNS(label string) bool {
-	for _, l := range nsLabels {
-		if label == l {
+func (s *Server) isNS(label string) bool {
+	for _, ns := range s.nameServers() {
+		if label == ns.Label {
 			return true
 		}
 	}
 	return false
+}
+
+// nsAddrs are the addresses of the name server at label.
+func (s *Server) nsAddrs(label string) []netip.Addr {
+	for _, ns := range s.nameServers() {
+		if label == ns.Label {
+			return ns.Addrs
+		}
+	}
+	return nil
 }
 
 func (s *Server) hdr(name string, t uint16) mdns.RR_Header {
@@ -315,7 +398,7 @@ func (s *Server) hdr(name string, t uint16) mdns.RR_Header {
 func (s *Server) soa() *mdns.SOA {
 	apex := s.apex()
 	ttl := s.ttl()
-	return &mdns.SOA{Hdr: s.hdr(apex, mdns.TypeSOA), Ns: "ns1." + apex, Mbox: "hostmaster." + apex,
+	return &mdns.SOA{Hdr: s.hdr(apex, mdns.TypeSOA), Ns: s.nameServers()[0].Label + "." + apex, Mbox: "hostmaster." + apex,
 		Serial: s.serial, Refresh: 3600, Retry: 600, Expire: 604800, Minttl: ttl}
 }
 
@@ -327,8 +410,8 @@ func (s *Server) apexAnswer(m *mdns.Msg, q mdns.Question) {
 	case mdns.TypeSOA:
 		ans = append(ans, s.soa())
 	case mdns.TypeNS:
-		for _, l := range nsLabels {
-			ans = append(ans, &mdns.NS{Hdr: s.hdr(apex, mdns.TypeNS), Ns: l + "." + apex})
+		for _, ns := range s.nameServers() {
+			ans = append(ans, &mdns.NS{Hdr: s.hdr(apex, mdns.TypeNS), Ns: ns.Label + "." + apex})
 		}
 		m.Extra = append(m.Extra, s.glue()...)
 	case mdns.TypeCAA:
@@ -338,7 +421,7 @@ func (s *Server) apexAnswer(m *mdns.Msg, q mdns.Question) {
 			}
 		}
 	case mdns.TypeA, mdns.TypeAAAA:
-		ans = s.addrs(apex, q.Qtype)
+		ans = s.addrRRs(apex, q.Qtype, s.allAddrs(), s.ttl())
 	case mdns.TypeANY:
 		// RFC 8482: a minimal answer to ANY.
 		ans = append(ans, &mdns.HINFO{Hdr: s.hdr(apex, mdns.TypeHINFO), Cpu: "RFC8482"})
@@ -349,30 +432,32 @@ func (s *Server) apexAnswer(m *mdns.Msg, q mdns.Question) {
 	}
 }
 
-// addrAnswer answers a question for a name that holds the gateway's
-// addresses (a service or a name server).
-func (s *Server) addrAnswer(m *mdns.Msg, q mdns.Question) {
+// addrAnswer answers a question for a name that holds gateway addresses
+// (a service or a name server).
+func (s *Server) addrAnswer(m *mdns.Msg, q mdns.Question, addrs []netip.Addr, ttl uint32) {
 	name := strings.ToLower(q.Name)
 	switch q.Qtype {
 	case mdns.TypeA, mdns.TypeAAAA:
-		m.Answer = s.addrs(name, q.Qtype)
+		m.Answer = s.addrRRs(name, q.Qtype, addrs, ttl)
 	case mdns.TypeANY:
-		m.Answer = append(s.addrs(name, mdns.TypeA), s.addrs(name, mdns.TypeAAAA)...)
+		m.Answer = append(s.addrRRs(name, mdns.TypeA, addrs, ttl), s.addrRRs(name, mdns.TypeAAAA, addrs, ttl)...)
 	}
 	if len(m.Answer) == 0 {
 		m.Ns = append(m.Ns, s.soa()) // NODATA
 	}
 }
 
-// addrs are the A (or AAAA) records of name.
-func (s *Server) addrs(name string, t uint16) []mdns.RR {
+// addrRRs are the A (or AAAA) records of name for addrs, with ttl.
+func (s *Server) addrRRs(name string, t uint16, addrs []netip.Addr, ttl uint32) []mdns.RR {
 	var out []mdns.RR
-	for _, a := range s.Addrs {
+	for _, a := range addrs {
+		h := s.hdr(name, t)
+		h.Ttl = ttl
 		switch {
 		case t == mdns.TypeA && a.Is4():
-			out = append(out, &mdns.A{Hdr: s.hdr(name, mdns.TypeA), A: a.AsSlice()})
+			out = append(out, &mdns.A{Hdr: h, A: a.AsSlice()})
 		case t == mdns.TypeAAAA && a.Is6() && !a.Is4In6():
-			out = append(out, &mdns.AAAA{Hdr: s.hdr(name, mdns.TypeAAAA), AAAA: a.AsSlice()})
+			out = append(out, &mdns.AAAA{Hdr: h, AAAA: a.AsSlice()})
 		}
 	}
 	return out
@@ -381,10 +466,10 @@ func (s *Server) addrs(name string, t uint16) []mdns.RR {
 // glue are the name servers' addresses.
 func (s *Server) glue() []mdns.RR {
 	var out []mdns.RR
-	for _, l := range nsLabels {
-		n := l + "." + s.apex()
-		out = append(out, s.addrs(n, mdns.TypeA)...)
-		out = append(out, s.addrs(n, mdns.TypeAAAA)...)
+	for _, ns := range s.nameServers() {
+		n := ns.Label + "." + s.apex()
+		out = append(out, s.addrRRs(n, mdns.TypeA, ns.Addrs, s.ttl())...)
+		out = append(out, s.addrRRs(n, mdns.TypeAAAA, ns.Addrs, s.ttl())...)
 	}
 	return out
 }

@@ -201,8 +201,8 @@ func (s *Server) zoneAnswer(m *mdns.Msg, q mdns.Question, name string, z *zone) 
 		case mdns.TypeSOA:
 			m.Answer = append(m.Answer, soa)
 		case mdns.TypeNS:
-			for _, l := range nsLabels {
-				m.Answer = append(m.Answer, &mdns.NS{Hdr: s.hdr(z.apex, mdns.TypeNS), Ns: l + "." + s.apex()})
+			for _, ns := range s.nameServers() {
+				m.Answer = append(m.Answer, &mdns.NS{Hdr: s.hdr(z.apex, mdns.TypeNS), Ns: ns.Label + "." + s.apex()})
 			}
 			m.Extra = append(m.Extra, s.glue()...)
 		}
@@ -248,10 +248,11 @@ func (s *Server) nodeRRs(n *node, t uint16) []mdns.RR {
 			continue // the service is gone: NODATA
 		}
 		var rrs []mdns.RR
+		addrs, _ := s.serviceAddrs(sv.service)
 		if t == mdns.TypeANY {
-			rrs = append(s.addrs(n.owner, mdns.TypeA), s.addrs(n.owner, mdns.TypeAAAA)...)
+			rrs = append(s.addrRRs(n.owner, mdns.TypeA, addrs, sv.ttl), s.addrRRs(n.owner, mdns.TypeAAAA, addrs, sv.ttl)...)
 		} else {
-			rrs = s.addrs(n.owner, t)
+			rrs = s.addrRRs(n.owner, t, addrs, sv.ttl)
 		}
 		for _, rr := range rrs {
 			rr.Header().Ttl = sv.ttl
@@ -262,6 +263,6 @@ func (s *Server) nodeRRs(n *node, t uint16) []mdns.RR {
 }
 
 func (s *Server) zoneSOA(z *zone) *mdns.SOA {
-	return &mdns.SOA{Hdr: s.hdr(z.apex, mdns.TypeSOA), Ns: nsLabels[0] + "." + s.apex(), Mbox: "hostmaster." + z.apex,
+	return &mdns.SOA{Hdr: s.hdr(z.apex, mdns.TypeSOA), Ns: s.nameServers()[0].Label + "." + s.apex(), Mbox: "hostmaster." + z.apex,
 		Serial: z.serial, Refresh: 3600, Retry: 600, Expire: 604800, Minttl: s.ttl()}
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/webgw/webgw/internal/cluster"
+	"github.com/webgw/webgw/internal/dns"
 )
 
 // heldEvery is how often the names this gateway can serve are compared
@@ -52,4 +54,36 @@ func (g *Gateway) publishHeld(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// dnsCluster is the cluster as the DNS server sees it: every live gateway
+// a name server, a service answered with the gateways that hold it.
+type dnsCluster struct{ c *cluster.Cluster }
+
+func memberAddrs(m cluster.Member) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range m.Addrs {
+		if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+func (d dnsCluster) NameServers() []dns.NameServer {
+	var out []dns.NameServer
+	for _, m := range d.c.Members() {
+		out = append(out, dns.NameServer{Label: "ns-" + strings.ToLower(m.ID), Addrs: memberAddrs(m)})
+	}
+	return out
+}
+
+func (d dnsCluster) ServiceAddrs(service string) []netip.Addr {
+	var out []netip.Addr
+	for _, id := range d.c.Holders(service) {
+		if m, ok := d.c.Member(id); ok {
+			out = append(out, memberAddrs(m)...)
+		}
+	}
+	return out
 }

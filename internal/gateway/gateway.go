@@ -308,6 +308,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		open: map[string]*openPort{}, limits: map[string]*edge.SessionLimit{}, ctx: runCtx,
 	}
 	announce := announceHost(cfg.PublicIPs, bindHost, cfg.Domain)
+	if err := g.startCluster(runCtx, dnsAddrs(cfg.PublicIPs, bindHost), announce, httpsPort); err != nil {
+		return nil, err
+	}
 	// openPublicPort opens a port's listener at once, for the agent or API
 	// client that asked for it, and returns its public address. (Not named
 	// openPort: that is the type of an open port.)
@@ -359,6 +362,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		VerifyDomain: g.domains.verify,
 		ZoneTXT:      g.resolver.TXT,
 		DS:           g.dsOf,
+		Members:      g.cluster.Members,
 	}
 	g.apiSrv = &http.Server{
 		Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10,
@@ -400,15 +404,17 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		g.dns = &dns.Server{Domain: cfg.Domain, Addrs: dnsAddrs(cfg.PublicIPs, bindHost), TTL: cfg.DNSTTL, Log: log,
 			Exists: func(label string) bool { return g.table.Lookup(label) != nil }, TenantZones: g.zones,
 			Challenges: g.challenges.lookup, Keys: g.dnsKeys}
+		if strings.HasPrefix(cfg.Store, "etcd://") {
+			// Several gateways may share the store: steer answers among them.
+			g.dns.Cluster = dnsCluster{g.cluster}
+			g.dns.ServiceTTL = cmp0(cfg.ClusterTTL, cluster.DefaultTTL)
+		}
 		if caa := caaIssuer(cfg); cfg.ACMECA != "" && caa != "" {
 			g.dns.CAAIssuers = []string{caa}
 		}
 		g.goRun(func() error { return g.dns.Serve(runCtx, dnsPC, dnsLn) })
 	}
 	g.goRun(func() error { g.expireLoop(runCtx); return nil })
-	if err := g.startCluster(runCtx, dnsAddrs(cfg.PublicIPs, bindHost), announce, httpsPort); err != nil {
-		return nil, err
-	}
 	ok = true
 	return g, nil
 }
@@ -557,7 +563,7 @@ func follow(ctx context.Context, st store.Store, prefix string, log *slog.Logger
 				return
 			case <-time.After(backoff):
 			}
-			backoff = min(backoff*2, 30*time.Second)
+			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
 		backoff = time.Second
@@ -686,6 +692,11 @@ func (g *Gateway) expireQuickPorts(ctx context.Context, now time.Time, idle time
 		key := p.String()
 		seen[key] = true
 		if svc := g.table.Lookup(p.Service); svc != nil && svc.Tenant == "" {
+			delete(missing, key)
+			continue
+		}
+		if g.cluster != nil && len(g.cluster.Holders(p.Service)) > 0 {
+			// Another gateway of the cluster holds its agent: not idle.
 			delete(missing, key)
 			continue
 		}
