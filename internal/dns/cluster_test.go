@@ -35,7 +35,7 @@ func (f *fakeCluster) ServiceAddrs(s string) []netip.Addr {
 func TestClusterSteering(t *testing.T) {
 	a, b, c := netip.MustParseAddr("10.0.0.11"), netip.MustParseAddr("10.0.0.12"), netip.MustParseAddr("10.0.0.13")
 	fc := &fakeCluster{
-		ns: []NameServer{{"ns-aa", []netip.Addr{a}}, {"ns-bb", []netip.Addr{b}}, {"ns-cc", []netip.Addr{c}}},
+		ns:    []NameServer{{"ns-aa", []netip.Addr{a}}, {"ns-bb", []netip.Addr{b}}, {"ns-cc", []netip.Addr{c}}},
 		holds: map[string][]netip.Addr{"web": {a, c}},
 	}
 	s := testServer("web", "idle")
