@@ -162,8 +162,12 @@ func NewACME(c ACMEConfig) (*ACME, error) {
 		tmpl.DNS01Solver = &certmagic.DNS01Solver{DNSManager: certmagic.DNSManager{
 			DNSProvider: c.DNS01,
 			Resolvers:   c.Resolvers,
-			// The records are in the store every gateway answers from (a
-			// watch away): no propagation to wait for.
+			// The records are in the store every gateway answers from,
+			// a watch away: in a cluster the CA may ask another gateway,
+			// whose watch needs some milliseconds to see the record; a
+			// second covers that (checking the name servers themselves
+			// needs them on port 53, which tests and some set-ups lack).
+			PropagationDelay:   time.Second,
 			PropagationTimeout: -1,
 			Logger:             logger,
 		}}
