@@ -37,12 +37,13 @@ const (
 	partLossy    = "lossy"    // direct against webgw per transport across an emulated lossy link
 	partForward  = "forward"  // TCP and UDP through public ports forwarded over agent tunnels
 	partDNS      = "dns"      // the gateway's authoritative DNS server against a minimal one; not in defaultParts
+	partCluster  = "cluster"  // three gateways on one etcd: propagation, a gateway killed; not in defaultParts
 )
 
 // allParts are the parts -parts accepts; defaultParts those run when it is
 // not given.
 var (
-	allParts     = []string{partMain, partFailover, partUpstream, partLossy, partForward, partDNS}
+	allParts     = []string{partMain, partFailover, partUpstream, partLossy, partForward, partDNS, partCluster}
 	defaultParts = []string{partMain, partFailover, partUpstream, partLossy, partForward}
 )
 
@@ -583,6 +584,15 @@ func (h *harness) scenarios(ctx context.Context, rep *Report) error {
 				h.logf("%s  failover %-4s failed GET %.0f, POST %.0f; last failure %.0f ms, throughput back %.0f ms after the kill (%.0f req/s before, %.0f after; slowest %.0f ms)",
 					tag, tr, f["failed_get"], f["failed_post"], f["last_fail_ms"], f["takeover_ms"], f["rps_before"], f["rps_after"], f["slowest_ms"])
 			}
+		}
+		if h.cfg.has(partCluster) {
+			f, err := h.clusterScenario(ctx, scenarioDir(h.work, "cluster", r))
+			if err != nil {
+				return fmt.Errorf("cluster %s: %w", tag, err)
+			}
+			rep.addScenario("cluster", f)
+			h.logf("%s  cluster: joined in %.0f ms; a new service served by all three %.0f ms (slowest %.0f ms) after the CLI returned; a killed gateway left DNS after %.0f ms, the member list after %.0f ms",
+				tag, f["join_ms"], f["propagate_ms"], f["propagate_max_ms"], f["dns_withdraw_ms"], f["member_gone_ms"])
 		}
 		if h.cfg.has(partUpstream) {
 			busy := busyPct(ctx, 300*time.Millisecond)
