@@ -203,7 +203,6 @@ func lookupA(server, name string) ([]string, error) {
 	return out, nil
 }
 
-
 // startBenchEtcd runs a one-member etcd in this process on free loopback
 // ports, with its data in dir.
 func startBenchEtcd(dir string) (string, func(), error) {
