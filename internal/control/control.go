@@ -78,6 +78,8 @@ type Server struct {
 	agents   map[string]int             // agents per tenant ("" = anonymous); guarded by mu
 	anonByIP map[string]int             // anonymous agents per remote IP; guarded by mu
 	byID     map[agentKey]*siblingConns // live agents by tenant and agent id; guarded by mu
+
+	tokens knownTokens // tenants of tokens checked before, for when the store does not answer
 }
 
 // agentKey names one agent process as seen by one tenant. An agent id is
@@ -303,6 +305,13 @@ func (s *Server) admit(ctx context.Context, h *tunnel.Hello, sess *tunnel.Sessio
 	tenant := ""
 	if h.Token != "" {
 		t, err := store.TenantByToken(ctx, s.Store, h.Token)
+		if err == nil {
+			s.tokens.put(h.Token, t.Name)
+		} else if known, ok := s.tokens.get(h.Token); ok && errors.Is(err, store.ErrUnavailable) && s.ownsAll(known, h.Services) {
+			// The store does not answer: a token checked before, for its
+			// tenant's own services, reconnects from what this gateway knows.
+			t, err = model.Tenant{Name: known}, nil
+		}
 		if err != nil {
 			if errors.Is(err, store.ErrNotFound) {
 				w.Error = "token refused: no tenant has this token"
