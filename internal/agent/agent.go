@@ -35,7 +35,8 @@ type Agent struct {
 	log     *slog.Logger
 	version string
 	id      string
-	tls     []*tls.Config // per gateway, in cfg.Gateways order; immutable
+	// configured are the gateways of cfg.Gateways, in order; immutable.
+	configured []*gateway
 	// OnReady is called each time a gateway accepted services, with the grants.
 	onReady func(gateway string, grants []tunnel.ServiceGrant)
 
@@ -47,11 +48,17 @@ type Agent struct {
 
 	// refused rate-limits the warning about streams of the wrong kind.
 	refused warnLimiter
+}
 
-	// granted holds, per gateway (cfg.Gateways order), the name each service
-	// was granted there, so every connection to that gateway asks for the
-	// same one; guarded by mu.
-	granted []map[*service]string
+// gateway is one gateway the agent keeps cfg.Connections connections to.
+type gateway struct {
+	cfg     GatewayConfig // where and how to connect; immutable
+	tls     *tls.Config   // immutable
+	agentID string        // sent in each hello; immutable
+
+	// granted holds the name each service was granted at this gateway, so
+	// every connection to it asks for the same one; guarded by Agent.mu.
+	granted map[*service]string
 }
 
 // Options are New's optional arguments.
@@ -76,13 +83,12 @@ func New(cfg *Config, opt Options) (*Agent, error) {
 	rand.Read(id[:])
 	a := &Agent{cfg: cfg, log: log, version: opt.Version, id: hex.EncodeToString(id[:]),
 		onReady: opt.OnReady, services: svcs, byName: map[string]*service{}}
-	for i, g := range cfg.Gateways {
-		tc, err := tlsConfig(i, g)
+	for i, gc := range cfg.Gateways {
+		tc, err := tlsConfig(i, gc)
 		if err != nil {
 			return nil, err
 		}
-		a.tls = append(a.tls, tc)
-		a.granted = append(a.granted, map[*service]string{})
+		a.configured = append(a.configured, &gateway{cfg: gc, tls: tc, agentID: a.agentID(i), granted: map[*service]string{}})
 	}
 	for _, s := range svcs {
 		if s.name != "" {
@@ -110,12 +116,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		once  sync.Once
 		first error
 	)
-	for i, g := range a.cfg.Gateways {
+	for _, g := range a.configured {
 		for conn := range a.cfg.Connections {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if err := a.runConn(ctx, i, conn, g); err != nil {
+				if err := a.runConn(ctx, g, conn); err != nil {
 					once.Do(func() { first = err })
 					cancel()
 				}
@@ -126,7 +132,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	return first
 }
 
-// agentID is the id sent to gateway i. Each gateway entry gets its own, so two
+// agentID is the id sent to the gateway of cfg.Gateways[i]. Each gateway entry gets its own, so two
 // entries that reach the same gateway (say by IPv4 and IPv6) are two agents
 // there, not one agent whose every reconnect replaces the other. The
 // connections of one entry share the id and differ by their index.
@@ -175,15 +181,15 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + time.Duration(n.Int64())
 }
 
-// runConn keeps connection conn (0 to cfg.Connections-1) to gateway i up
-// until ctx ends. Each connection has its own loop, so one that drops is
-// replaced while its siblings keep serving.
-func (a *Agent) runConn(ctx context.Context, i, conn int, g GatewayConfig) error {
-	log := a.log.With("gateway", g.Addr, "conn", conn)
+// runConn keeps connection conn (0 to cfg.Connections-1) to g up until ctx
+// ends. Each connection has its own loop, so one that drops is replaced
+// while its siblings keep serving.
+func (a *Agent) runConn(ctx context.Context, g *gateway, conn int) error {
+	log := a.log.With("gateway", g.cfg.Addr, "conn", conn)
 	backoff := backoffMin
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := a.session(ctx, log, i, conn, g)
+		err := a.session(ctx, log, g, conn)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -210,9 +216,9 @@ func (a *Agent) runConn(ctx context.Context, i, conn int, g GatewayConfig) error
 	return nil
 }
 
-// session runs connection conn to gateway i until it fails or ctx ends.
-func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g GatewayConfig) error {
-	d, err := a.dial(ctx, a.cfg.Transport, i)
+// session runs connection conn to g until it fails or ctx ends.
+func (a *Agent) session(ctx context.Context, log *slog.Logger, g *gateway, conn int) error {
+	d, err := a.dial(ctx, a.cfg.Transport, g)
 	if err != nil {
 		return err
 	}
@@ -220,14 +226,14 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 	defer sess.Close()
 	if d.tcp != nil && a.cfg.Transport == TransportAuto {
 		// Watch the link's loss, so auto can prefer QUIC on a lossy one.
-		go a.watchTCP(sess, g.Addr, d.tcp)
+		go a.watchTCP(sess, g.cfg.Addr, d.tcp)
 	}
 	start := time.Now()
 	// A gateway may complete a transport's handshake but not serve tunnels
 	// over it (QUIC not enabled there): auto must not keep picking it.
 	broken := func() {
 		if a.cfg.Transport == TransportAuto {
-			a.pick.result(g.Addr, transport, false)
+			a.pick.result(g.cfg.Addr, transport, false)
 		}
 	}
 	ctrl, err := sess.Open()
@@ -237,11 +243,11 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 	}
 
 	a.mu.Lock()
-	hello := &tunnel.Hello{Version: tunnel.ProtocolVersion, Token: g.Token, AgentID: a.agentID(i), AgentVersion: a.version,
+	hello := &tunnel.Hello{Version: tunnel.ProtocolVersion, Token: g.cfg.Token, AgentID: g.agentID, AgentVersion: a.version,
 		Conn: conn, Transport: transport, Datagrams: transport == TransportQUIC}
 	asked := append([]*service(nil), a.services...)
 	for _, s := range asked {
-		name := a.granted[i][s]
+		name := g.granted[s]
 		if name == "" {
 			name = s.name
 		}
@@ -295,14 +301,14 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 			// same service (both asked before either answered): serve both,
 			// and ask each gateway again for the name it gave.
 			a.byName[gr.Name] = s
-			a.granted[i][s] = gr.Name
+			g.granted[s] = gr.Name
 		}
 		granted = append(granted, gr)
 	}
 	a.mu.Unlock()
 	log.Info("tunnel up", "gateway_id", w.GatewayID, "services", len(granted), "transport", transport, "udp_datagrams", w.Datagrams)
 	if a.onReady != nil {
-		a.onReady(g.Addr, granted)
+		a.onReady(g.cfg.Addr, granted)
 	}
 
 	// Serve streams until the session ends; on ctx end, drain first.
