@@ -1,8 +1,9 @@
 // Package agent is the runtime beside a private backend: it keeps several
-// tunnel connections to each of one or more gateways, registers its services,
-// and serves each stream the gateway opens by dialling the local target. Each
-// connection reconnects forever with capped exponential backoff; on stop all
-// of them drain in-flight streams together.
+// tunnel connections to each of one or more gateways (those configured, and
+// the other members of their clusters, learned over the tunnel), registers
+// its services, and serves each stream the gateway opens by dialling the
+// local target. Each connection reconnects forever with capped exponential
+// backoff; on stop all of them drain in-flight streams together.
 package agent
 
 import (
@@ -48,24 +49,56 @@ type Agent struct {
 
 	// refused rate-limits the warning about streams of the wrong kind.
 	refused warnLimiter
+
+	// loops counts the connection loops, configured and learned, and
+	// follow; learned loops are started only from one of them.
+	loops sync.WaitGroup
+	// runCtx is Run's context, which learned gateways' loops derive from;
+	// set before the first loop starts, then read-only.
+	runCtx context.Context
+
+	// cluster is what the agent learned from gateway lists; guarded by mu.
+	cluster clusterState
+	// kick tells follow that a gateway list came; buffered, one pending.
+	kick chan struct{}
 }
 
-// gateway is one gateway the agent keeps cfg.Connections connections to.
+// gateway is one gateway the agent keeps cfg.Connections connections to:
+// an entry of cfg.Gateways, or a member of a cluster learned from a list.
 type gateway struct {
 	cfg     GatewayConfig // where and how to connect; immutable
 	tls     *tls.Config   // immutable
 	agentID string        // sent in each hello; immutable
 
+	// seed is the configured gateway whose settings a learned one uses,
+	// and whose cluster view its lists update; for a configured gateway,
+	// itself. Immutable.
+	seed *gateway
+	// id is a learned gateway's id in its cluster; "" for configured ones.
+	// Immutable.
+	id string
+	// stop ends a learned gateway's connections (they drain); nil for
+	// configured ones. Immutable.
+	stop context.CancelFunc
+
 	// granted holds the name each service was granted at this gateway, so
 	// every connection to it asks for the same one; guarded by Agent.mu.
 	granted map[*service]string
+	// reported is the gateway id the last welcome reported; guarded by Agent.mu.
+	reported string
+	// up counts the sessions welcomed and not ended yet; guarded by Agent.mu.
+	up int
+	// view is, for a configured gateway, the last non-empty gateway list
+	// got from it or from a gateway learned from it; guarded by Agent.mu.
+	view []tunnel.GatewayInfo
 }
 
 // Options are New's optional arguments.
 type Options struct {
 	Log     *slog.Logger
 	Version string
-	// OnReady is called each time a gateway accepted services.
+	// OnReady is called each time a gateway accepted services (gateway is
+	// its HOST:PORT).
 	OnReady func(gateway string, grants []tunnel.ServiceGrant)
 }
 
@@ -82,13 +115,15 @@ func New(cfg *Config, opt Options) (*Agent, error) {
 	var id [16]byte
 	rand.Read(id[:])
 	a := &Agent{cfg: cfg, log: log, version: opt.Version, id: hex.EncodeToString(id[:]),
-		onReady: opt.OnReady, services: svcs, byName: map[string]*service{}}
+		onReady: opt.OnReady, services: svcs, byName: map[string]*service{}, kick: make(chan struct{}, 1)}
 	for i, gc := range cfg.Gateways {
 		tc, err := tlsConfig(i, gc)
 		if err != nil {
 			return nil, err
 		}
-		a.configured = append(a.configured, &gateway{cfg: gc, tls: tc, agentID: a.agentID(i), granted: map[*service]string{}})
+		g := &gateway{cfg: gc, tls: tc, agentID: a.agentID(i), granted: map[*service]string{}}
+		g.seed = g
+		a.configured = append(a.configured, g)
 	}
 	for _, s := range svcs {
 		if s.name != "" {
@@ -104,23 +139,30 @@ type PermanentError struct{ Msg string }
 
 func (e *PermanentError) Error() string { return e.Msg }
 
-// Run keeps cfg.Connections connections to every gateway and serves until
+// Run keeps cfg.Connections connections to every gateway, configured or
+// learned from a cluster's list (up to cfg.MaxGateways), and serves until
 // ctx ends, then drains all of them at once and returns nil. It returns a
-// *PermanentError when a gateway refuses the agent for good; the other
-// sessions are then drained and closed too. Run may be called once.
+// *PermanentError when a configured gateway refuses the agent for good; the
+// other sessions are then drained and closed too (a learned gateway that
+// refuses it is only left). Run may be called once.
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	a.runCtx = ctx
 	var (
-		wg    sync.WaitGroup
 		once  sync.Once
 		first error
 	)
+	a.loops.Add(1)
+	go func() {
+		defer a.loops.Done()
+		a.follow(ctx)
+	}()
 	for _, g := range a.configured {
 		for conn := range a.cfg.Connections {
-			wg.Add(1)
+			a.loops.Add(1)
 			go func() {
-				defer wg.Done()
+				defer a.loops.Done()
 				if err := a.runConn(ctx, g, conn); err != nil {
 					once.Do(func() { first = err })
 					cancel()
@@ -128,7 +170,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}()
 		}
 	}
-	wg.Wait()
+	a.loops.Wait()
 	return first
 }
 
@@ -244,7 +286,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, g *gateway, conn 
 
 	a.mu.Lock()
 	hello := &tunnel.Hello{Version: tunnel.ProtocolVersion, Token: g.cfg.Token, AgentID: g.agentID, AgentVersion: a.version,
-		Conn: conn, Transport: transport, Datagrams: transport == TransportQUIC}
+		Conn: conn, Transport: transport, Datagrams: transport == TransportQUIC, Cluster: true}
 	asked := append([]*service(nil), a.services...)
 	for _, s := range asked {
 		name := g.granted[s]
@@ -307,9 +349,40 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, g *gateway, conn 
 	}
 	a.mu.Unlock()
 	log.Info("tunnel up", "gateway_id", w.GatewayID, "services", len(granted), "transport", transport, "udp_datagrams", w.Datagrams)
+	if g.id != "" && w.GatewayID != g.id {
+		log.Warn("the learned gateway reports another id", "listed", g.id, "gateway_id", w.GatewayID)
+	}
+	a.mu.Lock()
+	g.up++
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		g.up--
+		a.mu.Unlock()
+	}()
+	a.gotGateways(g, w.GatewayID, w.Gateways)
 	if a.onReady != nil {
 		a.onReady(g.cfg.Addr, granted)
 	}
+	// The gateway sends gateways messages on the control stream when its
+	// cluster changes (and drain is the agent's only message).
+	ctrlDone := make(chan struct{})
+	go func() {
+		defer close(ctrlDone)
+		for {
+			m, err := tunnel.ReadMessage(ctrl)
+			if err != nil {
+				if errors.Is(err, tunnel.ErrMessage) {
+					log.Warn("bad control message from the gateway; reconnecting", "err", err)
+					sess.Close()
+				}
+				return
+			}
+			if m.Type == tunnel.MsgGateways {
+				a.gotGateways(g, "", m.Gateways)
+			}
+		}
+	}()
 
 	// Serve streams until the session ends; on ctx end, drain first.
 	// streams tracks the stream goroutines (Add only in the accept loop, Wait
@@ -342,6 +415,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, g *gateway, conn 
 	defer func() {
 		sess.Close()
 		<-done
+		<-ctrlDone
 		stopStreams()
 		streams.Wait()
 	}()
