@@ -89,6 +89,7 @@ type Server struct {
 // GatewayLister lists the live gateways of a cluster.
 type GatewayLister interface {
 	// Gateways returns the live gateways, this one included, sorted by id.
+	// Neither side modifies the returned slice afterwards.
 	Gateways() []tunnel.GatewayInfo
 	// Changed returns a channel that is closed at the next change of what
 	// Gateways returns.
