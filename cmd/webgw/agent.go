@@ -20,7 +20,7 @@ func exposeCmd() *cobra.Command {
 	var (
 		gateways                                                   []string
 		ca, token, name, fingerprint, dataDir, logLevel, transport string
-		connections, weight, port                                  int
+		connections, weight, port, maxGateways                     int
 		proxyProtocol, acmeHTTP                                    string
 		drain                                                      time.Duration
 	)
@@ -42,7 +42,12 @@ Without --ca or --fingerprint the agent trusts <data-dir>/ca.pem when it exists
 
 --gateway may be repeated: the agent serves through every gateway given, over
 --connections tunnel connections to each (the gateway spreads requests over
-all of them; one that drops is replaced while the others serve).`,
+all of them; one that drops is replaced while the others serve).
+
+A gateway that is part of a cluster tells the agent the cluster's live
+gateways: the agent connects to each of them too, with the same --ca,
+--fingerprint and --token, up to --max-gateways in all (the ones given count
+first; 0, the default, means all), and follows gateways joining and leaving.`,
 		Example: "  webgw expose --gateway 127.0.0.1:8443 --ca webgw-data/ca.pem http://127.0.0.1:3000\n" +
 			"  webgw expose --gateway gw1.example.org:443 --gateway gw2.example.org:443 --token wgw_... --name shop http://127.0.0.1:3000\n" +
 			"  webgw expose --token wgw_... --name ssh --port 2222 tcp://127.0.0.1:22\n" +
@@ -87,6 +92,9 @@ all of them; one that drops is replaced while the others serve).`,
 			if connections < 1 || connections > agent.MaxConnections {
 				return usagef("--connections: %d not accepted; use 1-%d", connections, agent.MaxConnections)
 			}
+			if err := checkMaxGateways(maxGateways); err != nil {
+				return err
+			}
 			if weight < 1 || weight > agent.MaxWeight {
 				return usagef("--weight: %d not accepted; use 1-%d", weight, agent.MaxWeight)
 			}
@@ -112,6 +120,7 @@ all of them; one that drops is replaced while the others serve).`,
 				DrainTimeout: drain,
 				Connections:  connections,
 				Transport:    transport,
+				MaxGateways:  maxGateways,
 			}
 			for _, gw := range gateways {
 				cfg.Gateways = append(cfg.Gateways, agent.GatewayConfig{Addr: gw, CA: ca, Fingerprint: fingerprint})
@@ -135,6 +144,7 @@ all of them; one that drops is replaced while the others serve).`,
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.DurationVar(&drain, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, wait this long for in-flight streams")
 	f.IntVar(&connections, "connections", 2, fmt.Sprintf("tunnel connections to each gateway, 1-%d", agent.MaxConnections))
+	f.IntVar(&maxGateways, "max-gateways", 0, maxGatewaysUsage)
 	f.IntVar(&weight, "weight", 1, fmt.Sprintf("this agent's share of the service's traffic against other agents serving it, 1-%d", agent.MaxWeight))
 	f.StringVar(&transport, "transport", "auto", "how to reach the gateway: auto, tcp (TLS over TCP) or quic")
 	f.IntVar(&port, "port", 0, "public port wanted for a tcp:// or udp:// TARGET, 1-65535 (none: the gateway picks one)")
@@ -143,8 +153,22 @@ all of them; one that drops is replaced while the others serve).`,
 	return c
 }
 
+// maxGatewaysUsage is the help of --max-gateways.
+const maxGatewaysUsage = "hold connections to at most `N` gateways: those given first, then the other live gateways of their clusters (0: all)"
+
+// checkMaxGateways checks the value of --max-gateways.
+func checkMaxGateways(n int) error {
+	if n < 0 {
+		return usagef("--max-gateways: %d not accepted; use 1 or more (0 means all the cluster's gateways)", n)
+	}
+	return nil
+}
+
 func agentCmd() *cobra.Command {
-	var configFile, logLevel string
+	var (
+		configFile, logLevel string
+		maxGateways          int
+	)
 	c := &cobra.Command{
 		Use:   "agent --config FILE",
 		Short: "Serve several services through several gateways, from a YAML file",
@@ -168,8 +192,16 @@ func agentCmd() *cobra.Command {
       target: udp://127.0.0.1:53 # a public UDP port
   drain_timeout: 30s
   connections: 2                 # tunnel connections to each gateway (1-16)
+  max_gateways: 0                # gateways held at most, counting the cluster
+                                 # members learned from the ones listed (0: all)
   transport: auto                # auto, tcp or quic
   udp_idle_timeout: 60s          # end a UDP client session idle this long
+
+A gateway that is part of a cluster tells the agent the cluster's live
+gateways: the agent connects to each of them too, with the settings of the
+gateway entry that listed them (token, ca or fingerprint, server_name), up to
+max_gateways in all (--max-gateways wins over the file), and follows gateways
+joining and leaving.
 
 Each service's public address is printed on stdout as "NAME URL" once it is
 served (for tcp and udp services, "NAME HOST:PORT").`,
@@ -181,9 +213,15 @@ served (for tcp and udp services, "NAME HOST:PORT").`,
 			if configFile == "" {
 				return usagef("agent: --config FILE is required")
 			}
+			if err := checkMaxGateways(maxGateways); err != nil {
+				return err
+			}
 			cfg, err := agent.LoadConfig(configFile)
 			if err != nil {
 				return &usageError{err: err}
+			}
+			if c.Flags().Changed("max-gateways") {
+				cfg.MaxGateways = maxGateways
 			}
 			var mu sync.Mutex
 			printed := map[string]bool{}
@@ -201,6 +239,7 @@ served (for tcp and udp services, "NAME HOST:PORT").`,
 	}
 	c.Flags().StringVar(&configFile, "config", "", "agent YAML file [$WEBGW_AGENT_CONFIG]")
 	c.Flags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	c.Flags().IntVar(&maxGateways, "max-gateways", 0, maxGatewaysUsage+"; overrides max_gateways of the file")
 	return c
 }
 

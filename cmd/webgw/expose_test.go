@@ -46,6 +46,8 @@ func TestExposeUsage(t *testing.T) {
 		{[]string{"udp://127.0.0.1:0"}, `port "0" not accepted`},
 		{[]string{"ftp://127.0.0.1:21"}, "tcp://HOST:PORT or udp://HOST:PORT"},
 		{[]string{"--port", "2222", "--weight", "0", "tcp://127.0.0.1:22"}, "--weight"},
+		{[]string{"--max-gateways", "-1", "http://127.0.0.1:3000"}, "--max-gateways: -1 not accepted; use 1 or more (0 means all"},
+		{[]string{"--max-gateways", "all", "http://127.0.0.1:3000"}, `"all" for "--max-gateways"`},
 	}
 	for _, tt := range tests {
 		args := append([]string{"expose", "--gateway", "127.0.0.1:1"}, tt.args...)
@@ -55,6 +57,32 @@ func TestExposeUsage(t *testing.T) {
 		}
 		if stdout != "" {
 			t.Errorf("webgw %s: stdout %q, want nothing", strings.Join(args, " "), stdout)
+		}
+	}
+}
+
+func TestAgentMaxGatewaysUsage(t *testing.T) {
+	t.Setenv("WEBGW_AGENT_CONFIG", "")
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	const base = "gateways: [{addr: '127.0.0.1:1'}]\nservices: [{target: 'http://127.0.0.1:3000'}]\n"
+	for path, body := range map[string]string{good: base, bad: base + "max_gateways: -3\n"} {
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"agent", "--config", good, "--max-gateways", "-1"}, "--max-gateways: -1 not accepted; use 1 or more"},
+		{[]string{"agent", "--config", bad}, "max_gateways: -3 not accepted"},
+	}
+	for _, tt := range tests {
+		stdout, stderr, code := execute(t, tt.args...)
+		if code != 2 || !strings.Contains(stderr, tt.want) || stdout != "" {
+			t.Errorf("webgw %s: exit %d, stdout %q, stderr %q; want 2, nothing, and %q", strings.Join(tt.args, " "), code, stdout, stderr, tt.want)
 		}
 	}
 }

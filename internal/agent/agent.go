@@ -1,8 +1,9 @@
 // Package agent is the runtime beside a private backend: it keeps several
-// tunnel connections to each of one or more gateways, registers its services,
-// and serves each stream the gateway opens by dialling the local target. Each
-// connection reconnects forever with capped exponential backoff; on stop all
-// of them drain in-flight streams together.
+// tunnel connections to each of one or more gateways (those configured, and
+// the other members of their clusters, learned over the tunnel), registers
+// its services, and serves each stream the gateway opens by dialling the
+// local target. Each connection reconnects forever with capped exponential
+// backoff; on stop all of them drain in-flight streams together.
 package agent
 
 import (
@@ -35,7 +36,8 @@ type Agent struct {
 	log     *slog.Logger
 	version string
 	id      string
-	tls     []*tls.Config // per gateway, in cfg.Gateways order; immutable
+	// configured are the gateways of cfg.Gateways, in order; immutable.
+	configured []*gateway
 	// OnReady is called each time a gateway accepted services, with the grants.
 	onReady func(gateway string, grants []tunnel.ServiceGrant)
 
@@ -48,17 +50,55 @@ type Agent struct {
 	// refused rate-limits the warning about streams of the wrong kind.
 	refused warnLimiter
 
-	// granted holds, per gateway (cfg.Gateways order), the name each service
-	// was granted there, so every connection to that gateway asks for the
-	// same one; guarded by mu.
-	granted []map[*service]string
+	// loops counts the connection loops, configured and learned, and
+	// follow; learned loops are started only from one of them.
+	loops sync.WaitGroup
+	// runCtx is Run's context, which learned gateways' loops derive from;
+	// set before the first loop starts, then read-only.
+	runCtx context.Context
+
+	// cluster is what the agent learned from gateway lists; guarded by mu.
+	cluster clusterState
+	// kick tells follow that a gateway list came; buffered, one pending.
+	kick chan struct{}
+}
+
+// gateway is one gateway the agent keeps cfg.Connections connections to:
+// an entry of cfg.Gateways, or a member of a cluster learned from a list.
+type gateway struct {
+	cfg     GatewayConfig // where and how to connect; immutable
+	tls     *tls.Config   // immutable
+	agentID string        // sent in each hello; immutable
+
+	// seed is the configured gateway whose settings a learned one uses,
+	// and whose cluster view its lists update; for a configured gateway,
+	// itself. Immutable.
+	seed *gateway
+	// id is a learned gateway's id in its cluster; "" for configured ones.
+	// Immutable.
+	id string
+	// stop ends a learned gateway's connections (they drain); nil for
+	// configured ones. Immutable.
+	stop context.CancelFunc
+
+	// granted holds the name each service was granted at this gateway, so
+	// every connection to it asks for the same one; guarded by Agent.mu.
+	granted map[*service]string
+	// reported is the gateway id the last welcome reported; guarded by Agent.mu.
+	reported string
+	// up counts the sessions welcomed and not ended yet; guarded by Agent.mu.
+	up int
+	// view is, for a configured gateway, the last non-empty gateway list
+	// got from it or from a gateway learned from it; guarded by Agent.mu.
+	view []tunnel.GatewayInfo
 }
 
 // Options are New's optional arguments.
 type Options struct {
 	Log     *slog.Logger
 	Version string
-	// OnReady is called each time a gateway accepted services.
+	// OnReady is called each time a gateway accepted services (gateway is
+	// its HOST:PORT).
 	OnReady func(gateway string, grants []tunnel.ServiceGrant)
 }
 
@@ -75,14 +115,15 @@ func New(cfg *Config, opt Options) (*Agent, error) {
 	var id [16]byte
 	rand.Read(id[:])
 	a := &Agent{cfg: cfg, log: log, version: opt.Version, id: hex.EncodeToString(id[:]),
-		onReady: opt.OnReady, services: svcs, byName: map[string]*service{}}
-	for i, g := range cfg.Gateways {
-		tc, err := tlsConfig(i, g)
+		onReady: opt.OnReady, services: svcs, byName: map[string]*service{}, kick: make(chan struct{}, 1)}
+	for i, gc := range cfg.Gateways {
+		tc, err := tlsConfig(i, gc)
 		if err != nil {
 			return nil, err
 		}
-		a.tls = append(a.tls, tc)
-		a.granted = append(a.granted, map[*service]string{})
+		g := &gateway{cfg: gc, tls: tc, agentID: a.agentID(i), granted: map[*service]string{}}
+		g.seed = g
+		a.configured = append(a.configured, g)
 	}
 	for _, s := range svcs {
 		if s.name != "" {
@@ -98,35 +139,42 @@ type PermanentError struct{ Msg string }
 
 func (e *PermanentError) Error() string { return e.Msg }
 
-// Run keeps cfg.Connections connections to every gateway and serves until
+// Run keeps cfg.Connections connections to every gateway, configured or
+// learned from a cluster's list (up to cfg.MaxGateways), and serves until
 // ctx ends, then drains all of them at once and returns nil. It returns a
-// *PermanentError when a gateway refuses the agent for good; the other
-// sessions are then drained and closed too. Run may be called once.
+// *PermanentError when a configured gateway refuses the agent for good; the
+// other sessions are then drained and closed too (a learned gateway that
+// refuses it is only left). Run may be called once.
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	a.runCtx = ctx
 	var (
-		wg    sync.WaitGroup
 		once  sync.Once
 		first error
 	)
-	for i, g := range a.cfg.Gateways {
+	a.loops.Add(1)
+	go func() {
+		defer a.loops.Done()
+		a.follow(ctx)
+	}()
+	for _, g := range a.configured {
 		for conn := range a.cfg.Connections {
-			wg.Add(1)
+			a.loops.Add(1)
 			go func() {
-				defer wg.Done()
-				if err := a.runConn(ctx, i, conn, g); err != nil {
+				defer a.loops.Done()
+				if err := a.runConn(ctx, g, conn); err != nil {
 					once.Do(func() { first = err })
 					cancel()
 				}
 			}()
 		}
 	}
-	wg.Wait()
+	a.loops.Wait()
 	return first
 }
 
-// agentID is the id sent to gateway i. Each gateway entry gets its own, so two
+// agentID is the id sent to the gateway of cfg.Gateways[i]. Each gateway entry gets its own, so two
 // entries that reach the same gateway (say by IPv4 and IPv6) are two agents
 // there, not one agent whose every reconnect replaces the other. The
 // connections of one entry share the id and differ by their index.
@@ -175,15 +223,15 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + time.Duration(n.Int64())
 }
 
-// runConn keeps connection conn (0 to cfg.Connections-1) to gateway i up
-// until ctx ends. Each connection has its own loop, so one that drops is
-// replaced while its siblings keep serving.
-func (a *Agent) runConn(ctx context.Context, i, conn int, g GatewayConfig) error {
-	log := a.log.With("gateway", g.Addr, "conn", conn)
+// runConn keeps connection conn (0 to cfg.Connections-1) to g up until ctx
+// ends. Each connection has its own loop, so one that drops is replaced
+// while its siblings keep serving.
+func (a *Agent) runConn(ctx context.Context, g *gateway, conn int) error {
+	log := a.log.With("gateway", g.cfg.Addr, "conn", conn)
 	backoff := backoffMin
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := a.session(ctx, log, i, conn, g)
+		err := a.session(ctx, log, g, conn)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -210,9 +258,9 @@ func (a *Agent) runConn(ctx context.Context, i, conn int, g GatewayConfig) error
 	return nil
 }
 
-// session runs connection conn to gateway i until it fails or ctx ends.
-func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g GatewayConfig) error {
-	d, err := a.dial(ctx, a.cfg.Transport, i)
+// session runs connection conn to g until it fails or ctx ends.
+func (a *Agent) session(ctx context.Context, log *slog.Logger, g *gateway, conn int) error {
+	d, err := a.dial(ctx, a.cfg.Transport, g)
 	if err != nil {
 		return err
 	}
@@ -220,14 +268,14 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 	defer sess.Close()
 	if d.tcp != nil && a.cfg.Transport == TransportAuto {
 		// Watch the link's loss, so auto can prefer QUIC on a lossy one.
-		go a.watchTCP(sess, g.Addr, d.tcp)
+		go a.watchTCP(sess, g.cfg.Addr, d.tcp)
 	}
 	start := time.Now()
 	// A gateway may complete a transport's handshake but not serve tunnels
 	// over it (QUIC not enabled there): auto must not keep picking it.
 	broken := func() {
 		if a.cfg.Transport == TransportAuto {
-			a.pick.result(g.Addr, transport, false)
+			a.pick.result(g.cfg.Addr, transport, false)
 		}
 	}
 	ctrl, err := sess.Open()
@@ -237,11 +285,11 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 	}
 
 	a.mu.Lock()
-	hello := &tunnel.Hello{Version: tunnel.ProtocolVersion, Token: g.Token, AgentID: a.agentID(i), AgentVersion: a.version,
-		Conn: conn, Transport: transport, Datagrams: transport == TransportQUIC}
+	hello := &tunnel.Hello{Version: tunnel.ProtocolVersion, Token: g.cfg.Token, AgentID: g.agentID, AgentVersion: a.version,
+		Conn: conn, Transport: transport, Datagrams: transport == TransportQUIC, Cluster: true}
 	asked := append([]*service(nil), a.services...)
 	for _, s := range asked {
-		name := a.granted[i][s]
+		name := g.granted[s]
 		if name == "" {
 			name = s.name
 		}
@@ -295,15 +343,46 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 			// same service (both asked before either answered): serve both,
 			// and ask each gateway again for the name it gave.
 			a.byName[gr.Name] = s
-			a.granted[i][s] = gr.Name
+			g.granted[s] = gr.Name
 		}
 		granted = append(granted, gr)
 	}
 	a.mu.Unlock()
 	log.Info("tunnel up", "gateway_id", w.GatewayID, "services", len(granted), "transport", transport, "udp_datagrams", w.Datagrams)
-	if a.onReady != nil {
-		a.onReady(g.Addr, granted)
+	if g.id != "" && w.GatewayID != g.id {
+		log.Warn("the learned gateway reports another id", "listed", g.id, "gateway_id", w.GatewayID)
 	}
+	a.mu.Lock()
+	g.up++
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		g.up--
+		a.mu.Unlock()
+	}()
+	a.gotGateways(g, w.GatewayID, w.Gateways)
+	if a.onReady != nil {
+		a.onReady(g.cfg.Addr, granted)
+	}
+	// The gateway sends gateways messages on the control stream when its
+	// cluster changes (and drain is the agent's only message).
+	ctrlDone := make(chan struct{})
+	go func() {
+		defer close(ctrlDone)
+		for {
+			m, err := tunnel.ReadMessage(ctrl)
+			if err != nil {
+				if errors.Is(err, tunnel.ErrMessage) {
+					log.Warn("bad control message from the gateway; reconnecting", "err", err)
+					sess.Close()
+				}
+				return
+			}
+			if m.Type == tunnel.MsgGateways {
+				a.gotGateways(g, "", m.Gateways)
+			}
+		}
+	}()
 
 	// Serve streams until the session ends; on ctx end, drain first.
 	// streams tracks the stream goroutines (Add only in the accept loop, Wait
@@ -336,6 +415,7 @@ func (a *Agent) session(ctx context.Context, log *slog.Logger, i, conn int, g Ga
 	defer func() {
 		sess.Close()
 		<-done
+		<-ctrlDone
 		stopStreams()
 		streams.Wait()
 	}()

@@ -43,6 +43,13 @@ type Config struct {
 	// UDPIdleTimeout ends a UDP client session of a udp:// service when no
 	// datagram moved either way for that long; 0 means 60 s.
 	UDPIdleTimeout time.Duration `yaml:"udp_idle_timeout"`
+	// MaxGateways bounds the distinct gateways the agent holds connections
+	// to. A gateway that is part of a cluster lists the cluster's live
+	// gateways, and the agent connects to those it is not connected to
+	// yet, with the settings of the gateway entry that listed them, until
+	// it holds MaxGateways; the configured gateways count first, and are
+	// all connected to even when they are more. 0 means all.
+	MaxGateways int `yaml:"max_gateways"`
 }
 
 // MaxConnections bounds Config.Connections (the gateway accepts at most 16
@@ -115,7 +122,7 @@ func LoadConfig(path string) (*Config, error) {
 	var c Config
 	// An empty file decodes to nothing: validation then says what is missing.
 	if err := yamlconf.Decode(data, &c); err != nil {
-		return nil, cfgErr("config %s: %v (accepted keys: version, token, ca, gateways[addr, ca, fingerprint, token, server_name], services[name, target, weight, port, proxy_protocol, acme_http], drain_timeout, dial_timeout, connections, transport, udp_idle_timeout)", path, err)
+		return nil, cfgErr("config %s: %v (accepted keys: version, token, ca, gateways[addr, ca, fingerprint, token, server_name], services[name, target, weight, port, proxy_protocol, acme_http], drain_timeout, dial_timeout, connections, transport, udp_idle_timeout, max_gateways)", path, err)
 	}
 	return &c, nil
 }
@@ -295,6 +302,9 @@ func (c *Config) validate() ([]*service, error) {
 	}
 	if c.UDPIdleTimeout == 0 {
 		c.UDPIdleTimeout = 60 * time.Second
+	}
+	if c.MaxGateways < 0 {
+		return nil, cfgErr("max_gateways: %d not accepted; use 1 or more (0 means all the cluster's gateways)", c.MaxGateways)
 	}
 	return out, nil
 }

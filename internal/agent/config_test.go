@@ -153,6 +153,8 @@ func TestValidate(t *testing.T) {
 		{"16 connections", func(c *Config) { c.Connections = 16 }, ""},
 		{"17 connections", func(c *Config) { c.Connections = 17 }, "connections: 17 not accepted; use 1-16"},
 		{"negative connections", func(c *Config) { c.Connections = -1 }, "connections: -1"},
+		{"max gateways", func(c *Config) { c.MaxGateways = 2 }, ""},
+		{"negative max gateways", func(c *Config) { c.MaxGateways = -1 }, "max_gateways: -1 not accepted; use 1 or more"},
 		{"transport tcp", func(c *Config) { c.Transport = "tcp" }, ""},
 		{"transport quic", func(c *Config) { c.Transport = "quic" }, ""},
 		{"transport auto", func(c *Config) { c.Transport = "auto" }, ""},
@@ -305,15 +307,17 @@ dial_timeout: 1m
 		{name: "ha keys", yaml: `
 connections: 4
 transport: tcp
+max_gateways: 3
 gateways: [{addr: 'gw:443'}]
 services:
   - target: http://127.0.0.1:1
     weight: 10
 `, checkValid: func(t *testing.T, c *Config) {
-			if c.Connections != 4 || c.Transport != "tcp" || c.Services[0].Weight != 10 {
+			if c.Connections != 4 || c.Transport != "tcp" || c.Services[0].Weight != 10 || c.MaxGateways != 3 {
 				t.Errorf("decoded %+v", c)
 			}
 		}},
+		{name: "negative max gateways", yaml: "max_gateways: -2\ngateways: [{addr: 'gw:443'}]\nservices: [{target: 'http://127.0.0.1:1'}]\n", validErr: "max_gateways"},
 		{name: "bad transport", yaml: "transport: udp\ngateways: [{addr: 'gw:443'}]\nservices: [{target: 'http://127.0.0.1:1'}]\n", validErr: "transport"},
 		{name: "empty file", yaml: "", validErr: "gateways: at least one gateway"},
 		{name: "no services", yaml: "gateways: [{addr: 'gw:443'}]\n", validErr: "services: at least one service"},

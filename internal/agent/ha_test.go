@@ -33,6 +33,9 @@ type ctlGateway struct {
 	caFile string
 	table  *route.Table
 	srv    *control.Server
+	// stop closes the listeners and ends every session, as a gateway that
+	// goes down; the test's cleanup calls it too.
+	stop func()
 }
 
 // tunnelListener listens on loopback with TLS for agents: a certificate for
@@ -43,7 +46,13 @@ func tunnelListener(t *testing.T, st store.Store) (net.Listener, *tls.Config, st
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := ca.ServerIdentity(t.Context(), []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)})
+	return tunnelListenerOf(t, ca, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)})
+}
+
+// tunnelListenerOf is tunnelListener with a certificate from ca for names and ips.
+func tunnelListenerOf(t *testing.T, ca *certs.LocalCA, names []string, ips []net.IP) (net.Listener, *tls.Config, string) {
+	t.Helper()
+	cert, err := ca.ServerIdentity(t.Context(), names, ips)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,13 +85,24 @@ func startCtlGateway(t *testing.T) *ctlGateway { return startCtlGatewayOn(t, tru
 // the same number, or both.
 func startCtlGatewayOn(t *testing.T, tcp, udp bool) *ctlGateway {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
 	st := openStore(t)
 	ln, tc, caFile := tunnelListener(t, st)
+	return serveCtl(t, st, ln, tc, caFile, tcp, udp, nil)
+}
+
+// serveCtl serves agents from ln (TLS on TCP, unless tcp is false) and on
+// the UDP port of the same number (QUIC, when udp is true) with a
+// control.Server over st, which configure may change before it serves.
+func serveCtl(t *testing.T, st store.Store, ln net.Listener, tc *tls.Config, caFile string, tcp, udp bool, configure func(*control.Server)) *ctlGateway {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
 	addr := ln.Addr().String()
 	table := route.NewTable(nil)
 	srv := &control.Server{Store: st, Table: table, Open: true, GatewayID: "ctl-test",
 		URL: func(name string, _ model.Protocol) string { return "https://" + name + ".localhost" }}
+	if configure != nil {
+		configure(srv)
+	}
 	var wg sync.WaitGroup
 	if udp {
 		ql, err := quic.ListenAddr(addr, tc, tunnel.QUICConfig(nil, true))
@@ -129,8 +149,16 @@ func startCtlGatewayOn(t *testing.T, tcp, udp bool) *ctlGateway {
 			}()
 		}
 	}()
-	t.Cleanup(func() { ln.Close(); cancel(); wg.Wait() })
-	return &ctlGateway{addr: addr, caFile: caFile, table: table, srv: srv}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			ln.Close()
+			cancel()
+			wg.Wait()
+		})
+	}
+	t.Cleanup(stop)
+	return &ctlGateway{addr: addr, caFile: caFile, table: table, srv: srv, stop: stop}
 }
 
 // sessions waits until name has n attached agent sessions and returns them.

@@ -47,40 +47,39 @@ type dialed struct {
 	tcp       *net.TCPConn // the TCP connection under a tcp session, for its loss counters; nil for quic
 }
 
-// dialFunc opens one session to gateway i over one transport (tcp or quic).
-type dialFunc func(ctx context.Context, transport string, i int) (*dialed, error)
+// dialFunc opens one session to g over one transport (tcp or quic).
+type dialFunc func(ctx context.Context, transport string, g *gateway) (*dialed, error)
 
-// dial opens one tunnel session to gateway i over transport: tcp, quic, or
-// auto (see dialAuto).
-func (a *Agent) dial(ctx context.Context, transport string, i int) (*dialed, error) {
+// dial opens one tunnel session to g over transport: tcp, quic, or auto
+// (see dialAuto).
+func (a *Agent) dial(ctx context.Context, transport string, g *gateway) (*dialed, error) {
 	switch transport {
 	case TransportTCP, TransportQUIC:
-		return a.dialOne(ctx, transport, i)
+		return a.dialOne(ctx, transport, g)
 	case TransportAuto:
-		return a.dialAuto(ctx, i)
+		return a.dialAuto(ctx, g)
 	}
 	return nil, fmt.Errorf("transport %q not supported", transport)
 }
 
 // dialOne dials with a.dialer (tests replace it) or the real transports.
-func (a *Agent) dialOne(ctx context.Context, transport string, i int) (*dialed, error) {
+func (a *Agent) dialOne(ctx context.Context, transport string, g *gateway) (*dialed, error) {
 	if a.dialer != nil {
-		return a.dialer(ctx, transport, i)
+		return a.dialer(ctx, transport, g)
 	}
 	if transport == TransportQUIC {
-		return a.dialQUIC(ctx, i)
+		return a.dialQUIC(ctx, g)
 	}
-	return a.dialTCP(ctx, i)
+	return a.dialTCP(ctx, g)
 }
 
-// dialQUIC opens a tunnel session to gateway i over QUIC: UDP to the same
+// dialQUIC opens a tunnel session to g over QUIC: UDP to the same
 // HOST:PORT as TCP, the same TLS settings (ALPN tunnel.ALPN).
-func (a *Agent) dialQUIC(ctx context.Context, i int) (*dialed, error) {
+func (a *Agent) dialQUIC(ctx context.Context, g *gateway) (*dialed, error) {
 	tunnel.QuietQUICBufferWarning()
-	g, tc := a.cfg.Gateways[i], a.tls[i]
 	dctx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
 	defer cancel()
-	c, err := quic.DialAddr(dctx, g.Addr, tc.Clone(), tunnel.QUICConfig(nil, false))
+	c, err := quic.DialAddr(dctx, g.cfg.Addr, g.tls.Clone(), tunnel.QUICConfig(nil, false))
 	if err != nil {
 		var ce *tls.CertificateVerificationError
 		if errors.As(err, &ce) {
@@ -90,7 +89,7 @@ func (a *Agent) dialQUIC(ctx context.Context, i int) (*dialed, error) {
 	}
 	if c.ConnectionState().TLS.NegotiatedProtocol != tunnel.ALPN {
 		c.CloseWithError(0, "")
-		return nil, fmt.Errorf("gateway does not speak %s over quic (is %s a webgw gateway's HTTPS port?)", tunnel.ALPN, g.Addr)
+		return nil, fmt.Errorf("gateway does not speak %s over quic (is %s a webgw gateway's HTTPS port?)", tunnel.ALPN, g.cfg.Addr)
 	}
 	sess, err := tunnel.ClientQUIC(c, nil)
 	if err != nil {
@@ -100,15 +99,14 @@ func (a *Agent) dialQUIC(ctx context.Context, i int) (*dialed, error) {
 	return &dialed{sess: sess, transport: TransportQUIC}, nil
 }
 
-// dialTCP opens a tunnel session to gateway i over TLS on TCP.
-func (a *Agent) dialTCP(ctx context.Context, i int) (*dialed, error) {
-	g, tc := a.cfg.Gateways[i], a.tls[i]
+// dialTCP opens a tunnel session to g over TLS on TCP.
+func (a *Agent) dialTCP(ctx context.Context, g *gateway) (*dialed, error) {
 	d := &net.Dialer{Timeout: a.cfg.DialTimeout, KeepAlive: 15 * time.Second}
-	raw, err := d.DialContext(ctx, "tcp", g.Addr)
+	raw, err := d.DialContext(ctx, "tcp", g.cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial gateway: %w", err)
 	}
-	conn := tls.Client(raw, tc)
+	conn := tls.Client(raw, g.tls)
 	hctx, hcancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
 	err = conn.HandshakeContext(hctx)
 	hcancel()
@@ -122,7 +120,7 @@ func (a *Agent) dialTCP(ctx context.Context, i int) (*dialed, error) {
 	}
 	if conn.ConnectionState().NegotiatedProtocol != tunnel.ALPN {
 		raw.Close()
-		return nil, fmt.Errorf("gateway does not speak %s (is %s a webgw gateway's HTTPS port?)", tunnel.ALPN, g.Addr)
+		return nil, fmt.Errorf("gateway does not speak %s (is %s a webgw gateway's HTTPS port?)", tunnel.ALPN, g.cfg.Addr)
 	}
 	sess, err := tunnel.Client(conn, nil)
 	if err != nil {
@@ -133,15 +131,15 @@ func (a *Agent) dialTCP(ctx context.Context, i int) (*dialed, error) {
 	return &dialed{sess: sess, transport: TransportTCP, tcp: tcp}, nil
 }
 
-// dialAuto picks the transport for gateway i. When it knows what works
+// dialAuto picks the transport for g. When it knows what works
 // there (learnt in the last reprobeEvery) it dials that, falling back to the
 // other; otherwise it races both: QUIC gets quicProbeTimeout to answer (UDP
 // may be blocked), and when both work TCP wins unless the link is lossy.
-func (a *Agent) dialAuto(ctx context.Context, i int) (*dialed, error) {
-	addr := a.cfg.Gateways[i].Addr
+func (a *Agent) dialAuto(ctx context.Context, g *gateway) (*dialed, error) {
+	addr := g.cfg.Addr
 	pref, probe := a.pick.choice(addr, time.Now())
 	if !probe {
-		d, err := a.dialOne(ctx, pref, i)
+		d, err := a.dialOne(ctx, pref, g)
 		if err == nil {
 			a.pick.result(addr, pref, true)
 			return d, nil
@@ -154,14 +152,14 @@ func (a *Agent) dialAuto(ctx context.Context, i int) (*dialed, error) {
 		if pref == TransportTCP {
 			other = TransportQUIC
 		}
-		d, err2 := a.dialOne(ctx, other, i)
+		d, err2 := a.dialOne(ctx, other, g)
 		if err2 != nil {
 			return nil, fmt.Errorf("%s: %w; %s: %w", pref, err, other, err2)
 		}
 		a.pick.result(addr, other, true)
 		return d, nil
 	}
-	return a.race(ctx, i, addr)
+	return a.race(ctx, g, addr)
 }
 
 type raced struct {
@@ -170,10 +168,10 @@ type raced struct {
 	err       error
 }
 
-// race dials gateway i over QUIC and TCP at once and keeps one session.
+// race dials g over QUIC and TCP at once and keeps one session.
 // The loser's dial finishes in its own goroutine, bounded by its timeout,
 // records whether that transport works, and closes its session.
-func (a *Agent) race(ctx context.Context, i int, addr string) (*dialed, error) {
+func (a *Agent) race(ctx context.Context, g *gateway, addr string) (*dialed, error) {
 	a.pick.probed(addr, time.Now())
 	var (
 		mu      sync.Mutex
@@ -197,11 +195,11 @@ func (a *Agent) race(ctx context.Context, i int, addr string) (*dialed, error) {
 	go func() {
 		qctx, cancel := context.WithTimeout(ctx, quicProbeTimeout)
 		defer cancel()
-		d, err := a.dialOne(qctx, TransportQUIC, i)
+		d, err := a.dialOne(qctx, TransportQUIC, g)
 		deliver(raced{TransportQUIC, d, err})
 	}()
 	go func() {
-		d, err := a.dialOne(ctx, TransportTCP, i)
+		d, err := a.dialOne(ctx, TransportTCP, g)
 		deliver(raced{TransportTCP, d, err})
 	}()
 

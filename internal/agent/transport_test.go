@@ -98,7 +98,7 @@ func newFakeLink(t *testing.T) *fakeLink {
 	return &fakeLink{t: t, delay: map[string]time.Duration{}, fail: map[string]bool{}, hang: map[string]bool{}, dials: map[string]int{}}
 }
 
-func (f *fakeLink) dial(ctx context.Context, transport string, _ int) (*dialed, error) {
+func (f *fakeLink) dial(ctx context.Context, transport string, _ *gateway) (*dialed, error) {
 	f.mu.Lock()
 	f.dials[transport]++
 	delay, fail, hang := f.delay[transport], f.fail[transport], f.hang[transport]
@@ -201,7 +201,7 @@ func TestAutoTransport(t *testing.T) {
 			a := autoAgent(t, f)
 			tt.setup(f, a)
 			start := time.Now()
-			d, err := a.dial(t.Context(), TransportAuto, 0)
+			d, err := a.dial(t.Context(), TransportAuto, a.configured[0])
 			if err != nil {
 				t.Fatalf("dial: %v", err)
 			}
@@ -220,7 +220,7 @@ func TestAutoRemembers(t *testing.T) {
 	f := newFakeLink(t)
 	f.hang[TransportQUIC] = true // UDP blocked
 	a := autoAgent(t, f)
-	d, err := a.dial(t.Context(), TransportAuto, 0)
+	d, err := a.dial(t.Context(), TransportAuto, a.configured[0])
 	if err != nil || d.transport != TransportTCP {
 		t.Fatalf("first dial: %v %v, want tcp", d, err)
 	}
@@ -228,7 +228,7 @@ func TestAutoRemembers(t *testing.T) {
 	// working, and after it too: later dials go straight to TCP.
 	quicDials := f.count(TransportQUIC)
 	for range 3 {
-		d, err := a.dial(t.Context(), TransportAuto, 0)
+		d, err := a.dial(t.Context(), TransportAuto, a.configured[0])
 		if err != nil || d.transport != TransportTCP {
 			t.Fatalf("later dial: %v %v, want tcp", d, err)
 		}
@@ -241,7 +241,7 @@ func TestAutoRemembers(t *testing.T) {
 	f.fail[TransportTCP] = true
 	f.hang[TransportQUIC] = false
 	f.mu.Unlock()
-	d, err = a.dial(t.Context(), TransportAuto, 0)
+	d, err = a.dial(t.Context(), TransportAuto, a.configured[0])
 	if err != nil || d.transport != TransportQUIC {
 		t.Fatalf("tcp failing: %v %v, want quic", d, err)
 	}
@@ -255,14 +255,14 @@ func TestAutoBothFail(t *testing.T) {
 	f.fail[TransportTCP] = true
 	f.fail[TransportQUIC] = true
 	a := autoAgent(t, f)
-	if _, err := a.dial(t.Context(), TransportAuto, 0); err == nil {
+	if _, err := a.dial(t.Context(), TransportAuto, a.configured[0]); err == nil {
 		t.Fatal("dial worked with both transports failing")
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	f.hang[TransportTCP] = true
 	f.hang[TransportQUIC] = true
 	done := make(chan error, 1)
-	go func() { _, err := a.dial(ctx, TransportAuto, 0); done <- err }()
+	go func() { _, err := a.dial(ctx, TransportAuto, a.configured[0]); done <- err }()
 	cancel()
 	select {
 	case err := <-done:

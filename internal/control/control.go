@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -70,6 +71,11 @@ type Server struct {
 	// once, and returns the public HOST:PORT to announce. An error refuses
 	// the service. nil means tcp and udp services are refused.
 	OpenPort func(model.Port) (string, error)
+	// Cluster, when set, lists the live gateways of the cluster this
+	// gateway is part of: welcomes carry the list, and agents whose hello
+	// sets cluster get a gateways message each time it changes. nil means
+	// no cluster: welcomes list no gateways and none are sent.
+	Cluster GatewayLister
 
 	pendingOnce sync.Once
 	pending     chan struct{} // a slot per connection waiting for admission; made once
@@ -80,6 +86,16 @@ type Server struct {
 	byID     map[agentKey]*siblingConns // live agents by tenant and agent id; guarded by mu
 
 	tokens knownTokens // tenants of tokens checked before, for when the store does not answer
+}
+
+// GatewayLister lists the live gateways of a cluster.
+type GatewayLister interface {
+	// Gateways returns the live gateways, this one included, sorted by id.
+	// Neither side modifies the returned slice afterwards.
+	Gateways() []tunnel.GatewayInfo
+	// Changed returns a channel that is closed at the next change of what
+	// Gateways returns.
+	Changed() <-chan struct{}
 }
 
 // agentKey names one agent process as seen by one tenant. An agent id is
@@ -154,7 +170,12 @@ func (s *Server) tunnelConfig() *tunnel.Config {
 // hello to its end. It closes sess before it returns.
 func (s *Server) serveSession(ctx context.Context, sess *tunnel.Session, remote string) {
 	log := s.log().With("remote", remote)
-	defer sess.Close()
+	// workers are goroutines that end with the session (sendGateways).
+	var workers sync.WaitGroup
+	defer func() {
+		sess.Close()
+		workers.Wait()
+	}()
 	// Connections not yet admitted are a stranger's: bound how many there are.
 	s.pendingOnce.Do(func() {
 		n := s.MaxPending
@@ -210,7 +231,23 @@ func (s *Server) serveSession(ctx context.Context, sess *tunnel.Session, remote 
 		// On before the welcome says so: the agent may send at once.
 		welcome.Datagrams = sess.EnableDatagrams()
 	}
-	if err := tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgWelcome, Welcome: welcome}); err != nil {
+	var changed <-chan struct{} // closed at the next change of the cluster's list
+	if agent != nil && s.Cluster != nil {
+		changed = s.Cluster.Changed() // before the list: no change slips between
+		welcome.Gateways = s.Cluster.Gateways()
+	}
+	err = tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgWelcome, Welcome: welcome})
+	if errors.Is(err, tunnel.ErrMessage) && len(welcome.Gateways) > 0 {
+		// The list made the welcome too large (or is malformed): welcome the
+		// agent without it, and let the gateways message try at once.
+		log.Warn("welcome without the gateway list", "err", err)
+		welcome.Gateways = nil
+		now := make(chan struct{})
+		close(now)
+		changed = now
+		err = tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgWelcome, Welcome: welcome})
+	}
+	if err != nil {
 		log.Info("agent welcome failed", "err", err)
 	}
 	if agent == nil {
@@ -221,6 +258,14 @@ func (s *Server) serveSession(ctx context.Context, sess *tunnel.Session, remote 
 	admitted = true
 	<-s.pending
 	log.Info("agent connected", "tenant", agent.Tenant, "services", agent.Services, "version", h.AgentVersion, "transport", h.Transport)
+	if h.Cluster && s.Cluster != nil {
+		// From here on the only writer on ctrl.
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			s.sendGateways(ctx, log, sess, ctrl, changed, welcome.Gateways)
+		}()
+	}
 
 	// Streams are the gateway's to open: an agent that opens one more
 	// breaks the protocol (spec.md) and loses its session.
@@ -254,6 +299,36 @@ func (s *Server) serveSession(ctx context.Context, sess *tunnel.Session, remote 
 	case <-ctx.Done():
 	}
 	log.Info("agent disconnected", "tenant", agent.Tenant)
+}
+
+// sendGateways sends the agent a gateways message each time the cluster's
+// list changes from the last one it got (sent), until the session or ctx
+// ends. changed is closed at the first change after sent was read.
+func (s *Server) sendGateways(ctx context.Context, log *slog.Logger, sess *tunnel.Session, ctrl net.Conn, changed <-chan struct{}, sent []tunnel.GatewayInfo) {
+	for {
+		select {
+		case <-changed:
+		case <-sess.CloseChan():
+			return
+		case <-ctx.Done():
+			return
+		}
+		changed = s.Cluster.Changed()
+		list := s.Cluster.Gateways()
+		// An empty list is no news (spec.md 4.2): the agent keeps its own.
+		if len(list) == 0 || slices.Equal(list, sent) {
+			continue
+		}
+		err := tunnel.WriteMessage(ctrl, &tunnel.Message{Type: tunnel.MsgGateways, Gateways: list})
+		if errors.Is(err, tunnel.ErrMessage) {
+			log.Error("gateway list not sent to the agent", "err", err)
+			continue
+		}
+		if err != nil {
+			return // the session is ending
+		}
+		sent = list
+	}
 }
 
 func (s *Server) drainLoop(a *route.Agent, sess *tunnel.Session) {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 )
 
 // MaxMessageLen bounds one control message.
@@ -16,6 +18,10 @@ const (
 	MsgHello   = "hello"   // agent -> gateway, first message
 	MsgWelcome = "welcome" // gateway -> agent, answer to hello
 	MsgDrain   = "drain"   // agent -> gateway: send no new streams, I am stopping
+	// MsgGateways is gateway -> agent, after the welcome, to an agent whose
+	// hello set Cluster: the cluster's live gateways changed; the full new
+	// list is in Message.Gateways.
+	MsgGateways = "gateways"
 )
 
 // Message is one control message: a type and the body for that type.
@@ -23,7 +29,34 @@ type Message struct {
 	Type    string   `json:"type"`
 	Hello   *Hello   `json:"hello,omitempty"`
 	Welcome *Welcome `json:"welcome,omitempty"`
+	// Gateways is the body of MsgGateways: the cluster's live gateways,
+	// the sender included. An empty list carries no news.
+	Gateways []GatewayInfo `json:"gateways,omitempty"`
 }
+
+// GatewayInfo is one live gateway of a cluster, as agents see it.
+type GatewayInfo struct {
+	// ID names the gateway in the cluster: 1-MaxGatewayIDLen visible ASCII
+	// characters (no space); Welcome.GatewayID of its sessions.
+	ID string `json:"id"`
+	// Addr is HOST:PORT agents dial for the tunnel (TLS on TCP, QUIC on
+	// the UDP port of the same number).
+	Addr string `json:"addr"`
+	// Region is where the gateway runs, for logs; at most MaxRegionLen bytes.
+	Region string `json:"region,omitempty"`
+}
+
+// Limits of a gateway list (Welcome.Gateways, Message.Gateways).
+const (
+	// MaxGateways bounds the entries of one list.
+	MaxGateways = 64
+	// MaxGatewayIDLen bounds GatewayInfo.ID.
+	MaxGatewayIDLen = 64
+	// MaxRegionLen bounds GatewayInfo.Region.
+	MaxRegionLen = 64
+	// maxGatewayHostLen bounds the host of GatewayInfo.Addr (a DNS name's length).
+	maxGatewayHostLen = 253
+)
 
 // Hello is the agent's first message: who it is and what it serves.
 type Hello struct {
@@ -44,8 +77,11 @@ type Hello struct {
 	Transport string `json:"transport,omitempty"`
 	// Datagrams says the agent takes and sends the datagrams of udp
 	// streams as QUIC datagrams too (spec.md section 5.4).
-	Datagrams bool          `json:"datagrams,omitempty"`
-	Services  []ServiceSpec `json:"services"`
+	Datagrams bool `json:"datagrams,omitempty"`
+	// Cluster says the agent follows the cluster: the gateway may send it
+	// MsgGateways after the welcome (spec.md section 4.2).
+	Cluster  bool          `json:"cluster,omitempty"`
+	Services []ServiceSpec `json:"services"`
 }
 
 // ServiceSpec asks for one service.
@@ -78,6 +114,9 @@ type Welcome struct {
 	Datagrams bool `json:"datagrams,omitempty"`
 	// Services answers each ServiceSpec, in order.
 	Services []ServiceGrant `json:"services,omitempty"`
+	// Gateways lists the cluster's live gateways, this one (GatewayID)
+	// included, when the gateway is part of a cluster; empty otherwise.
+	Gateways []GatewayInfo `json:"gateways,omitempty"`
 }
 
 // ServiceGrant is the gateway's answer for one ServiceSpec.
@@ -167,9 +206,58 @@ func (m *Message) check() error {
 		if m.Welcome == nil {
 			return fmt.Errorf("%w: welcome without body", ErrMessage)
 		}
+		if err := checkGateways(m.Welcome.Gateways); err != nil {
+			return fmt.Errorf("%w: welcome: %w", ErrMessage, err)
+		}
+	case MsgGateways:
+		if err := checkGateways(m.Gateways); err != nil {
+			return fmt.Errorf("%w: gateways: %w", ErrMessage, err)
+		}
 	case MsgDrain:
 	default:
 		return fmt.Errorf("%w: unknown type %q", ErrMessage, m.Type)
+	}
+	return nil
+}
+
+// checkGateways says whether list is a valid gateway list: at most
+// MaxGateways entries, each id given once, each entry valid.
+func checkGateways(list []GatewayInfo) error {
+	if len(list) > MaxGateways {
+		return fmt.Errorf("%d gateways, at most %d", len(list), MaxGateways)
+	}
+	for i := range list {
+		g := &list[i]
+		if err := g.check(); err != nil {
+			return fmt.Errorf("gateway %d: %w", i, err)
+		}
+		for j := range i {
+			if list[j].ID == g.ID {
+				return fmt.Errorf("gateway id %q listed twice", g.ID)
+			}
+		}
+	}
+	return nil
+}
+
+func (g *GatewayInfo) check() error {
+	if len(g.ID) == 0 || len(g.ID) > MaxGatewayIDLen {
+		return fmt.Errorf("id of %d bytes, want 1-%d", len(g.ID), MaxGatewayIDLen)
+	}
+	for i := 0; i < len(g.ID); i++ {
+		if c := g.ID[i]; c <= ' ' || c > '~' {
+			return fmt.Errorf("id %q: only visible ASCII characters are allowed", g.ID)
+		}
+	}
+	host, port, err := net.SplitHostPort(g.Addr)
+	if err != nil || host == "" || len(host) > maxGatewayHostLen {
+		return fmt.Errorf("addr %q is not HOST:PORT (a host of 1-%d bytes)", g.Addr, maxGatewayHostLen)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
+		return fmt.Errorf("addr %q: port %q, want 1-65535", g.Addr, port)
+	}
+	if len(g.Region) > MaxRegionLen {
+		return fmt.Errorf("region of %d bytes, at most %d", len(g.Region), MaxRegionLen)
 	}
 	return nil
 }

@@ -3,7 +3,9 @@ package tunnel
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"reflect"
 	"strings"
@@ -37,6 +39,17 @@ func TestMessageRoundTrip(t *testing.T) {
 		{"welcome refusing", Message{Type: MsgWelcome, Welcome: &Welcome{Error: "token refused", Permanent: true}}},
 		{"welcome empty", Message{Type: MsgWelcome, Welcome: &Welcome{}}},
 		{"drain", Message{Type: MsgDrain}},
+		{"hello following the cluster", Message{Type: MsgHello, Hello: &Hello{Version: 1, AgentID: "x", Cluster: true}}},
+		{"welcome with gateways", Message{Type: MsgWelcome, Welcome: &Welcome{GatewayID: "gw-1", Gateways: []GatewayInfo{
+			{ID: "gw-1", Addr: "192.0.2.1:443", Region: "eu-west"}, {ID: "gw-2", Addr: "[2001:db8::2]:443"},
+		}}}},
+		{"gateways", Message{Type: MsgGateways, Gateways: []GatewayInfo{
+			{ID: "gw-1", Addr: "gw1.example.test:8443"}, {ID: "gw-3", Addr: "192.0.2.3:443", Region: "Zürich"},
+		}}},
+		{"gateways, 64 of them", Message{Type: MsgGateways, Gateways: manyGateways(MaxGateways)}},
+		{"gateways, largest fields", Message{Type: MsgGateways, Gateways: []GatewayInfo{{
+			ID: strings.Repeat("~", MaxGatewayIDLen), Addr: strings.Repeat("h", maxGatewayHostLen) + ":65535", Region: strings.Repeat("r", MaxRegionLen),
+		}}}},
 		{"escaping", Message{Type: MsgHello, Hello: &Hello{Version: 1, AgentID: "<&>\"\\\n\u2028é", Token: "\x00"}}},
 	}
 	for _, tt := range tests {
@@ -88,6 +101,105 @@ func TestMessageWireFormat(t *testing.T) {
 	want = `{"type":"welcome","welcome":{"error":"e","permanent":true,"gateway_id":"g","services":[{"name":"n","protocol":"tls","url":"u","error":"e","permanent":true}]}}`
 	if got := string(buf.Bytes()[4:]); got != want {
 		t.Errorf("welcome encodes as\n%s\nwant\n%s", got, want)
+	}
+}
+
+// manyGateways is a valid list of n gateways.
+func manyGateways(n int) []GatewayInfo {
+	out := make([]GatewayInfo, n)
+	for i := range out {
+		out[i] = GatewayInfo{ID: fmt.Sprintf("gw-%02d", i), Addr: fmt.Sprintf("192.0.2.%d:443", i+1)}
+	}
+	return out
+}
+
+// TestGatewaysWireFormat pins the JSON of the cluster additions in spec.md.
+func TestGatewaysWireFormat(t *testing.T) {
+	tests := []struct {
+		m    *Message
+		want string
+	}{
+		{&Message{Type: MsgGateways, Gateways: []GatewayInfo{{ID: "a", Addr: "192.0.2.1:443", Region: "eu"}, {ID: "b", Addr: "gw-b.example.test:443"}}},
+			`{"type":"gateways","gateways":[{"id":"a","addr":"192.0.2.1:443","region":"eu"},{"id":"b","addr":"gw-b.example.test:443"}]}`},
+		{&Message{Type: MsgWelcome, Welcome: &Welcome{GatewayID: "a", Gateways: []GatewayInfo{{ID: "a", Addr: "192.0.2.1:443"}}}},
+			`{"type":"welcome","welcome":{"gateway_id":"a","gateways":[{"id":"a","addr":"192.0.2.1:443"}]}}`},
+		{&Message{Type: MsgHello, Hello: &Hello{Version: 1, AgentID: "x", Cluster: true}},
+			`{"type":"hello","hello":{"version":1,"agent_id":"x","cluster":true,"services":null}}`},
+	}
+	for _, tt := range tests {
+		var buf bytes.Buffer
+		if err := WriteMessage(&buf, tt.m); err != nil {
+			t.Fatal(err)
+		}
+		if got := string(buf.Bytes()[4:]); got != tt.want {
+			t.Errorf("encodes as\n%s\nwant\n%s", got, tt.want)
+		}
+	}
+}
+
+func TestGatewayListErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		g    GatewayInfo
+	}{
+		{"empty id", GatewayInfo{Addr: "192.0.2.1:443"}},
+		{"id too long", GatewayInfo{ID: strings.Repeat("i", MaxGatewayIDLen+1), Addr: "192.0.2.1:443"}},
+		{"id with a space", GatewayInfo{ID: "gw 1", Addr: "192.0.2.1:443"}},
+		{"id with a control character", GatewayInfo{ID: "gw\n1", Addr: "192.0.2.1:443"}},
+		{"id not ASCII", GatewayInfo{ID: "gwé", Addr: "192.0.2.1:443"}},
+		{"no addr", GatewayInfo{ID: "a"}},
+		{"addr without port", GatewayInfo{ID: "a", Addr: "192.0.2.1"}},
+		{"addr without host", GatewayInfo{ID: "a", Addr: ":443"}},
+		{"addr with empty port", GatewayInfo{ID: "a", Addr: "gw:"}},
+		{"addr port 0", GatewayInfo{ID: "a", Addr: "gw:0"}},
+		{"addr port too big", GatewayInfo{ID: "a", Addr: "gw:65536"}},
+		{"addr named port", GatewayInfo{ID: "a", Addr: "gw:https"}},
+		{"addr port with a sign", GatewayInfo{ID: "a", Addr: "gw:+443"}},
+		{"addr port with a leading zero", GatewayInfo{ID: "a", Addr: "gw:0443"}},
+		{"addr host too long", GatewayInfo{ID: "a", Addr: strings.Repeat("h", maxGatewayHostLen+1) + ":443"}},
+		{"region too long", GatewayInfo{ID: "a", Addr: "gw:443", Region: strings.Repeat("r", MaxRegionLen+1)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, m := range []*Message{
+				{Type: MsgGateways, Gateways: []GatewayInfo{{ID: "ok", Addr: "gw:443"}, tt.g}},
+				{Type: MsgWelcome, Welcome: &Welcome{Gateways: []GatewayInfo{tt.g}}},
+			} {
+				checkRefused(t, m)
+			}
+		})
+	}
+	t.Run("too many", func(t *testing.T) {
+		checkRefused(t, &Message{Type: MsgGateways, Gateways: manyGateways(MaxGateways + 1)})
+	})
+	t.Run("one id twice", func(t *testing.T) {
+		checkRefused(t, &Message{Type: MsgGateways, Gateways: []GatewayInfo{{ID: "a", Addr: "gw1:443"}, {ID: "a", Addr: "gw2:443"}}})
+	})
+}
+
+// checkRefused asserts that WriteMessage refuses m and ReadMessage refuses
+// its encoding.
+func checkRefused(t *testing.T, m *Message) {
+	t.Helper()
+	if err := WriteMessage(io.Discard, m); !errors.Is(err, ErrMessage) {
+		t.Errorf("WriteMessage(%+v) = %v, want ErrMessage", m, err)
+	}
+	body, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ReadMessage(bytes.NewReader(frame(string(body)))); !errors.Is(err, ErrMessage) {
+		t.Errorf("ReadMessage(%s) = %+v, %v; want ErrMessage", body, got, err)
+	}
+}
+
+// An empty list is a well-formed gateways message that carries no news; a
+// gateways body under another type is ignored like any other.
+func TestGatewaysLenient(t *testing.T) {
+	for _, body := range []string{`{"type":"gateways"}`, `{"type":"gateways","gateways":[]}`, `{"type":"drain","gateways":[{"id":""}]}`} {
+		if _, err := ReadMessage(bytes.NewReader(frame(body))); err != nil {
+			t.Errorf("ReadMessage(%s): %v", body, err)
+		}
 	}
 }
 

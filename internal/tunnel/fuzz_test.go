@@ -92,6 +92,11 @@ func FuzzReadMessage(f *testing.F) {
 		{Type: MsgWelcome, Welcome: &Welcome{GatewayID: "g", Services: []ServiceGrant{{Name: "web", Protocol: "http", URL: "https://web.example.test"}, {Error: "taken", Permanent: true}}}},
 		{Type: MsgWelcome, Welcome: &Welcome{Error: "no", Permanent: true}},
 		{Type: MsgDrain},
+		{Type: MsgHello, Hello: &Hello{Version: 1, AgentID: "a", Cluster: true, Services: []ServiceSpec{{Protocol: "http"}}}},
+		{Type: MsgWelcome, Welcome: &Welcome{GatewayID: "g1", Services: []ServiceGrant{{Name: "web", Protocol: "http"}},
+			Gateways: []GatewayInfo{{ID: "g1", Addr: "192.0.2.1:443", Region: "eu"}, {ID: "g2", Addr: "[2001:db8::2]:8443"}}}},
+		{Type: MsgGateways, Gateways: []GatewayInfo{{ID: "g1", Addr: "gw1.example.test:443"}, {ID: "g3", Addr: "192.0.2.3:443", Region: "us-east"}}},
+		{Type: MsgGateways, Gateways: manyGateways(MaxGateways)},
 	} {
 		var buf bytes.Buffer
 		if err := WriteMessage(&buf, m); err != nil {
@@ -105,6 +110,12 @@ func FuzzReadMessage(f *testing.F) {
 		`{"type":"x"}`, `{"type":"hello","hello":{"services":null}}`, `{"type":"welcome","welcome":{"services":[]}}`,
 		`{"type":"hello","hello":{"version":1e400}}`, `{"TYPE":"drain"}`, `{"type":"drain"}{}`,
 		`{"type":"hello","hello":{"agent_id":"\ud800<>&\u2028"}}`, "{\"type\":\"hello\",\"hello\":{\"token\":\"\xff\"}}",
+		`{"type":"gateways"}`, `{"type":"gateways","gateways":[]}`, `{"type":"gateways","gateways":null}`,
+		`{"type":"gateways","gateways":[{"id":"a","addr":"h:1"},{"id":"a","addr":"h:2"}]}`,
+		`{"type":"gateways","gateways":[{"id":"a b","addr":"h:1"}]}`, `{"type":"gateways","gateways":[{"id":"a","addr":"h:0"}]}`,
+		`{"type":"gateways","gateways":[{"id":"a","addr":"[::1]:65535","region":"\u003c\u2028"}]}`,
+		`{"type":"gateways","gateways":{}}`, `{"type":"gateways","gateways":[{"id":"\u0041","addr":":1"}]}`,
+		`{"type":"welcome","welcome":{"gateways":[{"id":"a"}]}}`, `{"type":"drain","gateways":[{"id":""}]}`,
 	} {
 		f.Add(frame(body))
 	}
