@@ -83,6 +83,7 @@ type Cluster struct {
 	held    map[string]map[string]Holding // name -> member id -> holding (from the store); guarded by mu
 	want    map[string]Holding            // names this gateway holds now; guarded by mu
 	changed chan struct{}                 // closed and replaced at each change of the view; guarded by mu
+	mchange chan struct{}                 // closed and replaced at each change of members; guarded by mu
 }
 
 // New returns a cluster view for self on st, which must implement
@@ -99,7 +100,7 @@ func New(st store.Store, self Member, opt Options) (*Cluster, error) {
 	return &Cluster{st: st, ls: ls, self: self, ttl: cmp.Or(opt.TTL, DefaultTTL), log: log,
 		kick: make(chan struct{}, 1), ready: make(chan struct{}),
 		members: map[string]Member{}, held: map[string]map[string]Holding{}, want: map[string]Holding{},
-		changed: make(chan struct{})}, nil
+		changed: make(chan struct{}), mchange: make(chan struct{})}, nil
 }
 
 // Self is this gateway's record.
@@ -115,9 +116,21 @@ func (c *Cluster) Changed() <-chan struct{} {
 	return c.changed
 }
 
+// MembersChanged is closed at the next change of the member list.
+func (c *Cluster) MembersChanged() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mchange
+}
+
 func (c *Cluster) notifyLocked() {
 	close(c.changed)
 	c.changed = make(chan struct{})
+}
+
+func (c *Cluster) notifyMembersLocked() {
+	close(c.mchange)
+	c.mchange = make(chan struct{})
 }
 
 // Members returns the live members, this gateway included, sorted by id.
@@ -363,6 +376,7 @@ func (c *Cluster) list(ctx context.Context) error {
 		c.applyLocked(store.Event{Type: store.EventPut, Entry: e})
 	}
 	c.notifyLocked()
+	c.notifyMembersLocked()
 	return nil
 }
 
@@ -373,6 +387,7 @@ func (c *Cluster) applyLocked(ev store.Event) {
 		id := strings.TrimPrefix(key, MembersPrefix)
 		if ev.Type == store.EventDelete {
 			delete(c.members, id)
+			c.notifyMembersLocked()
 			return
 		}
 		var m Member
@@ -381,6 +396,7 @@ func (c *Cluster) applyLocked(ev store.Event) {
 			return
 		}
 		c.members[id] = m
+		c.notifyMembersLocked()
 	case strings.HasPrefix(key, HeldPrefix):
 		rest := strings.TrimPrefix(key, HeldPrefix)
 		i := strings.LastIndexByte(rest, '/')

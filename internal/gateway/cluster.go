@@ -9,6 +9,7 @@ import (
 
 	"github.com/webgw/webgw/internal/cluster"
 	"github.com/webgw/webgw/internal/dns"
+	"github.com/webgw/webgw/internal/tunnel"
 )
 
 // heldEvery is how often the names this gateway can serve are compared
@@ -87,3 +88,19 @@ func (d dnsCluster) ServiceAddrs(service string) []netip.Addr {
 	}
 	return out
 }
+
+// agentCluster is the cluster as agents see it (control.GatewayLister):
+// the live gateways' tunnel addresses.
+type agentCluster struct{ c *cluster.Cluster }
+
+func (a agentCluster) Gateways() []tunnel.GatewayInfo {
+	var out []tunnel.GatewayInfo
+	for _, m := range a.c.Members() {
+		if m.Tunnel != "" {
+			out = append(out, tunnel.GatewayInfo{ID: m.ID, Addr: m.Tunnel, Region: m.Region})
+		}
+	}
+	return out
+}
+
+func (a agentCluster) Changed() <-chan struct{} { return a.c.MembersChanged() }
