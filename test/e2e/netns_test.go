@@ -104,6 +104,7 @@ type testNet struct {
 	sw    string     // the switch namespace
 	hosts map[string]*nsHost
 	nss   []string // namespaces made, for the teardown
+	cwd   string   // working directory of commands run to completion
 }
 
 const ipTool = "ip"
@@ -127,6 +128,7 @@ func newTestNet(t *testing.T, spec netSpec) *testNet {
 		tag:   fmt.Sprintf("wgwe-%d-%d", os.Getpid(), seq),
 		R:     1 + (os.Getpid()*7+int(seq))%199,
 		hosts: map[string]*nsHost{},
+		cwd:   t.TempDir(),
 	}
 	if n.R+len(spec.NATs) > 255 {
 		t.Fatalf("netSpec: %d NATs are too many", len(spec.NATs))
@@ -315,7 +317,7 @@ func (n *testNet) exec(t testing.TB, host string, timeout time.Duration, argv ..
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, ipTool, append([]string{"netns", "exec", n.host(host).NS}, argv...)...)
-	cmd.Dir = n.t.TempDir()
+	cmd.Dir = n.cwd
 	cmd.Env = cleanEnv()
 	cmd.WaitDelay = 2 * time.Second
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -458,6 +460,26 @@ func (n *testNet) listen(t testing.TB, host, addr string) net.Listener {
 	}
 	t.Cleanup(func() { ln.Close() })
 	return ln
+}
+
+// listenUDP opens a UDP socket in host on addr (a literal IP:PORT, port 0
+// for a free one), closed when t ends.
+func (n *testNet) listenUDP(t testing.TB, host, addr string) net.PacketConn {
+	t.Helper()
+	if _, err := netip.ParseAddrPort(addr); err != nil {
+		t.Fatalf("listen in %s on udp %q: want a literal IP:PORT", host, addr)
+	}
+	var pc net.PacketConn
+	err := inNetns(n.host(host).NS, func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen in %s on udp %s: %v", host, addr, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc
 }
 
 // serveHTTP serves h in host on addr (see listen) until t ends and returns
@@ -696,6 +718,19 @@ func TestNetns(t *testing.T) {
 			if got := <-remote; remoteIP(got) != want {
 				t.Errorf("a saw the connection from b come from %s, want %s", got, want)
 			}
+		}
+		// UDP across the bridge, IPv6.
+		pc := n.listenUDP(t, "a", netip.AddrPortFrom(a.IP6, 0).String())
+		uc, err := n.dial(context.Background(), "v6only", "udp", pc.LocalAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer uc.Close()
+		uc.Write([]byte("ping"))
+		pc.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 16)
+		if k, from, err := pc.ReadFrom(buf); err != nil || string(buf[:k]) != "ping" || remoteIP(from.String()) != n.host("v6only").IP6 {
+			t.Errorf("UDP from v6only to a: %q from %v, %v", buf[:k], from, err)
 		}
 		r := n.exec(t, "v6only", 10*time.Second, "ip", "-o", "addr", "show", "dev", "eth0")
 		if want := fmt.Sprintf("inet6 fd00:%d::13/64", n.R); !strings.Contains(r.stdout, want) || strings.Contains(r.stdout, "inet ") {
