@@ -26,7 +26,20 @@ var webgwBin string
 // curlErr is set when curl is not installed; tests that need it fail with it.
 var curlErr error
 
+// helpers are the modes a re-executed test binary can run in instead of the
+// tests (netns_test.go registers them), chosen by $WEBGW_E2E_HELPER; the
+// arguments are os.Args[1:].
+var helpers = map[string]func(args []string) int{}
+
 func TestMain(m *testing.M) {
+	if mode := os.Getenv("WEBGW_E2E_HELPER"); mode != "" {
+		h, ok := helpers[mode]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "e2e: unknown helper mode %q\n", mode)
+			os.Exit(2)
+		}
+		os.Exit(h(os.Args[1:]))
+	}
 	os.Exit(runMain(m))
 }
 
