@@ -18,6 +18,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -124,6 +126,16 @@ func OpenEtcd(ctx context.Context, endpoints []string, opts EtcdOptions) (*Etcd,
 		Username:    opts.Username,
 		Password:    opts.Password,
 		Logger:      zap.NewNop(), // errors reach the caller as return values
+		// After an outage, reconnect within a second or two of etcd's
+		// return, not after gRPC's default backoff of up to two minutes.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: 2 * time.Second,
+		})},
+		// Keepalive pings find a dead connection (etcd killed, a network
+		// cut) in seconds.
+		DialKeepAliveTime:    5 * time.Second,
+		DialKeepAliveTimeout: 3 * time.Second,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %s: %w", strings.Join(endpoints, ","), err)
