@@ -468,10 +468,29 @@ func (c *cluster) testRelay(t *testing.T) {
 	}) {
 		t.Fatalf("solo (--max-gateways 1) has sessions on %v, want exactly one gateway", holders)
 	}
+	// The tunnel is up on one gateway: within the propagation goal the
+	// others know it and relay to it.
+	up := time.Now()
 	for _, g := range others {
-		code, body, err := get(c.client(t, g), "https://solo."+clusterDomain+"/")
-		if code != http.StatusOK || body != "solo from priv\n" {
+		var (
+			code      int
+			body      string
+			err       error
+			relayedAt time.Duration
+		)
+		client := c.client(t, g)
+		poll(5*time.Second, func() bool {
+			code, body, err = get(client, "https://solo."+clusterDomain+"/")
+			relayedAt = time.Since(up)
+			return code == http.StatusOK && body == "solo from priv\n"
+		})
+		switch {
+		case code != http.StatusOK || body != "solo from priv\n":
 			t.Errorf("GET solo.%s through %s, which holds no tunnel for it (%s does): %d %q %v; want 200, relayed", clusterDomain, g, holders[0], code, body, err)
+		case relayedAt > propagationGoal:
+			t.Errorf("%s relayed solo %v after the tunnel was up on %s, want within %v", g, relayedAt, holders[0], propagationGoal)
+		default:
+			t.Logf("relay: %s relays solo to %s %v after its tunnel was up", g, holders[0], relayedAt.Round(time.Millisecond))
 		}
 	}
 }
