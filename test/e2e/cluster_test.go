@@ -270,6 +270,7 @@ func TestCluster(t *testing.T) {
 	t.Run("dns-steering", c.testDNS)
 	t.Run("propagation", c.testPropagation)
 	t.Run("relay", c.testRelay)
+	t.Run("ports", c.testPorts)
 	t.Run("failover", c.testFailover)
 	t.Run("etcd-outage", c.testEtcdOutage)
 }
@@ -493,6 +494,64 @@ func (c *cluster) testRelay(t *testing.T) {
 			t.Logf("relay: %s relays solo to %s %v after its tunnel was up", g, holders[0], relayedAt.Round(time.Millisecond))
 		}
 	}
+}
+
+// testPorts: a tcp service's public port, allocated once in etcd, is the
+// same on every gateway: a client reaches the backend through each one's
+// address on that port.
+func (c *cluster) testPorts(t *testing.T) {
+	ln := c.n.listen(t, "priv", "127.0.0.1:0")
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				io.Copy(conn, conn)
+			}()
+		}
+	}()
+	gw1 := c.gws[0]
+	argv := []string{webgwBin, "expose", "--gateway", netip.AddrPortFrom(gw1.ip, 443).String(), "--ca", c.caFile, "--token", c.token,
+		"--name", "echo", "tcp://" + ln.Addr().String()}
+	p := c.n.start(t, "priv", "expose-echo", nil, argv...)
+	m := p.waitLine(t, regexp.MustCompile(`^[0-9.]+:(\d+)$`), 20*time.Second)
+	port := m[1]
+	for _, g := range c.live() {
+		addr := net.JoinHostPort(g.ip.String(), port)
+		var last error
+		if !poll(5*time.Second, func() bool {
+			last = echoOnce(c.n, addr)
+			return last == nil
+		}) {
+			t.Errorf("tcp echo through %s (port %s, allocated through gw1): %v", g, port, last)
+		}
+	}
+}
+
+// echoOnce sends a line to addr from the client host and checks it comes back.
+func echoOnce(n *testNet, addr string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	conn, err := n.dial(ctx, "client", "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.WriteString(conn, "ping through the cluster\n"); err != nil {
+		return err
+	}
+	buf := make([]byte, len("ping through the cluster\n"))
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		return err
+	}
+	if string(buf) != "ping through the cluster\n" {
+		return fmt.Errorf("echo answered %q", buf)
+	}
+	return nil
 }
 
 // testFailover: under a browser-like load (resolve through the gateways'
