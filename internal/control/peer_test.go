@@ -393,7 +393,7 @@ func TestPeerStreamClosed(t *testing.T) {
 	ph.table.Configure(model.Service{Name: "empty", Tenant: "acme", Protocol: model.ProtoHTTP})
 	ph.localAgent(t, "shop", echoHeader)
 	third := &countingOpener{}
-	if err := ph.table.AttachPeer("elsewhere", &route.Agent{ID: "gw-c", Peer: true, Session: third}, model.ProtoHTTP, 0); err != nil {
+	if err := ph.table.AttachPeer("elsewhere", &route.Agent{ID: "gw-c", Peer: true, Session: third}, "", model.ProtoHTTP, 0); err != nil {
 		t.Fatal(err)
 	}
 	sess := ph.mustDial(t)

@@ -164,9 +164,9 @@ func (l *peerLink) applyLocked(t *route.Table, old map[string]cluster.Holding) {
 		if t.HasPeer(name, l.agent) {
 			continue
 		}
-		// A conflict (the name is known here as another protocol) is
-		// transient: both gateways read one store.
-		t.AttachPeer(name, l.agent, model.Protocol(h.Protocol), h.ProxyProtocol)
+		// A conflict (the name is known here with another owner or
+		// protocol) is transient: both gateways read one store.
+		t.AttachPeer(name, l.agent, h.Tenant, model.Protocol(h.Protocol), h.ProxyProtocol)
 	}
 }
 

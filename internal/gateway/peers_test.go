@@ -177,7 +177,7 @@ func TestPeersRelay(t *testing.T) {
 	b.table.UpsertQuick("quick", model.ProtoTCP, 0)
 	echoAgent(t, b.table, "shop")
 	echoAgent(t, b.table, "quick")
-	b.cluster.SetHeld(map[string]cluster.Holding{"shop": {Protocol: "tcp"}, "quick": {Protocol: "tcp"}})
+	b.cluster.SetHeld(map[string]cluster.Holding{"shop": {Protocol: "tcp", Tenant: "acme"}, "quick": {Protocol: "tcp"}})
 
 	ps := &peers{self: "gw-a", cluster: a.cluster, table: a.table, secret: secret, roots: ca.Pool(), log: slog.New(slog.DiscardHandler)}
 	ctx, cancel := context.WithCancel(t.Context())
@@ -204,7 +204,7 @@ func TestPeersRelay(t *testing.T) {
 	}
 
 	// B stops holding quick: A forgets the name it knew only from B.
-	b.cluster.SetHeld(map[string]cluster.Holding{"shop": {Protocol: "tcp"}})
+	b.cluster.SetHeld(map[string]cluster.Holding{"shop": {Protocol: "tcp", Tenant: "acme"}})
 	waitUntil(t, "A to drop quick", func() bool { return a.table.Lookup("quick") == nil })
 
 	// B leaves: A detaches it and closes the session.

@@ -47,7 +47,7 @@ func TestPeerOnlyWhenNoLocal(t *testing.T) {
 	defer local.wg.Wait()
 	defer peer.wg.Wait()
 	p := peerAgent("gw-b", peer)
-	if err := tab.AttachPeer("svc", p, model.ProtoHTTP, 0); err != nil {
+	if err := tab.AttachPeer("svc", p, "", model.ProtoHTTP, 0); err != nil {
 		t.Fatal(err)
 	}
 	if !svc.Live() || !svc.Reachable() {
@@ -105,7 +105,7 @@ func TestPeerWhenLocalDown(t *testing.T) {
 	svc := directService(t, tab, model.LBRoundRobin, 1)
 	peer := &fakeOpener{}
 	defer peer.wg.Wait()
-	if err := tab.AttachPeer("web", peerAgent("gw-b", peer), model.ProtoHTTP, 0); err != nil {
+	if err := tab.AttachPeer("web", peerAgent("gw-b", peer), "acme", model.ProtoHTTP, 0); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
@@ -130,7 +130,7 @@ func TestDialLocalNeverPeer(t *testing.T) {
 	peer := &fakeOpener{}
 	defer peer.wg.Wait()
 	tab, _, svc, _ := newService(t)
-	if err := tab.AttachPeer("svc", peerAgent("gw-b", peer), model.ProtoHTTP, 0); err != nil {
+	if err := tab.AttachPeer("svc", peerAgent("gw-b", peer), "", model.ProtoHTTP, 0); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := svc.DialLocal(context.Background(), hdr, "", nil); !errors.Is(err, ErrNoUpstream) {
@@ -169,13 +169,13 @@ func TestAttachPeerUnknownName(t *testing.T) {
 	m := NewMetrics(prometheus.NewRegistry())
 	tab := NewTable(m)
 	b, c := peerAgent("gw-b", &fakeOpener{}), peerAgent("gw-c", &fakeOpener{})
-	if err := tab.AttachPeer("quick", b, model.ProtoTCP, 2); err != nil {
+	if err := tab.AttachPeer("quick", b, "", model.ProtoTCP, 2); err != nil {
 		t.Fatal(err)
 	}
-	if err := tab.AttachPeer("quick", b, model.ProtoTCP, 2); err != nil {
+	if err := tab.AttachPeer("quick", b, "", model.ProtoTCP, 2); err != nil {
 		t.Fatalf("second AttachPeer: %v", err)
 	}
-	if err := tab.AttachPeer("quick", c, model.ProtoTCP, 2); err != nil {
+	if err := tab.AttachPeer("quick", c, "", model.ProtoTCP, 2); err != nil {
 		t.Fatal(err)
 	}
 	svc := tab.Lookup("quick")
@@ -191,11 +191,14 @@ func TestAttachPeerUnknownName(t *testing.T) {
 	case !tab.HasPeer("quick", b) || tab.HasPeer("other", b):
 		t.Fatal("HasPeer wrong")
 	}
-	if err := tab.AttachPeer("quick", peerAgent("gw-d", &fakeOpener{}), model.ProtoHTTP, 0); err == nil {
+	if err := tab.AttachPeer("quick", peerAgent("gw-d", &fakeOpener{}), "", model.ProtoHTTP, 0); err == nil {
 		t.Error("AttachPeer with another protocol than the service's: no error")
 	}
-	if err := tab.AttachPeer("quick", &Agent{ID: "x"}, model.ProtoTCP, 0); err == nil {
+	if err := tab.AttachPeer("quick", &Agent{ID: "x"}, "", model.ProtoTCP, 0); err == nil {
 		t.Error("AttachPeer of an agent that is no peer: no error")
+	}
+	if err := tab.AttachPeer("quick", peerAgent("gw-e", &fakeOpener{}), "acme", model.ProtoTCP, 0); err == nil {
+		t.Error("AttachPeer of a name held for a tenant to an anonymous service: no error")
 	}
 
 	tab.DetachPeer("quick", b)
@@ -215,7 +218,7 @@ func TestAttachPeerUnknownName(t *testing.T) {
 
 	// The same name made by the store (or a local quick tunnel) is this
 	// gateway's own: it stays when the peer leaves.
-	if err := tab.AttachPeer("shop", b, model.ProtoHTTP, 0); err != nil {
+	if err := tab.AttachPeer("shop", b, "acme", model.ProtoHTTP, 0); err != nil {
 		t.Fatal(err)
 	}
 	tab.Configure(model.Service{Name: "shop", Tenant: "acme", Protocol: model.ProtoHTTP})
@@ -226,7 +229,7 @@ func TestAttachPeerUnknownName(t *testing.T) {
 	if tab.Lookup("shop") == nil {
 		t.Fatal("stored service removed with its last peer")
 	}
-	if err := tab.AttachPeer("q2", b, model.ProtoHTTP, 0); err != nil {
+	if err := tab.AttachPeer("q2", b, "", model.ProtoHTTP, 0); err != nil {
 		t.Fatal(err)
 	}
 	tab.UpsertQuick("q2", model.ProtoHTTP, 0) // a local quick tunnel claims it
@@ -236,13 +239,13 @@ func TestAttachPeerUnknownName(t *testing.T) {
 	}
 }
 
-// TestPeersDroppedOnProtocolChange: a service whose protocol changes here
-// drops the peers that hold it as the old one.
+// TestPeersDroppedOnProtocolChange: a service whose protocol or owner
+// changes here drops the peers that hold it as the old one.
 func TestPeersDroppedOnProtocolChange(t *testing.T) {
 	tab := NewTable(nil)
 	b := peerAgent("gw-b", &fakeOpener{})
 	tab.Configure(model.Service{Name: "shop", Tenant: "acme", Protocol: model.ProtoHTTP})
-	if err := tab.AttachPeer("shop", b, model.ProtoHTTP, 0); err != nil {
+	if err := tab.AttachPeer("shop", b, "acme", model.ProtoHTTP, 0); err != nil {
 		t.Fatal(err)
 	}
 	local := &Agent{ID: "a", Session: &fakeOpener{}}
@@ -256,5 +259,13 @@ func TestPeersDroppedOnProtocolChange(t *testing.T) {
 	}
 	if tab.HasPeer("shop", b) {
 		t.Fatal("HasPeer true after the peer was dropped")
+	}
+
+	if err := tab.AttachPeer("shop", b, "acme", model.ProtoTLS, 0); err != nil {
+		t.Fatal(err)
+	}
+	tab.Configure(model.Service{Name: "shop", Tenant: "other", Protocol: model.ProtoTLS})
+	if tab.HasPeer("shop", b) {
+		t.Fatal("a peer holding shop for acme kept after shop became other's")
 	}
 }

@@ -396,8 +396,8 @@ func (t *Table) upsertLocked(name, tenant string, proto model.Protocol, stored b
 		var ups []*Upstream
 		for _, u := range s.list().all {
 			switch {
-			case u.Agent != nil && u.Agent.Peer && proto != s.Protocol:
-				// The peer holds the name as the old protocol.
+			case u.Agent != nil && u.Agent.Peer && (proto != s.Protocol || tenant != s.Tenant):
+				// The peer holds the name for the old owner or protocol.
 			case u.Agent != nil:
 				ups = append(ups, ns.newAgentUpstream(u.Agent))
 			default:
@@ -595,12 +595,14 @@ func (t *Table) Attach(name string, a *Agent) error {
 }
 
 // AttachPeer adds a, the session to another gateway (a.Peer set) that
-// holds name as proto, with the PROXY header version its backends want,
-// to the service called name. A name this gateway does not know (another
-// gateway's quick tunnel) gets an unstored service of its own, which goes
-// when its last upstream does. A service known here as another protocol
-// is left alone (an error). Attaching a twice is a no-op.
-func (t *Table) AttachPeer(name string, a *Agent, proto model.Protocol, proxyProtocol int) error {
+// holds name for tenant ("" for an anonymous quick tunnel) as proto, with
+// the PROXY header version its backends want, to the service called name.
+// A name this gateway does not know (another gateway's quick tunnel, or a
+// service the store has not shown it yet) gets an unstored service of its
+// own, which goes when its last upstream does. A service known here with
+// another owner or protocol is left alone (an error): its traffic must not
+// go to what another tenant holds. Attaching a twice is a no-op.
+func (t *Table) AttachPeer(name string, a *Agent, tenant string, proto model.Protocol, proxyProtocol int) error {
 	if !a.Peer {
 		return fmt.Errorf("attach peer to %q: agent %s is no peer", name, shortID(a.ID))
 	}
@@ -608,13 +610,13 @@ func (t *Table) AttachPeer(name string, a *Agent, proto model.Protocol, proxyPro
 	defer t.mu.Unlock()
 	s := t.services[name]
 	if s == nil {
-		s = t.upsertLocked(name, "", proto, false)
+		s = t.upsertLocked(name, tenant, proto, false)
 		s.peerOnly = true
 		if proxyProtocol != 0 {
 			s.cfg.Store(&svcConfig{policy: PolicyFor(nil, nil), spec: model.Service{ProxyProtocol: proxyProtocol}})
 		}
-	} else if s.Protocol != proto {
-		return fmt.Errorf("attach peer %s to %q: served as %s here, held as %s there", a.ID, name, s.Protocol, proto)
+	} else if s.Protocol != proto || s.Tenant != tenant {
+		return fmt.Errorf("attach peer %s to %q: %s of tenant %q here, held as %s of tenant %q there", a.ID, name, s.Protocol, s.Tenant, proto, tenant)
 	}
 	for _, u := range s.list().all {
 		if u.Agent == a {
