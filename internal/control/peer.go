@@ -116,9 +116,9 @@ func (s *PeerServer) ServeConn(ctx context.Context, c net.Conn) {
 	defer cancel()
 	stop := context.AfterFunc(sctx, func() { sess.Close() })
 	defer stop()
-	max := s.MaxStreams
-	if max == 0 {
-		max = DefaultMaxPeerStreams
+	limit := s.MaxStreams
+	if limit == 0 {
+		limit = DefaultMaxPeerStreams
 	}
 	var (
 		wg     sync.WaitGroup
@@ -130,7 +130,7 @@ func (s *PeerServer) ServeConn(ctx context.Context, c net.Conn) {
 		if err != nil {
 			break
 		}
-		if active.Add(1) > int64(max) {
+		if active.Add(1) > int64(limit) {
 			active.Add(-1)
 			st.Close()
 			continue

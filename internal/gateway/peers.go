@@ -246,9 +246,9 @@ func (p *peers) runLink(ctx context.Context, l *peerLink) {
 }
 
 // drain waits until a's streams in sess have ended, sess has closed, ctx
-// has ended or max has passed.
-func drain(ctx context.Context, sess *tunnel.Session, a *route.Agent, max time.Duration) {
-	deadline := time.NewTimer(max)
+// has ended or limit has passed.
+func drain(ctx context.Context, sess *tunnel.Session, a *route.Agent, limit time.Duration) {
+	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()

@@ -274,3 +274,48 @@ func (h *countHandler) Handle(_ context.Context, r slog.Record) error {
 }
 func (h *countHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h *countHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestQuickPortKeptWhileHeldElsewhere: a gateway does not release the port
+// of a quick tunnel (expired here, or never here) while another member of
+// the cluster holds the name; once none does, it does.
+func TestQuickPortKeptWhileHeldElsewhere(t *testing.T) {
+	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "s.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ca, err := certs.LoadOrCreateCA(t.Context(), st, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := cluster.Secret(t.Context(), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newPeerMember(t, st, ca, secret, "gw-a", nil)
+	b := newPeerMember(t, st, ca, secret, "gw-b", nil)
+	p, err := store.AllocatePort(t.Context(), st, model.Port{Proto: model.PortTCP, Service: "quick", Created: time.Now()},
+		model.PortRange{First: 20000, Last: 20009}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.cluster.SetHeld(map[string]cluster.Holding{"quick": {Protocol: "tcp"}})
+	waitUntil(t, "A to see B hold quick", func() bool { return len(a.cluster.Holders("quick")) == 1 })
+
+	g := &Gateway{store: st, table: a.table, cluster: a.cluster, log: slog.New(slog.DiscardHandler)}
+	missing := map[string]time.Time{}
+	now := time.Now()
+	// Expired here, and long missing: kept, B holds it.
+	g.expireQuickPorts(t.Context(), now, time.Minute, map[string]bool{"quick": true}, missing)
+	g.expireQuickPorts(t.Context(), now.Add(time.Hour), time.Minute, nil, missing)
+	if held, err := store.PortsOf(t.Context(), st, ""); err != nil || len(held) != 1 {
+		t.Fatalf("ports %v, %v after expiry while B holds quick; want the port kept", held, err)
+	}
+
+	b.cluster.SetHeld(nil)
+	waitUntil(t, "A to see B withdraw quick", func() bool { return len(a.cluster.Holders("quick")) == 0 })
+	g.expireQuickPorts(t.Context(), now, time.Minute, map[string]bool{"quick": true}, missing)
+	if held, err := store.PortsOf(t.Context(), st, ""); err != nil || len(held) != 0 {
+		t.Fatalf("ports %v, %v once nobody holds quick; want %s released", held, err, p)
+	}
+}
