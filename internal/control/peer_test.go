@@ -473,3 +473,38 @@ func (o *countingOpener) Open() (net.Conn, error) {
 }
 func (o *countingOpener) NumStreams() int { return 0 }
 func (o *countingOpener) Close() error    { return nil }
+
+// TestPeerProbe: a probe stream is answered as an agent would: through a
+// local agent by the agent, for a direct upstream by the gateway (0 when
+// it connected), and 1 when no local upstream is usable.
+func TestPeerProbe(t *testing.T) {
+	ph := newPeerHarness(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	ph.table.Configure(model.Service{Name: "db", Tenant: "acme", Protocol: model.ProtoTCP,
+		Upstreams: []model.Upstream{{URL: "tcp://" + ln.Addr().String()}}})
+	ph.table.Configure(model.Service{Name: "empty", Tenant: "acme", Protocol: model.ProtoTCP})
+	ph.table.Configure(model.Service{Name: "agent", Tenant: "acme", Protocol: model.ProtoTCP})
+	ph.localAgent(t, "agent", func(h *tunnel.Header, c net.Conn) { c.Write([]byte{tunnel.ProbeOK}) })
+	sess := ph.mustDial(t)
+	for _, c := range []struct {
+		service string
+		want    string
+	}{{"db", "\x00"}, {"agent", "\x00"}, {"empty", "\x01"}} {
+		if got, err := relay(t, sess, &tunnel.Header{Kind: tunnel.KindProbe, Service: c.service}, ""); err != nil || got != c.want {
+			t.Errorf("probe of %s = %q, %v; want %q", c.service, got, err, c.want)
+		}
+	}
+}
