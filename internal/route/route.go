@@ -94,8 +94,10 @@ type Service struct {
 	// Stored is true when the service is persisted in the store.
 	Stored bool
 	// peerOnly is set on a service AttachPeer created for a name this
-	// gateway did not know (another gateway's quick tunnel): it goes when
-	// its last upstream does. Guarded by Table.mu.
+	// gateway did not know (another gateway's quick tunnel, or a service
+	// the store has not shown it yet): it goes when its last upstream
+	// does, and is never taken for an expired quick tunnel of this
+	// gateway's. Guarded by Table.mu.
 	peerOnly bool
 	// Metrics are this service's metric children, resolved once.
 	Metrics *ServiceMetrics
