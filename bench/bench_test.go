@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(backendRoleEnv) == "link" && len(os.Args) > 1 && os.Args[1] == "link" {
 		os.Exit(linkMain(os.Args[2:]))
 	}
+	if os.Getenv(backendRoleEnv) == "etcd" && len(os.Args) > 1 && os.Args[1] == "etcd" {
+		os.Exit(etcdMain(os.Args[2:]))
+	}
 	os.Exit(m.Run())
 }
 

@@ -263,8 +263,3 @@ func (r *Report) writeCluster(w io.Writer) {
 		fmt.Fprintf(w, "%-64s %10.0f (%.0f)\n", row.label, m[row.name], r.worst("cluster", row.name))
 	}
 }
-
-func portOf(addr string) string {
-	_, p, _ := net.SplitHostPort(addr)
-	return p
-}

@@ -125,6 +125,13 @@ type Report struct {
 	DNS       []Round `json:"dns,omitempty"`
 	DNSMedian Round   `json:"dns_median,omitempty"`
 	DNSRedone int     `json:"dns_redone,omitempty"`
+	// Relay holds each round of the relay part (webgw: through the
+	// gateway holding the tunnel, webgw_relay: through another gateway of
+	// its cluster, and webgw_relay_vs_webgw; see relay.go), RelayMedian
+	// the medians.
+	Relay       []Round `json:"relay,omitempty"`
+	RelayMedian Round   `json:"relay_median,omitempty"`
+	RelayRedone int     `json:"relay_redone,omitempty"`
 	// Notes say what was skipped and why.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -214,7 +221,8 @@ func (r *Report) finish() {
 	r.finishScenarios()
 	r.LossyMedian = medianRound(r.Lossy)
 	r.DNSMedian = medianRound(r.DNS)
-	for _, rd := range slices.Concat(r.Lossy, r.Forward, r.DNS) {
+	r.RelayMedian = medianRound(r.Relay)
+	for _, rd := range slices.Concat(r.Lossy, r.Forward, r.DNS, r.Relay) {
 		for key, f := range rd {
 			for name, v := range f {
 				// The forward part's bulk runs are too short to count (fwdOtherMinTicks).
@@ -333,6 +341,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	r.writeLossy(w)
 	r.writeForward(w)
 	r.writeDNS(w)
+	r.writeRelay(w)
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "\nnote: %s\n", n)
 	}

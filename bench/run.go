@@ -38,12 +38,13 @@ const (
 	partForward  = "forward"  // TCP and UDP through public ports forwarded over agent tunnels
 	partDNS      = "dns"      // the gateway's authoritative DNS server against a minimal one; not in defaultParts
 	partCluster  = "cluster"  // three gateways on one etcd: propagation, a gateway killed; not in defaultParts
+	partRelay    = "relay"    // through a gateway that relays to the one holding the tunnel; not in defaultParts
 )
 
 // allParts are the parts -parts accepts; defaultParts those run when it is
 // not given.
 var (
-	allParts     = []string{partMain, partFailover, partUpstream, partLossy, partForward, partDNS, partCluster}
+	allParts     = []string{partMain, partFailover, partUpstream, partLossy, partForward, partDNS, partCluster, partRelay}
 	defaultParts = []string{partMain, partFailover, partUpstream, partLossy, partForward}
 )
 
@@ -72,8 +73,8 @@ type Config struct {
 	// writes CPU and heap profiles of gateway and agent (last round) there.
 	PprofDir string
 	// Parts lists what to run (partMain, partFailover, partUpstream,
-	// partLossy, partForward, partDNS); nil means defaultParts (all but
-	// partDNS).
+	// partLossy, partForward, partDNS, partRelay); nil means defaultParts
+	// (all but partDNS and partRelay).
 	Parts []string
 	// FailoverWatch is the longest a failover run watches after the kill
 	// while requests fail or throughput is not back; 0 means 60 s.
@@ -339,8 +340,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if h.certFile, h.keyFile, h.backendRoots, err = writeSelfSigned(work); err != nil {
 		return nil, err
 	}
-	// The dns part starts no agent: with it alone, no transport is probed.
-	agents := slices.ContainsFunc(cfg.Parts, func(p string) bool { return p != partDNS })
+	// The dns part starts no agent, the relay part one over tcp: with them
+	// alone, no transport is probed.
+	agents := slices.ContainsFunc(cfg.Parts, func(p string) bool { return p != partDNS && p != partRelay })
 	if h.cfg.Transports == nil && !agents {
 		h.cfg.Transports = []string{"tcp"}
 	} else if h.cfg.Transports == nil {
@@ -395,6 +397,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if cfg.has(partDNS) {
 		if err := h.dnsPart(ctx, rep); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("interrupted: %w", ctx.Err())
+			}
+			return nil, err
+		}
+	}
+	if cfg.has(partRelay) {
+		if err := h.relayPart(ctx, rep); err != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("interrupted: %w", ctx.Err())
 			}

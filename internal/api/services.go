@@ -73,9 +73,10 @@ type ServiceLive struct {
 
 // UpstreamState is one upstream as the balancer sees it now.
 type UpstreamState struct {
-	// Upstream names it: "agent <id>" or the direct URL.
+	// Upstream names it: "agent <id>", "peer <gateway id>" or the direct URL.
 	Upstream string `json:"upstream"`
-	// Kind is "agent" or "direct".
+	// Kind is "agent", "direct", or "peer" (another gateway that holds the
+	// service, used while this one has no usable upstream of its own).
 	Kind   string `json:"kind"`
 	Weight int    `json:"weight"`
 	// State is healthy, unhealthy (active checks), ejected (passive), or draining.
@@ -113,7 +114,10 @@ func liveOf(sv *route.Service) ServiceLive {
 	now := time.Now()
 	for _, u := range sv.Upstreams() {
 		st := UpstreamState{Upstream: u.String(), Kind: "direct", Weight: u.Weight(), State: u.Health.State(now), Outstanding: u.Outstanding()}
-		if u.Agent != nil {
+		switch {
+		case u.Peer():
+			st.Kind = "peer"
+		case u.Agent != nil:
 			st.Kind = "agent"
 		}
 		if u.Draining() {

@@ -58,6 +58,9 @@ type Member struct {
 type Holding struct {
 	Protocol      string `json:"protocol"`
 	ProxyProtocol int    `json:"proxy_protocol,omitempty"`
+	// Tenant owns the name; empty for an anonymous quick tunnel. A member
+	// relays a name only to members that hold it for the owner it knows.
+	Tenant string `json:"tenant,omitempty"`
 }
 
 // Options are New's optional settings.

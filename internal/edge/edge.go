@@ -96,6 +96,10 @@ type HTTPS struct {
 	TunnelCert *tls.Certificate
 	// Tunnel serves an agent connection after its TLS handshake.
 	Tunnel func(ctx context.Context, c net.Conn)
+	// Peer serves another gateway's peer session (ALPN tunnel.PeerALPN,
+	// with TunnelCert, TLS 1.3) after its TLS handshake, as Tunnel serves
+	// an agent's. Nil closes such connections.
+	Peer func(ctx context.Context, c net.Conn)
 	// TunnelQUIC serves an agent connection that came over QUIC to
 	// ServeUDP (ALPN tunnel.ALPN), after its handshake. It owns c and runs
 	// in a goroutine of its own; ctx ends when ServeUDP stops accepting.
@@ -313,19 +317,29 @@ func (e *HTTPS) handle(ctx context.Context, c net.Conn) {
 	}
 	pc := &prefixConn{Conn: c, prefix: peeked}
 
-	if slices.Contains(hello.protos, tunnel.ALPN) {
+	for _, t := range []struct {
+		alpn, who string
+		serve     func(context.Context, net.Conn)
+	}{{tunnel.ALPN, "agent", e.Tunnel}, {tunnel.PeerALPN, "peer", e.Peer}} {
+		if !slices.Contains(hello.protos, t.alpn) {
+			continue
+		}
+		if t.serve == nil {
+			c.Close()
+			return
+		}
 		tc := tls.Server(pc, &tls.Config{
 			Certificates: []tls.Certificate{*e.TunnelCert},
-			NextProtos:   []string{tunnel.ALPN},
+			NextProtos:   []string{t.alpn},
 			MinVersion:   tls.VersionTLS13,
 		})
 		if err := tc.HandshakeContext(ctx); err != nil {
-			e.log().Debug("agent tls handshake", "remote", c.RemoteAddr().String(), "err", err)
+			e.log().Debug(t.who+" tls handshake", "remote", c.RemoteAddr().String(), "err", err)
 			c.Close()
 			return
 		}
 		c.SetReadDeadline(time.Time{})
-		e.Tunnel(ctx, tc)
+		t.serve(ctx, tc)
 		return
 	}
 

@@ -711,3 +711,48 @@ func getAsync(client *http.Client, url string) <-chan getResult {
 	}()
 	return res
 }
+
+// TestHTTPSPeer: a ClientHello offering the peer ALPN goes to the Peer
+// callback after a TLS 1.3 handshake with the tunnel certificate; without
+// a Peer callback such a connection is closed.
+func TestHTTPSPeer(t *testing.T) {
+	peers := make(chan net.Conn, 1)
+	env := newEdge(t, func(h *HTTPS) {
+		h.Peer = func(_ context.Context, c net.Conn) { peers <- c }
+	})
+	c, err := env.dialTLS(&tls.Config{RootCAs: env.ca.Pool(), ServerName: "127.0.0.1", NextProtos: []string{tunnel.PeerALPN}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if p := c.ConnectionState().NegotiatedProtocol; p != tunnel.PeerALPN {
+		t.Errorf("client negotiated %q", p)
+	}
+	var sc net.Conn
+	select {
+	case sc = <-peers:
+	case sc = <-env.tunnels:
+		t.Fatal("a peer session went to the agents' Tunnel callback")
+	case <-time.After(waitTimeout):
+		t.Fatal("the Peer callback was not called")
+	}
+	defer sc.Close()
+	st := sc.(*tls.Conn).ConnectionState()
+	if st.NegotiatedProtocol != tunnel.PeerALPN || st.Version != tls.VersionTLS13 {
+		t.Errorf("server state: alpn %q, version %x", st.NegotiatedProtocol, st.Version)
+	}
+	if _, err := c.Write([]byte("peer")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	sc.SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, err := io.ReadFull(sc, buf); err != nil || string(buf) != "peer" {
+		t.Fatalf("server read %q %v", buf, err)
+	}
+
+	off := newEdge(t, nil)
+	if c, err := off.dialTLS(&tls.Config{RootCAs: off.ca.Pool(), ServerName: "127.0.0.1", NextProtos: []string{tunnel.PeerALPN}}); err == nil {
+		c.Close()
+		t.Fatal("peer handshake succeeded on an edge that serves no peers")
+	}
+}

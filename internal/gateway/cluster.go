@@ -45,7 +45,7 @@ func (g *Gateway) publishHeld(ctx context.Context) {
 		held := map[string]cluster.Holding{}
 		for _, s := range g.table.List() {
 			if s.Live() {
-				held[s.Name] = cluster.Holding{Protocol: string(s.Protocol), ProxyProtocol: s.ProxyProtocol()}
+				held[s.Name] = cluster.Holding{Protocol: string(s.Protocol), ProxyProtocol: s.ProxyProtocol(), Tenant: s.Tenant}
 			}
 		}
 		g.cluster.SetHeld(held)

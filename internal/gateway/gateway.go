@@ -99,6 +99,8 @@ type Gateway struct {
 	// calling https.Shutdown: otherwise a Stop soon after Start races with
 	// that set-up and can miss the server, leaving it running.
 	httpsDone chan struct{}
+	// peers keeps sessions to the other members, to relay to them.
+	peers *peers
 }
 
 // Version is the software version reported to agents and in status.
@@ -332,6 +334,17 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 			return "https://" + hostPort(name+"."+cfg.Domain, httpsPort)
 		},
 	}
+	secret, err := cluster.Secret(ctx, st)
+	if err != nil {
+		httpsLn.Close()
+		httpLn.Close()
+		apiLn.Close()
+		return nil, err
+	}
+	// Other gateways of the cluster relay here what they hold no tunnel
+	// for; g.cluster is set (startCluster) before the edge serves.
+	peerSrv := &control.PeerServer{Table: g.table, GatewayID: g.ID, Secret: secret, Log: log,
+		Member: func(id string) bool { _, ok := g.cluster.Member(id); return ok }}
 	g.https = &edge.HTTPS{
 		Names: names, Certs: certSrc, TunnelCert: tunnelCert, Tunnel: func(_ context.Context, c net.Conn) { ctl.ServeConn(tunCtx, c) }, Proxy: px,
 		Log: log, AccessLog: *cfg.AccessLog,
@@ -345,6 +358,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		MaxHeaderBytes: cfg.Limits.MaxHeaderBytes,
 	}
 	g.https.H1 = func(ctx context.Context, c net.Conn) { px.ServeH1(ctx, c, lim) }
+	g.https.Peer = func(_ context.Context, c net.Conn) { peerSrv.ServeConn(tunCtx, c) }
 	g.httpSrv = &http.Server{
 		Handler:           &edge.Redirect{Names: names, HTTPSPort: httpsPort, Challenge: acmeChallenge},
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10,
@@ -369,6 +383,16 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+
+	if err := g.startCluster(runCtx, dnsAddrs(cfg.PublicIPs, bindHost), announce, httpsPort); err != nil {
+		httpsLn.Close()
+		httpLn.Close()
+		apiLn.Close()
+		return nil, err
+	}
+	// Peer sessions, like agents' (tunCtx), outlive the listeners on stop.
+	g.peers = &peers{self: g.ID, cluster: g.cluster, table: g.table, secret: secret, roots: g.ca.Pool(), log: log}
+	g.goRun(func() error { g.peers.run(tunCtx); return nil })
 
 	if len(trusted) > 0 {
 		// Behind the operator's load balancer: its connections carry the
@@ -692,7 +716,9 @@ func (g *Gateway) expireQuickPorts(ctx context.Context, now time.Time, idle time
 	for _, p := range held {
 		key := p.String()
 		seen[key] = true
-		if svc := g.table.Lookup(p.Service); svc != nil && svc.Tenant == "" {
+		if svc := g.table.Lookup(p.Service); svc != nil && svc.Tenant == "" || len(g.cluster.Holders(p.Service)) > 0 {
+			// Here, or another gateway of the cluster holds the quick
+			// tunnel now: the port is in use.
 			delete(missing, key)
 			continue
 		}

@@ -553,7 +553,7 @@ func (sp *svcProxy) closeIdle() {
 // body bytes sent and whether the client connection may carry another request.
 func (h *h1conn) proxy(req *http.Request, svc *route.Service) (int, int64, bool) {
 	keep := !req.Close
-	if !svc.Live() {
+	if !svc.Reachable() {
 		h.writeError(req, http.StatusServiceUnavailable, "No agent is connected and no upstream is available for this service right now.", keep && bodyless(req))
 		return http.StatusServiceUnavailable, 0, keep && bodyless(req)
 	}

@@ -225,7 +225,7 @@ func (p *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rw := &recorder{ResponseWriter: w}
 	whole := true
-	if !svc.Live() {
+	if !svc.Reachable() {
 		w.Header().Set("Retry-After", "1")
 		ErrorPage(rw, http.StatusServiceUnavailable, "No agent is connected and no upstream is available for this service right now.")
 	} else if _, up := isUpgrade(r.Header); svc.Protocol == model.ProtoHTTP && !up {

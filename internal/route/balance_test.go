@@ -29,7 +29,7 @@ func directService(t *testing.T, tb *Table, lb model.LBPolicy, weights ...int) *
 func counts(s *Service, n int, client func(i int) string, now time.Time) map[*Upstream]int {
 	m := map[*Upstream]int{}
 	for i := range n {
-		m[s.pick(s.list(), client(i), nil, now)]++
+		m[s.pick(s.list(), client(i), nil, now, false)]++
 	}
 	return m
 }
@@ -48,7 +48,7 @@ func TestRoundRobinWeights(t *testing.T) {
 	run, maxRun := 0, 0
 	var last *Upstream
 	for range 70 {
-		u := s.pick(s.list(), "", nil, now)
+		u := s.pick(s.list(), "", nil, now, false)
 		if u == last {
 			run++
 		} else {
@@ -71,19 +71,19 @@ func TestPickSkipsUnusableAndTried(t *testing.T) {
 		ups[0].Health.RequestResult(p, false, now)
 	}
 	for i := range 30 {
-		if u := s.pick(s.list(), "", nil, now); u == ups[0] {
+		if u := s.pick(s.list(), "", nil, now, false); u == ups[0] {
 			t.Fatalf("pick %d chose the ejected upstream", i)
 		}
 	}
-	if u := s.pick(s.list(), "", []*Upstream{ups[1]}, now); u != ups[2] {
+	if u := s.pick(s.list(), "", []*Upstream{ups[1]}, now, false); u != ups[2] {
 		t.Errorf("pick with upstream 1 tried and 0 ejected = %v, want upstream 2", u)
 	}
 	// With the others tried (or gone), the ejected one is used after all:
 	// passive ejection never takes out the last upstream.
-	if u := s.pick(s.list(), "", []*Upstream{ups[1], ups[2]}, now); u != ups[0] {
+	if u := s.pick(s.list(), "", []*Upstream{ups[1], ups[2]}, now, false); u != ups[0] {
 		t.Errorf("pick with every other upstream tried = %v, want the ejected one", u)
 	}
-	if u := s.pick(s.list(), "", ups, now); u != nil {
+	if u := s.pick(s.list(), "", ups, now, false); u != nil {
 		t.Errorf("pick with every upstream tried = %v, want nil", u)
 	}
 	// After the cool-down the ejected upstream is picked again.
@@ -101,19 +101,19 @@ func TestLeastRequest(t *testing.T) {
 	ups[0].Begin()
 	ups[1].Begin()
 	// outstanding+1 per weight: 3/1, 2/1, 1/2: upstream 2.
-	if u := s.pick(s.list(), "", nil, now); u != ups[2] {
+	if u := s.pick(s.list(), "", nil, now, false); u != ups[2] {
 		t.Fatalf("least_request picked %v, want the idle heavy upstream", u)
 	}
 	for range 4 {
 		ups[2].Begin()
 	}
 	// now 3/1, 2/1, 5/2=2.5: upstream 1.
-	if u := s.pick(s.list(), "", nil, now); u != ups[1] {
+	if u := s.pick(s.list(), "", nil, now, false); u != ups[1] {
 		t.Fatalf("least_request picked %v, want upstream 1", u)
 	}
 	ups[0].End()
 	ups[0].End()
-	if u := s.pick(s.list(), "", nil, now); u != ups[0] {
+	if u := s.pick(s.list(), "", nil, now, false); u != ups[0] {
 		t.Fatalf("least_request picked %v, want upstream 0 once its requests ended", u)
 	}
 	if ups[0].Outstanding() != 0 {
@@ -134,8 +134,8 @@ func TestIPHashSticky(t *testing.T) {
 	ip := func(i int) string { return fmt.Sprintf("198.51.%d.%d", i/250, i%250) }
 	first := map[string]*Upstream{}
 	for i := range 2000 {
-		u := s.pick(s.list(), ip(i), nil, now)
-		if again := s.pick(s.list(), ip(i), nil, now); again != u {
+		u := s.pick(s.list(), ip(i), nil, now, false)
+		if again := s.pick(s.list(), ip(i), nil, now, false); again != u {
 			t.Fatalf("client %s went to %v then %v", ip(i), u, again)
 		}
 		first[ip(i)] = u
@@ -149,7 +149,7 @@ func TestIPHashSticky(t *testing.T) {
 	s2 := directService(t, tb, model.LBIPHash, 1, 3, 2)
 	moved := 0
 	for i := range 2000 {
-		u := s2.pick(s2.list(), ip(i), nil, now)
+		u := s2.pick(s2.list(), ip(i), nil, now, false)
 		if u.Key() != first[ip(i)].Key() {
 			moved++
 			if u != s2.Upstreams()[2] {
@@ -162,15 +162,15 @@ func TestIPHashSticky(t *testing.T) {
 	}
 	// A client whose upstream is ejected goes elsewhere, and comes back.
 	c := ip(7)
-	u := s2.pick(s2.list(), c, nil, now)
+	u := s2.pick(s2.list(), c, nil, now, false)
 	p := s2.policy()
 	for range p.MaxFailures {
 		u.Health.RequestResult(p, false, now)
 	}
-	if v := s2.pick(s2.list(), c, nil, now); v == u || v == nil {
+	if v := s2.pick(s2.list(), c, nil, now, false); v == u || v == nil {
 		t.Fatalf("client of an ejected upstream picked %v", v)
 	}
-	if v := s2.pick(s2.list(), c, nil, now.Add(p.Cooldown+time.Second)); v != u {
+	if v := s2.pick(s2.list(), c, nil, now.Add(p.Cooldown+time.Second), false); v != u {
 		t.Errorf("after the cool-down the client went to %v, want its own upstream back", v)
 	}
 }

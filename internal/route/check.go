@@ -22,7 +22,9 @@ func (t *Table) runChecks(ctx context.Context, s *Service, p HealthPolicy) {
 	for {
 		var wg sync.WaitGroup
 		for _, u := range s.list().all {
-			if u.Gone() {
+			// A peer gateway tells the cluster it holds the service only
+			// while its own checks pass.
+			if u.Gone() || u.Peer() {
 				continue
 			}
 			wg.Add(1)

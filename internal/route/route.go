@@ -37,7 +37,9 @@ var (
 	ErrBusy = errors.New("every agent of this service is at its stream limit")
 )
 
-// Agent is one agent tunnel session attached to one or more services.
+// Agent is one agent tunnel session attached to one or more services, or
+// (Peer set) a session to another gateway of the cluster that relays to
+// the services it holds.
 type Agent struct {
 	ID        string
 	Tenant    string // empty for anonymous quick tunnels
@@ -56,6 +58,10 @@ type Agent struct {
 	// Weights are the agent's load-balancing weights per service name; a
 	// missing or 0 entry means 1. Set before it is attached.
 	Weights map[string]int
+	// Peer marks a session to another gateway of the cluster (ID is its
+	// gateway id), attached with AttachPeer: a fallback used only while
+	// the service has no usable local upstream. Set before it is attached.
+	Peer bool
 
 	draining atomic.Bool
 	gone     atomic.Bool  // detached: its session ended or was replaced
@@ -87,6 +93,12 @@ type Service struct {
 	Protocol model.Protocol
 	// Stored is true when the service is persisted in the store.
 	Stored bool
+	// peerOnly is set on a service AttachPeer created for a name this
+	// gateway did not know (another gateway's quick tunnel, or a service
+	// the store has not shown it yet): it goes when its last upstream
+	// does, and is never taken for an expired quick tunnel of this
+	// gateway's. Guarded by Table.mu.
+	peerOnly bool
 	// Metrics are this service's metric children, resolved once.
 	Metrics *ServiceMetrics
 
@@ -149,21 +161,35 @@ func (s *Service) list() *upList {
 // direct upstreams. The slice must not be modified.
 func (s *Service) Upstreams() []*Upstream { return s.list().all }
 
-// Agents returns the agents attached now.
+// Agents returns the agents attached now (not the peer gateways).
 func (s *Service) Agents() []*Agent {
 	var out []*Agent
 	for _, u := range s.list().all {
-		if u.Agent != nil {
+		if u.Agent != nil && !u.Agent.Peer {
 			out = append(out, u.Agent)
 		}
 	}
 	return out
 }
 
-// Live reports whether at least one upstream may take a request now: an
-// agent not draining, or a direct upstream, that active health checks have
-// not taken out (a passive ejection of the last ones is ignored, see pick).
+// Live reports whether at least one local upstream may take a request now:
+// an agent not draining, or a direct upstream, that active health checks
+// have not taken out (a passive ejection of the last ones is ignored, see
+// pick). Peer gateways do not count: Live says what this gateway holds
+// itself, which is what it tells the cluster.
 func (s *Service) Live() bool {
+	now := time.Now()
+	for _, u := range s.list().all {
+		if !u.Peer() && u.usable(now, true) {
+			return true
+		}
+	}
+	return false
+}
+
+// Reachable reports whether a request can go somewhere now: Live, or a
+// peer gateway that holds the service may take it.
+func (s *Service) Reachable() bool {
 	now := time.Now()
 	for _, u := range s.list().all {
 		if u.usable(now, true) {
@@ -355,6 +381,8 @@ func (t *Table) upsertLocked(name, tenant string, proto model.Protocol, stored b
 		t.services[name] = s
 		return s
 	}
+	// Known here now for its own sake, not only as a relay.
+	s.peerOnly = false
 	if s.Tenant != tenant || s.Protocol != proto || s.Stored != stored {
 		// Replace the entry so readers holding the old one see consistent
 		// fields; its upstreams move over as new values of the new entry.
@@ -369,9 +397,12 @@ func (t *Table) upsertLocked(name, tenant string, proto model.Protocol, stored b
 		}
 		var ups []*Upstream
 		for _, u := range s.list().all {
-			if u.Agent != nil {
+			switch {
+			case u.Agent != nil && u.Agent.Peer && (proto != s.Protocol || tenant != s.Tenant):
+				// The peer holds the name for the old owner or protocol.
+			case u.Agent != nil:
 				ups = append(ups, ns.newAgentUpstream(u.Agent))
-			} else {
+			default:
 				u.removed.Store(true)
 			}
 		}
@@ -473,7 +504,7 @@ func (t *Table) setDirectLocked(s *Service, sv model.Service) {
 func (t *Table) updateEmptyLocked(s *Service) {
 	n := 0
 	for _, u := range s.list().all {
-		if u.Agent != nil {
+		if u.Agent != nil && !u.Agent.Peer {
 			n++
 		}
 	}
@@ -494,10 +525,16 @@ func (t *Table) Remove(name string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.services[name]
-	delete(t.services, name)
 	if s == nil {
 		return
 	}
+	t.removeLocked(s)
+}
+
+// removeLocked deletes s from the table.
+func (t *Table) removeLocked(s *Service) {
+	name := s.Name
+	delete(t.services, name)
 	if c := s.cfg.Load(); c != nil && c.checks != nil {
 		c.checks()
 	}
@@ -537,7 +574,11 @@ func (s *Service) newAgentUpstream(a *Agent) *Upstream {
 	if w <= 0 {
 		w = 1
 	}
-	return &Upstream{Agent: a, key: a.Tenant + "/" + a.ID, weight: w, svc: s}
+	key := a.Tenant + "/" + a.ID
+	if a.Peer {
+		key = "peer/" + a.ID
+	}
+	return &Upstream{Agent: a, key: key, weight: w, svc: s}
 }
 
 // Attach adds agent a to the service called name, which must exist.
@@ -548,37 +589,113 @@ func (t *Table) Attach(name string, a *Agent) error {
 	if s == nil {
 		return fmt.Errorf("attach agent to %q: no such service", name)
 	}
+	if !a.Peer {
+		s.peerOnly = false
+	}
+	t.appendLocked(s, a)
+	return nil
+}
+
+// AttachPeer adds a, the session to another gateway (a.Peer set) that
+// holds name for tenant ("" for an anonymous quick tunnel) as proto, with
+// the PROXY header version its backends want, to the service called name.
+// A name this gateway does not know (another gateway's quick tunnel, or a
+// service the store has not shown it yet) gets an unstored service of its
+// own, which goes when its last upstream does. A service known here with
+// another owner or protocol is left alone (an error): its traffic must not
+// go to what another tenant holds. Attaching a twice is a no-op.
+func (t *Table) AttachPeer(name string, a *Agent, tenant string, proto model.Protocol, proxyProtocol int) error {
+	if !a.Peer {
+		return fmt.Errorf("attach peer to %q: agent %s is no peer", name, shortID(a.ID))
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.services[name]
+	if s == nil {
+		s = t.upsertLocked(name, tenant, proto, false)
+		s.peerOnly = true
+		if proxyProtocol != 0 {
+			s.cfg.Store(&svcConfig{policy: PolicyFor(nil, nil), spec: model.Service{ProxyProtocol: proxyProtocol}})
+		}
+	} else if s.Protocol != proto || s.Tenant != tenant {
+		return fmt.Errorf("attach peer %s to %q: %s of tenant %q here, held as %s of tenant %q there", a.ID, name, s.Protocol, s.Tenant, proto, tenant)
+	}
+	for _, u := range s.list().all {
+		if u.Agent == a {
+			return nil
+		}
+	}
+	t.appendLocked(s, a)
+	return nil
+}
+
+// HasPeer reports whether the peer a is attached to the service called name.
+func (t *Table) HasPeer(name string, a *Agent) bool {
+	s := t.Lookup(name)
+	if s == nil {
+		return false
+	}
+	for _, u := range s.list().all {
+		if u.Agent == a {
+			return true
+		}
+	}
+	return false
+}
+
+// DetachPeer removes the peer a from the service called name (it no longer
+// holds it); a service that existed only for peers goes with its last one.
+func (t *Table) DetachPeer(name string, a *Agent) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s := t.services[name]; s != nil {
+		t.dropLocked(s, a)
+	}
+}
+
+// appendLocked adds an upstream for a to s.
+func (t *Table) appendLocked(s *Service, a *Agent) {
 	old := s.list().all
 	nl := make([]*Upstream, 0, len(old)+1)
 	nl = append(nl, old...)
 	nl = append(nl, s.newAgentUpstream(a))
 	s.ups.Store(newUpList(nl))
 	t.updateEmptyLocked(s)
-	return nil
 }
 
-// Detach removes agent a from every service it is attached to.
+// Detach removes agent a (or peer) from every service it is attached to.
 func (t *Table) Detach(a *Agent) {
 	a.gone.Store(true)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, s := range t.services {
-		old := s.list().all
-		idx := -1
-		for i, x := range old {
-			if x.Agent == a {
-				idx = i
-				break
-			}
+		t.dropLocked(s, a)
+	}
+}
+
+// dropLocked removes a's upstream from s, if there, and s itself when it
+// existed only for peers and none is left.
+func (t *Table) dropLocked(s *Service, a *Agent) {
+	old := s.list().all
+	idx := -1
+	for i, x := range old {
+		if x.Agent == a {
+			idx = i
+			break
 		}
-		if idx < 0 {
-			continue
-		}
-		nl := make([]*Upstream, 0, len(old)-1)
-		nl = append(nl, old[:idx]...)
-		nl = append(nl, old[idx+1:]...)
-		s.ups.Store(newUpList(nl))
-		t.updateEmptyLocked(s)
+	}
+	if idx < 0 {
+		return
+	}
+	nl := make([]*Upstream, 0, len(old)-1)
+	nl = append(nl, old[:idx]...)
+	nl = append(nl, old[idx+1:]...)
+	s.ups.Store(newUpList(nl))
+	t.updateEmptyLocked(s)
+	if s.peerOnly && len(nl) == 0 {
+		// Removed at once, and never reported as an expired quick tunnel:
+		// the name is another gateway's, which alone may release it.
+		t.removeLocked(s)
 	}
 }
 
@@ -588,7 +705,7 @@ func (t *Table) ExpireAnonymous(now time.Time, idle time.Duration) []string {
 	t.mu.Lock()
 	var gone []string
 	for name, s := range t.services {
-		if s.Stored {
+		if s.Stored || s.peerOnly {
 			continue
 		}
 		at := s.emptyAt.Load()

@@ -56,11 +56,18 @@ func (u *Upstream) Weight() int { return u.weight }
 
 // String names the upstream for logs and status.
 func (u *Upstream) String() string {
-	if u.Agent != nil {
+	switch {
+	case u.Agent != nil && u.Agent.Peer:
+		return "peer " + u.Agent.ID
+	case u.Agent != nil:
 		return "agent " + shortID(u.Agent.ID)
 	}
 	return u.Direct.Spec.URL
 }
+
+// Peer reports whether the upstream is another gateway of the cluster
+// (AttachPeer), not a local agent or direct upstream.
+func (u *Upstream) Peer() bool { return u.Agent != nil && u.Agent.Peer }
 
 func shortID(id string) string {
 	if len(id) > 12 {
@@ -191,6 +198,8 @@ type upList struct {
 	// sched lists indexes into groups, each as often as its weight,
 	// interleaved (smooth weighted round robin).
 	sched []int
+	// peers is the number of peer upstreams in all.
+	peers int
 }
 
 type upGroup struct {
@@ -203,6 +212,9 @@ func newUpList(all []*Upstream) *upList {
 	byKey := map[string]int{}
 	var weights []int
 	for i, u := range all {
+		if u.Peer() {
+			l.peers++
+		}
 		g, ok := byKey[u.key]
 		if !ok {
 			g = len(l.groups)
@@ -277,12 +289,25 @@ func (u *Upstream) keyHash() uint64 {
 // active checks still call healthy, those are used all the same: ejecting
 // the last ones would only turn their errors into 503s (Envoy's panic
 // routing, for passive ejection only: an upstream that fails active checks
-// or is draining is never used).
-func (s *Service) pick(l *upList, clientIP string, tried []*Upstream, now time.Time) *Upstream {
-	if u := s.pick1(l, clientIP, tried, now, false); u != nil {
+// or is draining is never used). Local upstreams always come first: peer
+// gateways are picked only when no local one is usable, and never with
+// localOnly.
+func (s *Service) pick(l *upList, clientIP string, tried []*Upstream, now time.Time, localOnly bool) *Upstream {
+	if l.peers < len(l.all) {
+		if u := s.pick1(l, clientIP, tried, now, false, false); u != nil {
+			return u
+		}
+		if u := s.pick1(l, clientIP, tried, now, true, false); u != nil {
+			return u
+		}
+	}
+	if l.peers == 0 || localOnly {
+		return nil
+	}
+	if u := s.pick1(l, clientIP, tried, now, false, true); u != nil {
 		return u
 	}
-	return s.pick1(l, clientIP, tried, now, true)
+	return s.pick1(l, clientIP, tried, now, true, true)
 }
 
 // usable reports whether u may take a request; with panic set, a passive
@@ -294,13 +319,14 @@ func (u *Upstream) usable(now time.Time, panic bool) bool {
 	return u.Usable(now)
 }
 
-func (s *Service) pick1(l *upList, clientIP string, tried []*Upstream, now time.Time, panic bool) *Upstream {
+// pick1 is one pass of pick, among the peers or among the local upstreams.
+func (s *Service) pick1(l *upList, clientIP string, tried []*Upstream, now time.Time, panic, peers bool) *Upstream {
 	n := len(l.all)
 	if n == 0 {
 		return nil
 	}
 	ok := func(u *Upstream) bool {
-		if !u.usable(now, panic) {
+		if u.Peer() != peers || !u.usable(now, panic) {
 			return false
 		}
 		for _, t := range tried {
@@ -376,7 +402,7 @@ func (s *Service) pick1(l *upList, clientIP string, tried []*Upstream, now time.
 // one of tried nor another connection of the same agent, or nil when no
 // usable upstream is left.
 func (s *Service) Pick(clientIP string, tried ...*Upstream) *Upstream {
-	return s.pick(s.list(), clientIP, tried, time.Now())
+	return s.pick(s.list(), clientIP, tried, time.Now(), false)
 }
 
 // Dial opens a connection to an upstream picked for h's client (see Pick),
@@ -389,6 +415,18 @@ func (s *Service) Dial(h *tunnel.Header) (net.Conn, *Upstream, error) {
 
 // DialContext is Dial with a context and the client IP for hashing.
 func (s *Service) DialContext(ctx context.Context, h *tunnel.Header, clientIP string) (net.Conn, *Upstream, error) {
+	return s.dial(ctx, h, clientIP, false, nil)
+}
+
+// DialLocal is DialContext among the local upstreams only (agents of this
+// gateway, direct upstreams), never a peer gateway: what a gateway serving
+// another's relayed stream uses, so a relay never goes on to a third
+// gateway (or back). With accept set, only upstreams it accepts are tried.
+func (s *Service) DialLocal(ctx context.Context, h *tunnel.Header, clientIP string, accept func(*Upstream) bool) (net.Conn, *Upstream, error) {
+	return s.dial(ctx, h, clientIP, true, accept)
+}
+
+func (s *Service) dial(ctx context.Context, h *tunnel.Header, clientIP string, localOnly bool, accept func(*Upstream) bool) (net.Conn, *Upstream, error) {
 	var (
 		tried   []*Upstream
 		busy    bool
@@ -396,11 +434,14 @@ func (s *Service) DialContext(ctx context.Context, h *tunnel.Header, clientIP st
 	)
 	l := s.list()
 	for range len(l.all) {
-		u := s.pick(l, clientIP, tried, time.Now())
+		u := s.pick(l, clientIP, tried, time.Now(), localOnly)
 		if u == nil {
 			break
 		}
 		tried = append(tried, u)
+		if accept != nil && !accept(u) {
+			continue
+		}
 		c, err := u.Dial(ctx, h)
 		if err == nil {
 			// The connection is the request (a passthrough or h2c stream):

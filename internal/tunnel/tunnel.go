@@ -1,7 +1,8 @@
 // Package tunnel is webgw's agent-gateway wire protocol: the multiplexed
 // session over one TLS connection (yamux) or one QUIC connection, the
-// control messages that register services, and the header that starts
-// every data stream. The format is written down in spec.md.
+// control messages that register services, the header that starts every
+// data stream, and the handshake of gateway-to-gateway (peer) sessions. The
+// format is written down in spec.md.
 package tunnel
 
 // ALPN is the TLS application protocol agents offer, over TCP and over
