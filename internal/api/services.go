@@ -337,7 +337,8 @@ func (s *Server) createService(w http.ResponseWriter, r *http.Request, c caller)
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("protocol: %q not accepted: this gateway forwards no public ports; use http, h2c or tls", sv.Protocol))
 		return
 	}
-	if ts := s.Table.Lookup(req.Name); ts != nil && !ts.Stored && ts.Tenant == "" && len(ts.Agents()) > 0 {
+	if ts := s.Table.Lookup(req.Name); ts != nil && !ts.Stored && ts.Tenant == "" && (len(ts.Agents()) > 0 || ts.Reachable()) {
+		// A quick tunnel here, or on another gateway of the cluster (a peer).
 		writeError(w, http.StatusConflict, fmt.Sprintf("name %q is in use by a quick tunnel right now; choose another name or try again when it disconnects", req.Name))
 		return
 	}

@@ -61,6 +61,34 @@ type Holding struct {
 	// Tenant owns the name; empty for an anonymous quick tunnel. A member
 	// relays a name only to members that hold it for the owner it knows.
 	Tenant string `json:"tenant,omitempty"`
+	// Agents are, for an anonymous quick tunnel, the ids of the agent
+	// processes serving it there (AgentBase, sorted, comma-separated), so
+	// that another gateway gives the name only to those agents.
+	Agents string `json:"agents,omitempty"`
+}
+
+// AgentBase is the part of an agent id that is the same on every gateway
+// the agent process connects to (it tells each gateway id-N or id-gN).
+func AgentBase(id string) string {
+	base, _, _ := strings.Cut(id, "-")
+	return base
+}
+
+// OthersHolding returns the holdings of name by the other live members.
+func (c *Cluster) OthersHolding(name string) map[string]Holding {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out map[string]Holding
+	for id, h := range c.held[name] {
+		if _, live := c.members[id]; !live || id == c.self.ID {
+			continue
+		}
+		if out == nil {
+			out = map[string]Holding{}
+		}
+		out[id] = h
+	}
+	return out
 }
 
 // Options are New's optional settings.
@@ -227,6 +255,9 @@ func (c *Cluster) Run(ctx context.Context) {
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
 		lease, err := c.ls.Grant(ctx, c.ttl)
+		if errors.Is(err, store.ErrClosed) {
+			return
+		}
 		if err != nil {
 			c.log.Error("cluster: register; retrying", "err", err, "in", backoff.String())
 			if !sleep(ctx, backoff) {

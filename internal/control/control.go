@@ -71,6 +71,11 @@ type Server struct {
 	// once, and returns the public HOST:PORT to announce. An error refuses
 	// the service. nil means tcp and udp services are refused.
 	OpenPort func(model.Port) (string, error)
+	// QuickElsewhere reports whether another gateway of the cluster serves
+	// name as a quick tunnel now, and whether the agent process of agentID
+	// is among those serving it there; nil means no other gateway exists.
+	// A quick-tunnel name is given only to the agents that hold it.
+	QuickElsewhere func(name, agentID string) (held, byAgent bool)
 	// Cluster, when set, lists the live gateways of the cluster this
 	// gateway is part of: welcomes carry the list, and agents whose hello
 	// sets cluster get a gateways message each time it changes. nil means
@@ -607,6 +612,16 @@ func (s *Server) claimLocked(ctx context.Context, spec tunnel.ServiceSpec, tenan
 			return fail(false, "name %q is in use by a quick tunnel right now; try again when it disconnects", name)
 		case existing.Protocol != proto && existing.Live():
 			return fail(true, "name %q is served as %s by other agents; this agent asked for %s", name, existing.Protocol, proto)
+		}
+	}
+	if (existing == nil || (existing.Tenant == "" && !existing.Stored)) && s.QuickElsewhere != nil {
+		// Another gateway of the cluster may serve the name as a quick
+		// tunnel: only its own agent (connecting here too) may have it.
+		switch held, byAgent := s.QuickElsewhere(name, agentID); {
+		case held && tenant != "":
+			return fail(false, "name %q is in use by a quick tunnel right now; try again when it disconnects", name)
+		case held && !byAgent:
+			return fail(false, "name %q is in use by another quick tunnel; choose another name or use a token", name)
 		}
 	}
 	wantPP := spec.ProxyProtocol // 0: keep the stored setting

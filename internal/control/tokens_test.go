@@ -3,6 +3,7 @@ package control_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -66,4 +67,28 @@ func TestReconnectWhileStoreDown(t *testing.T) {
 	wantRefused(t, b, false, "try again")
 	a3 := h.connect(t, hello("a3", tokA, spec("newname", model.ProtoHTTP)))
 	wantRefused(t, a3, false, "try again")
+}
+
+// TestQuickNameHeldElsewhere: a quick-tunnel name another gateway of the
+// cluster serves goes only to the agent process serving it there (which
+// tells each gateway its id with another suffix), never to another
+// anonymous agent nor to a tenant.
+func TestQuickNameHeldElsewhere(t *testing.T) {
+	h := newHarness(t, func(s *control.Server) {
+		s.QuickElsewhere = func(name, agentID string) (bool, bool) {
+			if name != "brave-otter-42" {
+				return false, false
+			}
+			base, _, _ := strings.Cut(agentID, "-")
+			return true, base == "a1b2"
+		}
+	})
+	tok := h.addTenant(t, "alpha")
+	other := h.connect(t, hello("ffff", "", spec("brave-otter-42", model.ProtoHTTP)))
+	wantRefused(t, other, false, "in use by another quick tunnel")
+	ten := h.connect(t, hello("eeee", tok, spec("brave-otter-42", model.ProtoHTTP)))
+	wantRefused(t, ten, false, "in use by a quick tunnel")
+	same := h.connect(t, hello("a1b2-g1", "", spec("brave-otter-42", model.ProtoHTTP)))
+	wantAdmitted(t, same)
+	wantAgents(t, h, "brave-otter-42", 1)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -45,7 +46,18 @@ func (g *Gateway) publishHeld(ctx context.Context) {
 		held := map[string]cluster.Holding{}
 		for _, s := range g.table.List() {
 			if s.Live() {
-				held[s.Name] = cluster.Holding{Protocol: string(s.Protocol), ProxyProtocol: s.ProxyProtocol(), Tenant: s.Tenant}
+				h := cluster.Holding{Protocol: string(s.Protocol), ProxyProtocol: s.ProxyProtocol(), Tenant: s.Tenant}
+				if s.Tenant == "" {
+					var ids []string
+					for _, a := range s.Agents() {
+						if b := cluster.AgentBase(a.ID); !slices.Contains(ids, b) {
+							ids = append(ids, b)
+						}
+					}
+					slices.Sort(ids)
+					h.Agents = strings.Join(ids, ",")
+				}
+				held[s.Name] = h
 			}
 		}
 		g.cluster.SetHeld(held)
@@ -104,3 +116,19 @@ func (a agentCluster) Gateways() []tunnel.GatewayInfo {
 }
 
 func (a agentCluster) Changed() <-chan struct{} { return a.c.MembersChanged() }
+
+// quickHeldElsewhere is control.Server.QuickElsewhere: whether another
+// live gateway serves name as a quick tunnel, and whether agentID's
+// process is one of the agents it serves it with.
+func (g *Gateway) quickHeldElsewhere(name, agentID string) (held, byAgent bool) {
+	for _, h := range g.cluster.OthersHolding(name) {
+		if h.Tenant != "" {
+			continue
+		}
+		held = true
+		if agentID != "" && slices.Contains(strings.Split(h.Agents, ","), cluster.AgentBase(agentID)) {
+			byAgent = true
+		}
+	}
+	return held, byAgent
+}

@@ -127,6 +127,14 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	ok := false
 	defer func() {
 		if !ok {
+			// Loops started before the failure (the cluster's) end first.
+			if g.cancel != nil {
+				g.cancel()
+			}
+			if g.tunCancel != nil {
+				g.tunCancel()
+			}
+			g.wg.Wait()
 			g.closeAll()
 		}
 	}()
@@ -311,6 +319,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	}
 	announce := announceHost(cfg.PublicIPs, bindHost, cfg.Domain)
 	if err := g.startCluster(runCtx, dnsAddrs(cfg.PublicIPs, bindHost), announce, httpsPort); err != nil {
+		httpsLn.Close()
+		httpLn.Close()
+		apiLn.Close()
 		return nil, err
 	}
 	// openPublicPort opens a port's listener at once, for the agent or API
@@ -328,8 +339,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		MaxAnonymousPerIP: cfg.Limits.MaxQuickTunnelsPerIP,
 		OnDrain:           px.DrainIdle,
 		PortRange:         portRange, MaxPortsPerTenant: cmp.Or(cfg.Limits.MaxPortsPerTenant, DefaultMaxPortsPerTenant),
-		OpenPort: openPublicPort,
-		Cluster:  agentCluster{g.cluster},
+		OpenPort:       openPublicPort,
+		Cluster:        agentCluster{g.cluster},
+		QuickElsewhere: g.quickHeldElsewhere,
 		URL: func(name string, _ model.Protocol) string {
 			return "https://" + hostPort(name+"."+cfg.Domain, httpsPort)
 		},
@@ -384,12 +396,6 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 
-	if err := g.startCluster(runCtx, dnsAddrs(cfg.PublicIPs, bindHost), announce, httpsPort); err != nil {
-		httpsLn.Close()
-		httpLn.Close()
-		apiLn.Close()
-		return nil, err
-	}
 	// Peer sessions, like agents' (tunCtx), outlive the listeners on stop.
 	g.peers = &peers{self: g.ID, cluster: g.cluster, table: g.table, secret: secret, roots: g.ca.Pool(), log: log}
 	g.goRun(func() error { g.peers.run(tunCtx); return nil })
@@ -719,11 +725,6 @@ func (g *Gateway) expireQuickPorts(ctx context.Context, now time.Time, idle time
 		if svc := g.table.Lookup(p.Service); svc != nil && svc.Tenant == "" || len(g.cluster.Holders(p.Service)) > 0 {
 			// Here, or another gateway of the cluster holds the quick
 			// tunnel now: the port is in use.
-			delete(missing, key)
-			continue
-		}
-		if g.cluster != nil && len(g.cluster.Holders(p.Service)) > 0 {
-			// Another gateway of the cluster holds its agent: not idle.
 			delete(missing, key)
 			continue
 		}
