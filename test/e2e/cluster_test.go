@@ -472,6 +472,16 @@ func (c *cluster) testRelay(t *testing.T) {
 	// The tunnel is up on one gateway: within the propagation goal the
 	// others know it and relay to it.
 	up := time.Now()
+	// DNS steers solo to the one gateway holding its tunnel, on every gateway.
+	for _, g := range gws {
+		var got string
+		if !poll(5*time.Second, func() bool {
+			got = strings.TrimSpace(c.dig(t, g.ip, "+short", "solo."+clusterDomain, "A"))
+			return got == holders[0].ip.String()
+		}) {
+			t.Errorf("dig @%s +short solo.%s A = %q, want only %s, which holds its tunnel", g, clusterDomain, got, holders[0])
+		}
+	}
 	for _, g := range others {
 		var (
 			code      int
