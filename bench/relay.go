@@ -85,7 +85,7 @@ func (h *harness) relayPart(ctx context.Context, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	agent, public, err := h.startAgent(ctx, dir, "agent", ga, nil, "--transport", "tcp", "--token", strings.TrimSpace(out),
+	agent, public, err := h.startAgent(ctx, dir, "agent", ga, nil, "--transport", "tcp", "--max-gateways", "1", "--token", strings.TrimSpace(out),
 		"--name", "relay", "http://"+backend.httpAddr)
 	if err != nil {
 		return fmt.Errorf("relay: agent: %w", err)

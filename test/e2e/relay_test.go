@@ -49,7 +49,7 @@ func TestRelay(t *testing.T) {
 		t.Fatalf("second gateway's https on %s, want 127.0.0.2", g2.httpsAddr)
 	}
 	tok := g1.addTenant(t, "acme")
-	shopAgent, shopURL := g1.expose(t, "--token", tok, "--name", "shop", textBackend(t, "relayed\n"))
+	shopAgent, shopURL := g1.expose(t, "--max-gateways", "1", "--token", tok, "--name", "shop", textBackend(t, "relayed\n"))
 	shop2 := urlAt(g2, shopURL)
 
 	// The second gateway attaches its peer session to shop as soon as the
@@ -77,7 +77,7 @@ func TestRelay(t *testing.T) {
 	}
 
 	// A WebSocket, upgraded through both gateways.
-	_, wsURL := g1.expose(t, "--token", tok, "--name", "ws", wsEcho(t))
+	_, wsURL := g1.expose(t, "--max-gateways", "1", "--token", tok, "--name", "ws", wsEcho(t))
 	waitFor(t, 10*time.Second, "ws through the second gateway", func() bool {
 		code, _ := statusAt(t, g2, urlAt(g2, wsURL))
 		return code == "200"
@@ -90,7 +90,7 @@ func TestRelay(t *testing.T) {
 
 	// A quick tunnel: the name is the first gateway's alone (not in the
 	// store), and the second learns it only from the cluster.
-	_, quickURL := g1.expose(t, textBackend(t, "quick\n"))
+	_, quickURL := g1.expose(t, "--max-gateways", "1", textBackend(t, "quick\n"))
 	waitFor(t, 10*time.Second, "the quick tunnel through the second gateway", func() bool {
 		code, body := statusAt(t, g2, urlAt(g2, quickURL))
 		return code == "200" && body == "quick\n"
@@ -103,7 +103,7 @@ func TestRelay(t *testing.T) {
 		line, _ := bufio.NewReader(c).ReadString('\n')
 		io.WriteString(c, "echo "+line)
 	})
-	_, pub := g1.exposePort(t, "--token", tok, "--name", "db", "tcp://"+echo)
+	_, pub := g1.exposePort(t, "--max-gateways", "1", "--token", tok, "--name", "db", "tcp://"+echo)
 	pub2 := net.JoinHostPort("127.0.0.2", portOf(pub))
 	waitFor(t, 10*time.Second, "the tcp port through the second gateway", func() bool {
 		return tcpEcho(pub2, "hello\n") == "echo hello\n"
@@ -111,7 +111,7 @@ func TestRelay(t *testing.T) {
 
 	// A UDP port likewise, datagram by datagram.
 	needTool(t, "dig")
-	_, upub := g1.exposePort(t, "--token", tok, "--name", "resolver", "udp://"+startDNS(t))
+	_, upub := g1.exposePort(t, "--max-gateways", "1", "--token", tok, "--name", "resolver", "udp://"+startDNS(t))
 	upub2 := net.JoinHostPort("127.0.0.2", portOf(upub))
 	waitFor(t, 10*time.Second, "the udp port through the second gateway", func() bool {
 		m := new(dns.Msg)
