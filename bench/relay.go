@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -151,7 +153,7 @@ func (h *harness) relayPart(ctx context.Context, rep *Report) error {
 		rd.addRelayRatios()
 		rep.Relay = append(rep.Relay, rd)
 	}
-	return nil
+	return h.holdsNoTunnel(ctx, gb)
 }
 
 // addRelayRatios adds relayed / through the holding gateway for every
@@ -219,4 +221,28 @@ func (r *Report) writeRelay(w io.Writer) {
 func portOf(addr string) string {
 	_, p, _ := net.SplitHostPort(addr)
 	return p
+}
+
+// holdsNoTunnel checks that gateway B holds no agent session for the name
+// relay: relayed means that, so a change that lets the agent reach B too
+// cannot pass for a fast relay.
+func (h *harness) holdsNoTunnel(ctx context.Context, gb *gateway) error {
+	st, err := h.cli(ctx, gb, "status", "--json")
+	if err != nil {
+		return fmt.Errorf("relay: status of gateway B: %w", err)
+	}
+	var bs struct {
+		Agents []struct {
+			Services []string `json:"services"`
+		} `json:"agents"`
+	}
+	if err := json.Unmarshal([]byte(st), &bs); err != nil {
+		return fmt.Errorf("relay: status of gateway B: %w", err)
+	}
+	for _, a := range bs.Agents {
+		if slices.Contains(a.Services, "relay") {
+			return fmt.Errorf("relay: the agent holds a tunnel to gateway B too: nothing was relayed")
+		}
+	}
+	return nil
 }
