@@ -27,6 +27,11 @@ func (g *Gateway) startCluster(ctx context.Context, addrs []netip.Addr, tunnelHo
 	for _, a := range addrs {
 		self.Addrs = append(self.Addrs, a.String())
 	}
+	if len(g.cfg.PublicIPs) == 0 && strings.HasPrefix(g.cfg.Store, "etcd://") {
+		// Other gateways and agents dial the address published here, and
+		// DNS answers with it: without --public-ip it is a guess.
+		g.log.Warn("cluster: no --public-ip; other gateways, agents and DNS answers use " + self.Tunnel + ", set --public-ip to this gateway's own address")
+	}
 	c, err := cluster.New(g.store, self, cluster.Options{TTL: g.cfg.ClusterTTL, Log: g.log})
 	if err != nil {
 		return err
