@@ -22,6 +22,7 @@ var rank = map[string]int{
 	"internal/tunnel":   1,
 	"internal/route":    2,
 	"internal/cluster":  2,
+	"internal/wg4to6":   1,
 	"internal/proxy":    3,
 	"internal/certs":    4,
 	"internal/control":  4,
