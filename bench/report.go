@@ -145,9 +145,9 @@ func (r *Report) addScenario(key string, f Figures) {
 }
 
 // worst is the worst value of name over the runs of scenario key: the
-// lowest for rates and shares (rps_*, *_pct_*), else the highest.
+// lowest for rates and shares (rps_*, *_pct_*, *mibs*), else the highest.
 func (r *Report) worst(key, name string) float64 {
-	low := strings.HasPrefix(name, "rps") || strings.Contains(name, "_pct_")
+	low := strings.HasPrefix(name, "rps") || strings.Contains(name, "_pct_") || strings.Contains(name, "mibs")
 	var w float64
 	for i, f := range r.Scenarios[key] {
 		if v := f[name]; i == 0 || (!low && v > w) || (low && v < w) {
@@ -338,6 +338,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	}
 	r.writeScenarios(w)
 	r.writeCluster(w)
+	r.writeFourToSix(w)
 	r.writeLossy(w)
 	r.writeForward(w)
 	r.writeDNS(w)

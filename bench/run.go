@@ -39,12 +39,13 @@ const (
 	partDNS      = "dns"      // the gateway's authoritative DNS server against a minimal one; not in defaultParts
 	partCluster  = "cluster"  // three gateways on one etcd: propagation, a gateway killed; not in defaultParts
 	partRelay    = "relay"    // through a gateway that relays to the one holding the tunnel; not in defaultParts
+	part4to6     = "4to6"     // an IPv4-only laptop through the WireGuard 4to6 endpoint against the plain path; root; not in defaultParts
 )
 
 // allParts are the parts -parts accepts; defaultParts those run when it is
 // not given.
 var (
-	allParts     = []string{partMain, partFailover, partUpstream, partLossy, partForward, partDNS, partCluster, partRelay}
+	allParts     = []string{partMain, partFailover, partUpstream, partLossy, partForward, partDNS, partCluster, partRelay, part4to6}
 	defaultParts = []string{partMain, partFailover, partUpstream, partLossy, partForward}
 )
 
@@ -594,6 +595,16 @@ func (h *harness) scenarios(ctx context.Context, rep *Report) error {
 				h.logf("%s  failover %-4s failed GET %.0f, POST %.0f; last failure %.0f ms, throughput back %.0f ms after the kill (%.0f req/s before, %.0f after; slowest %.0f ms)",
 					tag, tr, f["failed_get"], f["failed_post"], f["last_fail_ms"], f["takeover_ms"], f["rps_before"], f["rps_after"], f["slowest_ms"])
 			}
+		}
+		if h.cfg.has(part4to6) {
+			f, err := h.fourToSix(ctx, scenarioDir(h.work, "4to6", r))
+			if err != nil {
+				return fmt.Errorf("4to6 %s: %w", tag, err)
+			}
+			rep.addScenario("4to6", f)
+			h.logf("%s  4to6: bulk %.0f MiB/s through the tunnel, %.0f plain (%.2f); round trip %.0f µs, %.0f plain (%.2f); gateway %.2f CPU s/GiB, laptop %.2f",
+				tag, f["tunnel_mibs"], f["direct_mibs"], f["tunnel_vs_direct_mibs"], f["tunnel_rtt_us"], f["direct_rtt_us"], f["tunnel_vs_direct_rtt"],
+				f["gw_cpu_s_per_gib"], f["client_cpu_s_per_gib"])
 		}
 		if h.cfg.has(partCluster) {
 			f, err := h.clusterScenario(ctx, scenarioDir(h.work, "cluster", r))
