@@ -15,7 +15,7 @@ import (
 // TestEngineNetns runs the engine in a gateway namespace between an
 // IPv4-only WireGuard client and an IPv6 internet host (netns_test.go).
 func TestEngineNetns(t *testing.T) {
-	b := newTestbed(t)
+	b := newTestbed(t, false)
 	devKey := b.clientKey.Public()
 
 	srv := listen(t, b.inet, "tcp6", "["+tbInetAddr+"]:0")
@@ -261,6 +261,9 @@ func TestEngineNoLeak(t *testing.T) {
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if st := e.Stats(); len(st) != 1 {
+		t.Errorf("Stats after Close: %v", st)
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for runtime.NumGoroutine() > before {
 		if time.Now().After(deadline) {
@@ -271,5 +274,58 @@ func TestEngineNoLeak(t *testing.T) {
 	}
 	if got := readSysctl(t, ns, "/proc/sys/net/ipv6/conf/all/forwarding"); got != "1" {
 		t.Errorf("forwarding is %s after Close; it was 1 before Start", got)
+	}
+}
+
+// TestEngineNAT66Netns runs the engine in NAT66 mode: the device has a
+// private (ULA) address, and the internet sees the NAT address.
+func TestEngineNAT66Netns(t *testing.T) {
+	b := newTestbed(t, true)
+	srv := listen(t, b.inet, "tcp6", "["+tbInetAddr+"]:0")
+	remotes := echoServer(srv)
+	out := dialUntil(t, b.client, "tcp6", srv.Addr().String(), 20*time.Second)
+	defer out.Close()
+	if err := roundTrip(out, "hello", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-remotes; got.Addr().String() != tbNATAddr {
+		t.Errorf("server sees %s, want the NAT address %s", got.Addr(), tbNATAddr)
+	}
+
+	// UDP both ways, through the flow the device opened.
+	udp := listenPacket(t, b.inet, "udp6", "["+tbInetAddr+"]:0")
+	c, err := dial(b.client, "udp6", "", udp.LocalAddr().String(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("ping"))
+	udp.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 100)
+	n, from, err := udp.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != "ping" {
+		t.Fatalf("udp: %q %v", buf[:n], err)
+	}
+	if got := from.(*net.UDPAddr).AddrPort().Addr().String(); got != tbNATAddr {
+		t.Errorf("udp from %s, want %s", got, tbNATAddr)
+	}
+	udp.WriteTo([]byte("pong"), from)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "pong" {
+		t.Fatalf("udp reply: %q %v", buf[:n], err)
+	}
+
+	// Nothing reaches the device unasked, even with Open.
+	b.setPeer(t, "all")
+	devLn := listen(t, b.client, "tcp6", "[::]:2222")
+	echoServer(devLn)
+	for _, addr := range []string{"[" + tbNATAddr + "]:2222", "[" + tbNATDevAddr + "]:2222"} {
+		if c, err := dial(b.inet, "tcp6", "", addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("the internet connected to %s", addr)
+		}
+	}
+	if err := roundTrip(out, "still", 5*time.Second); err != nil {
+		t.Errorf("the device's own connection broke: %v", err)
 	}
 }

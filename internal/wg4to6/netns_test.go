@@ -46,6 +46,10 @@ const (
 	tbGwV4     = "10.46.0.1"
 	tbInetV4   = "10.47.0.2"
 	tbGwTUN    = "wg46gw"
+
+	tbNATPrefix  = "fd00:46::/64" // NAT66: the devices' private prefix
+	tbNATDevAddr = "fd00:46::10"
+	tbNATAddr    = "2001:db8:2::46" // NAT66: the public address, routed to the gateway
 )
 
 var nsSeq atomic.Int32
@@ -203,13 +207,21 @@ type testbed struct {
 	devAddr          netip.Addr
 }
 
-// newTestbed builds the topology, starts the engine and makes the client
-// its one device, with no open port.
-func newTestbed(tb testing.TB) *testbed {
+// newTestbed builds the topology, starts the engine (routed, or NAT66 when
+// nat) and makes the client its one device, with no open port.
+func newTestbed(tb testing.TB, nat bool) *testbed {
 	tb.Helper()
 	requireNetns(tb)
 	cleanStaleNetns()
 	b := &testbed{devAddr: netip.MustParseAddr(tbDevAddr)}
+	cfg := Config{Prefix: netip.MustParsePrefix(tbPrefix), TUN: tbGwTUN}
+	upstream := tbPrefix // what the internet routes to the gateway
+	if nat {
+		b.devAddr = netip.MustParseAddr(tbNATDevAddr)
+		cfg.Prefix = netip.MustParsePrefix(tbNATPrefix)
+		cfg.NAT66, cfg.NATAddr = true, netip.MustParseAddr(tbNATAddr)
+		upstream = tbNATAddr + "/128"
+	}
 	log := testLog(tb)
 	b.gw, b.client, b.inet = newNetns(tb, "gw"), newNetns(tb, "client"), newNetns(tb, "inet")
 
@@ -231,16 +243,15 @@ func newTestbed(tb testing.TB) *testbed {
 		{"-n", b.client, "route", "add", "10.47.0.0/24", "via", tbGwV4},
 		{"-n", b.inet, "route", "add", "10.46.0.0/24", "via", "10.47.0.1"},
 		// The operator's part: the upstream routes the prefix to the gateway.
-		{"-n", b.inet, "-6", "route", "add", tbPrefix, "via", tbGwInet},
+		{"-n", b.inet, "-6", "route", "add", upstream, "via", tbGwInet},
 	} {
 		mustIP(tb, args...)
 	}
 
-	gwKey, err := GenerateKey()
-	if err != nil {
+	var err error
+	if cfg.PrivateKey, err = GenerateKey(); err != nil {
 		tb.Fatal(err)
 	}
-	cfg := Config{PrivateKey: gwKey, Prefix: netip.MustParsePrefix(tbPrefix), TUN: tbGwTUN}
 	if err := inNetns(b.gw, func() error {
 		var err error
 		b.eng, err = Start(cfg, log)
@@ -277,7 +288,7 @@ func newTestbed(tb testing.TB) *testbed {
 		tb.Fatalf("client WireGuard: %v", err)
 	}
 	tb.Cleanup(b.clientDev.Close)
-	mustIP(tb, "-n", b.client, "-6", "addr", "add", tbDevAddr+"/128", "dev", "wgc", "nodad")
+	mustIP(tb, "-n", b.client, "-6", "addr", "add", b.devAddr.String()+"/128", "dev", "wgc", "nodad")
 	mustIP(tb, "-n", b.client, "link", "set", "wgc", "up")
 	mustIP(tb, "-n", b.client, "-6", "route", "add", "default", "dev", "wgc")
 	return b
