@@ -3,11 +3,13 @@ package wg4to6
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 	"os/exec"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -54,6 +56,24 @@ func TestEngineNetns(t *testing.T) {
 				}
 				return
 			}
+		}
+	})
+
+	t.Run("the gateway's ICMPv6 errors reach the device", func(t *testing.T) {
+		// The gateway has no route to 2001:db8:9::/48: its kernel answers
+		// the SYN with "no route", which the policy lets through as related.
+		start := time.Now()
+		c, err := dial(b.client, "tcp6", "", "[2001:db8:9::1]:80", 5*time.Second)
+		if err == nil {
+			c.Close()
+			t.Fatal("connected to an unreachable address")
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("dial timed out after %v, want the unreachable error at once: %v", time.Since(start), err)
+		}
+		if !errors.Is(err, syscall.EHOSTUNREACH) && !errors.Is(err, syscall.ENETUNREACH) {
+			t.Errorf("dial: %v, want host or network unreachable", err)
 		}
 	})
 
