@@ -52,6 +52,7 @@ type Engine struct {
 
 	mu       sync.Mutex
 	peers    map[Key]*peerState // guarded by mu; replaced whole, never changed
+	resync   bool               // guarded by mu; WireGuard may differ from peers (a configuration failed)
 	closed   bool               // guarded by mu
 	closeErr error              // guarded by mu
 	fwd      *os.File           // guarded by mu; the forwarding switch, open when Start turned it on
@@ -330,12 +331,18 @@ func (e *Engine) SetPeers(peers []Peer) error {
 
 	var uapi strings.Builder
 	var added, removed, changed int
+	if e.resync {
+		// Configure WireGuard from scratch: its peers are not known.
+		uapi.WriteString("replace_peers=true\n")
+	}
 	for k, old := range e.peers {
 		ps := next[k]
 		switch {
 		case ps == nil:
 			e.pol.flows.purgeOwner(k)
-			fmt.Fprintf(&uapi, "public_key=%s\nremove=true\n", k.hex())
+			if !e.resync {
+				fmt.Fprintf(&uapi, "public_key=%s\nremove=true\n", k.hex())
+			}
 			removed++
 		case ps.addr != old.addr:
 			e.pol.flows.purgeOwner(k)
@@ -350,16 +357,18 @@ func (e *Engine) SetPeers(peers []Peer) error {
 		if old == nil {
 			added++
 		}
-		if old == nil || old.addr != ps.addr {
+		if old == nil || old.addr != ps.addr || e.resync {
 			fmt.Fprintf(&uapi, "public_key=%s\nreplace_allowed_ips=true\nallowed_ip=%s\n", k.hex(), ps.addr)
 		}
 	}
 	e.peers = next
 	if uapi.Len() > 0 {
 		if err := e.dev.IpcSet(uapi.String()); err != nil {
+			e.resync = true
 			return fmt.Errorf("wg4to6: set peers: configure WireGuard: %w", err)
 		}
 	}
+	e.resync = false
 	if added+removed+changed > 0 {
 		e.log.Info("wg4to6 peers set", "peers", len(next), "added", added, "removed", removed, "changed", changed)
 	}

@@ -275,6 +275,19 @@ func TestEngineNoLeak(t *testing.T) {
 	if e.ListenPort() == 0 {
 		t.Error("ListenPort 0")
 	}
+	// After a failed configuration, the next SetPeers rebuilds WireGuard's
+	// peers from scratch.
+	e.mu.Lock()
+	e.resync = true
+	e.mu.Unlock()
+	peer2, _ := GenerateKey()
+	if err := e.SetPeers([]Peer{{PublicKey: peer2.Public(), Addr: netip.MustParsePrefix("2001:db8:100::7/128")}}); err != nil {
+		t.Fatal(err)
+	}
+	if uapi, _ := e.dev.IpcGet(); strings.Count(uapi, "public_key=") != 1 || !strings.Contains(uapi, peer2.Public().hex()) ||
+		!strings.Contains(uapi, "allowed_ip=2001:db8:100::7/128") {
+		t.Errorf("WireGuard after a resync:\n%s", uapi)
+	}
 	if out, err := exec.Command("ip", "-n", ns, "-6", "addr", "show", "dev", "wg46leak").CombinedOutput(); err != nil || !strings.Contains(string(out), "2001:db8:100::1/128") {
 		t.Errorf("gateway address: %v: %s", err, out)
 	}

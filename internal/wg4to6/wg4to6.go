@@ -17,7 +17,8 @@ type Key [32]byte
 
 // Config configures Start.
 type Config struct {
-	// ListenPort is the UDP port WireGuard listens on, IPv4 and IPv6.
+	// ListenPort is the UDP port WireGuard listens on, IPv4 and IPv6; 0
+	// picks a free one (tests). The gateway's default is DefaultListenPort.
 	ListenPort int
 	// PrivateKey is the gateway's WireGuard key (kept in its data dir).
 	PrivateKey Key
