@@ -367,3 +367,35 @@ func TestFourTo6Commands(t *testing.T) {
 		t.Errorf("remove again: exit %d, %q", code, errOut)
 	}
 }
+
+// TestGatewayWGFlags: the gateway's 4to6 flags reach the configuration and
+// bad values exit 2 naming the key, before anything is opened.
+func TestGatewayWGFlags(t *testing.T) {
+	dir := t.TempDir()
+	base := []string{"gateway", "--data-dir", filepath.Join(dir, "data"), "--http-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0",
+		"--api-addr", "127.0.0.1:0", "--dns-addr", "127.0.0.1:0"}
+	ok := []string{"--wg-prefix", "2001:db8:100::/56", "--public-ip", "203.0.113.1"}
+	tests := []struct {
+		args     []string
+		contains string
+	}{
+		{[]string{"--wg-prefix", "10.0.0.0/8"}, "wg_prefix: 10.0.0.0/8 is IPv4"},
+		{[]string{"--wg-prefix", "2001:db8:100::/64", "--wg-per-device", "/64", "--wg-endpoint", "203.0.113.1:51820"}, "wg_prefix: a /64 per device needs a prefix shorter than /64"},
+		{append([]string{"--wg-per-device", "/80"}, ok...), `wg_per_device: "/80" not accepted`},
+		{[]string{"--wg-prefix", "2001:db8:100::/56"}, "wg_endpoint: give the HOST:PORT devices dial"},
+		{append([]string{"--wg-dns", "2001:db8::53", "--wg-dns", "9.9.9.9"}, ok...), "wg_dns: 9.9.9.9 is IPv4"},
+		{append([]string{"--wg-endpoint", "gw.example"}, ok...), `wg_endpoint: "gw.example" is not HOST:PORT`},
+		{append([]string{"--wg-listen", "203.0.113.1:51820"}, ok...), "wg_listen:"},
+		{[]string{"--wg-nat66"}, "need wg_prefix"},
+		{[]string{"--wg-listen", ":51821"}, "need wg_prefix"},
+		{[]string{"--max-devices-per-tenant", "-2"}, "limits.max_devices_per_tenant: -2"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			_, stderr, code := execute(t, append(base, tt.args...)...)
+			if code != 2 || !strings.Contains(stderr, tt.contains) {
+				t.Errorf("exit %d, stderr %q; want 2 and %q", code, stderr, tt.contains)
+			}
+		})
+	}
+}
