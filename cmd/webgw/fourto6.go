@@ -87,7 +87,8 @@ the config has the line 'PrivateKey = <your private key>' to fill in.
 
 --open opens an inbound port to the device from the internet (tcp/PORT, udp/PORT,
 or all; repeatable); by default only established and related traffic comes in.
-With the admin token, --tenant names the owner.`,
+With the admin token, --tenant names the owner. --json prints the API's answer
+instead, its config holding the private key made here.`,
 		Example: `  webgw 4to6 add laptop > laptop.conf
   webgw 4to6 add phone --open udp/60000
   webgw 4to6 add server --public-key hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo= --open tcp/22 --tenant acme`,

@@ -399,3 +399,25 @@ func TestGatewayWGFlags(t *testing.T) {
 		})
 	}
 }
+
+// TestFourTo6AddJSON: --json prints the API's answer, its config completed
+// with the private key made on the client.
+func TestFourTo6AddJSON(t *testing.T) {
+	addr, acme, _, _, rec := deviceAPIServer(t)
+	out, errOut, code := execute(t, "4to6", "add", "tablet", "--json", "--api-addr", addr, "--token", acme)
+	var d api.DeviceDetail
+	if code != 0 || json.Unmarshal([]byte(out), &d) != nil {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	m := privateKeyRe.FindStringSubmatch(d.Config)
+	if m == nil {
+		t.Fatalf("config without a private key: %q", d.Config)
+	}
+	priv, err := model.ParseWGKey(m[1])
+	if err != nil || priv.Public().String() != d.PublicKey {
+		t.Fatalf("private key %q (%v) does not belong to %s", m[1], err, d.PublicKey)
+	}
+	if strings.Contains(rec.all(), priv.String()) {
+		t.Fatal("the private key reached the API")
+	}
+}

@@ -314,6 +314,8 @@ func FuzzLoadConfig(f *testing.F) {
 		"public_ip: [1.2.3.4]\nopen: false\n",
 		"store: etcd://x\n",
 		"port_range: 20000-20099\nlimits:\n  max_ports_per_tenant: 5\n",
+		"public_ip: [203.0.113.1]\nwg_prefix: 2001:db8:100::/56\nwg_per_device: /64\nwg_dns: [\"2001:db8::53\"]\nlimits:\n  max_devices_per_tenant: 2\n",
+		"wg_prefix: fd00::/64\nwg_listen: \":0\"\nwg_endpoint: gw.example:51820\nwg_nat66: true\n",
 		"unknown: 1\n",
 		"limits: [1, 2]\n",
 		"&a [*a]\n",

@@ -375,6 +375,20 @@ func wgBlocked(cfg *Config, apiAddr string, ifaceAddrs []netip.Prefix) []netip.P
 			}
 		}
 	}
+	// The devices' own prefix stays out of what is blocked (a ULA prefix
+	// with --wg-nat66 lies in fc00::/7): device-to-device traffic is the
+	// engine's to refuse, and traffic to the devices must pass.
+	if plan, err := model.ParseDevicePlan(cfg.WGPrefix, cfg.WGPerDevice); err == nil {
+		var carved []netip.Prefix
+		for _, p := range out {
+			if p.Bits() < plan.Prefix.Bits() && p.Contains(plan.Prefix.Addr()) {
+				carved = append(carved, exclude(p, plan.Prefix)...)
+			} else {
+				carved = append(carved, p)
+			}
+		}
+		out = carved
+	}
 	// Keep each network once, and none inside another.
 	slices.SortFunc(out, func(a, b netip.Prefix) int {
 		return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
@@ -389,6 +403,22 @@ func wgBlocked(cfg *Config, apiAddr string, ifaceAddrs []netip.Prefix) []netip.P
 		merged = append(merged, p)
 	}
 	return merged
+}
+
+// exclude returns the networks that make up p without q, which p contains
+// and is wider than: at each length from p's down to q's, the half that
+// does not hold q.
+func exclude(p, q netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for bits := p.Bits() + 1; bits <= q.Bits(); bits++ {
+		inQ := netip.PrefixFrom(q.Addr(), bits).Masked()
+		// The sibling of inQ: the same bits but the last one flipped.
+		b := inQ.Addr().AsSlice()
+		b[(bits-1)/8] ^= 0x80 >> ((bits - 1) % 8)
+		sib, _ := netip.AddrFromSlice(b)
+		out = append(out, netip.PrefixFrom(sib, bits))
+	}
+	return out
 }
 
 // interfaceAddrs are the host's own addresses with their networks.

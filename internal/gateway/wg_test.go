@@ -408,6 +408,29 @@ func TestFourTo6FollowsTheStore(t *testing.T) {
 	}
 }
 
+func TestExclude(t *testing.T) {
+	p, q := netip.MustParsePrefix("fc00::/7"), netip.MustParsePrefix("fd00:1::/64")
+	out := exclude(p, q)
+	if len(out) != 57 {
+		t.Fatalf("%d networks, want 57", len(out))
+	}
+	for _, a := range []string{"fc00::", "fd00:1::1", "fd00:1:0:1::", "fdff:ffff::", "fd00::"} {
+		addr := netip.MustParseAddr(a)
+		n := 0
+		for _, o := range out {
+			if o.Contains(addr) {
+				n++
+			}
+			if o.Overlaps(q) || !p.Contains(o.Addr()) {
+				t.Fatalf("%s overlaps %s or lies outside %s", o, q, p)
+			}
+		}
+		if want := map[bool]int{true: 0, false: 1}[q.Contains(addr)]; n != want {
+			t.Errorf("%s is in %d of the networks, want %d", a, n, want)
+		}
+	}
+}
+
 func TestWGBlocked(t *testing.T) {
 	cfg := &Config{Store: "etcd://192.0.2.50:2379,[2001:db8:e::1]:2379",
 		UpstreamAllow: []string{"::/0", "2001:db8:5::/48", "10.9.0.0/16", "0.0.0.0/0"}}
@@ -430,6 +453,15 @@ func TestWGBlocked(t *testing.T) {
 		if b[i-1].Overlaps(b[i]) {
 			t.Errorf("%s and %s overlap", b[i-1], b[i])
 		}
+	}
+	// A ULA prefix (with NAT66) is carved out of fc00::/7; the rest of
+	// fc00::/7 stays blocked.
+	b = wgBlocked(&Config{WGPrefix: "fd00:1::/64"}, "127.0.0.1:8081", ifaces)
+	if has(b, "fd00:1::5") || !has(b, "fd00:1:0:1::5") || !has(b, "fd00::1") || !has(b, "fc00::1") || !has(b, "fdff::1") {
+		t.Errorf("ULA prefix: %v", b)
+	}
+	if len(b) > 80 {
+		t.Errorf("%d networks blocked", len(b))
 	}
 	// An API on every address: each of the host's own addresses.
 	b = wgBlocked(&Config{}, "[::]:8081", ifaces)
