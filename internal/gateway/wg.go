@@ -57,6 +57,7 @@ const wgKeyFile = "wg.key"
 // follow the store's device records, so a device added or removed through
 // any gateway of a cluster is served or cut here at once.
 type fourTo6 struct {
+	// Set by start4to6, then only read.
 	eng   wgEngine
 	plan  model.DevicePlan
 	store store.Store
@@ -236,7 +237,7 @@ func (f *fourTo6) run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		follow(ctx, f.store, store.DevicesPrefix, f.log, func() {
-			if err := f.load(ctx); err != nil {
+			if err := f.load(ctx); err != nil && ctx.Err() == nil {
 				f.log.Error("reload devices", "err", err)
 			}
 		}, f.apply)
