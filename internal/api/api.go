@@ -76,6 +76,9 @@ type Server struct {
 	// Members lists the cluster's live gateways, this one included; nil
 	// answers GET /v1/gateways with 503.
 	Members func() []cluster.Member
+	// WG serves the IPv4-to-IPv6 WireGuard devices (/v1/4to6/devices);
+	// nil answers them with 503 (4to6 is off).
+	WG *WG4to6
 }
 
 // GatewayInfo is the static part of /v1/status.
@@ -138,6 +141,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/dns/zones/{zone}/records", s.auth(false, s.listRecords))
 	mux.HandleFunc("POST /v1/dns/zones/{zone}/records", s.auth(false, s.createRecord))
 	mux.HandleFunc("DELETE /v1/dns/zones/{zone}/records/{id}", s.auth(false, s.deleteRecord))
+	mux.HandleFunc("GET /v1/4to6/devices", s.auth(false, s.with4to6(s.listDevices)))
+	mux.HandleFunc("POST /v1/4to6/devices", s.auth(false, s.with4to6(s.createDevice)))
+	mux.HandleFunc("GET /v1/4to6/devices/{name}", s.auth(false, s.with4to6(s.getDevice)))
+	mux.HandleFunc("PATCH /v1/4to6/devices/{name}", s.auth(false, s.with4to6(s.patchDevice)))
+	mux.HandleFunc("DELETE /v1/4to6/devices/{name}", s.auth(false, s.with4to6(s.deleteDevice)))
 	notFound := func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	}

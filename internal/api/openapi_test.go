@@ -63,6 +63,9 @@ func TestOpenAPISchemas(t *testing.T) {
 		"RecordRequest":  api.RecordRequest{},
 		"Record":         model.Record{},
 		"DSAnswer":       api.DSAnswer{},
+		"DeviceRequest":  api.DeviceRequest{},
+		"DevicePatch":    api.DevicePatch{},
+		"Device":         api.DeviceDetail{},
 	} {
 		var documented []string
 		for k := range doc.Components.Schemas[schema].Properties {
@@ -89,6 +92,8 @@ func TestOpenAPISchemas(t *testing.T) {
 		"/v1/dns/zones/{zone}/verify":       {"post"},
 		"/v1/dns/zones/{zone}/records":      {"get", "post"},
 		"/v1/dns/zones/{zone}/records/{id}": {"delete"},
+		"/v1/4to6/devices":                  {"get", "post"},
+		"/v1/4to6/devices/{name}":           {"get", "patch", "delete"},
 	} {
 		for _, m := range methods {
 			if _, ok := doc.Paths[path][m]; !ok {

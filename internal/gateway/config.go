@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -102,6 +103,27 @@ type Config struct {
 	// used; empty means none. Other sources' connections are taken as they
 	// are: a PROXY header they send is not honoured.
 	ProxyProtocolFrom []string `yaml:"proxy_protocol_from"`
+	// WGPrefix is the IPv6 prefix routed to this gateway from which 4to6
+	// devices (IPv4-to-IPv6 WireGuard access) get their addresses, such as
+	// 2001:db8:100::/56; "" turns 4to6 off, and the other wg_ keys need it.
+	WGPrefix string `yaml:"wg_prefix"`
+	// WGListen is the UDP address WireGuard listens on, :PORT (every
+	// address of the host); "" means :51820. Port 0 picks a free one.
+	WGListen string `yaml:"wg_listen"`
+	// WGPerDevice is what each device gets of wg_prefix: "/128" (one
+	// address, the default when "") or "/64" (a prefix shorter than /64 is
+	// needed then).
+	WGPerDevice string `yaml:"wg_per_device"`
+	// WGNAT66 masquerades devices' traffic behind the gateway's own IPv6
+	// address instead of routing their addresses, for an operator who has
+	// no prefix routed to the gateway (a single /64, or ULA addresses).
+	WGNAT66 bool `yaml:"wg_nat66"`
+	// WGEndpoint is the HOST:PORT devices dial, written in their configs;
+	// "" means the first IPv4 public_ip and the wg_listen port.
+	WGEndpoint string `yaml:"wg_endpoint"`
+	// WGDNS are the resolvers (IPv6 addresses) written in devices'
+	// configs; empty means none (the configs get no DNS line).
+	WGDNS []string `yaml:"wg_dns"`
 	// LogLevel is debug, info, warn or error; "" means info.
 	LogLevel string `yaml:"log_level"`
 	// Limits on what strangers and agents can send.
@@ -145,6 +167,9 @@ type Limits struct {
 	// MaxPortsPerTenant bounds the public TCP and UDP ports one tenant may
 	// hold; 0 means 100 (DefaultMaxPortsPerTenant).
 	MaxPortsPerTenant int `yaml:"max_ports_per_tenant"`
+	// MaxDevicesPerTenant bounds the 4to6 devices one tenant may hold; 0
+	// means 10 (DefaultMaxDevicesPerTenant).
+	MaxDevicesPerTenant int `yaml:"max_devices_per_tenant"`
 	// TCPIdleTimeout closes a forwarded TCP connection after no byte moved
 	// either way for this long; 0 means 10 min.
 	TCPIdleTimeout time.Duration `yaml:"tcp_idle_timeout"`
@@ -173,6 +198,13 @@ const (
 	DefaultMaxUDPPerPort     = 1024
 	DefaultMaxUDPPerTenant   = 4096
 	DefaultMaxTCPPerIP       = 256
+)
+
+// Defaults of the 4to6 settings.
+const (
+	DefaultWGListen            = ":51820"
+	DefaultWGPerDevice         = "/128"
+	DefaultMaxDevicesPerTenant = 10
 )
 
 // ConfigError is bad configuration; the CLI exits 2 for it.
@@ -220,6 +252,10 @@ func (c *Config) Complete() {
 	def(&c.APIAddr, "127.0.0.1:8081")
 	def(&c.PortRange, DefaultPortRange)
 	def(&c.LogLevel, "info")
+	if c.WGPrefix != "" {
+		def(&c.WGListen, DefaultWGListen)
+		def(&c.WGPerDevice, DefaultWGPerDevice)
+	}
 	c.Domain = strings.ToLower(strings.TrimSuffix(c.Domain, "."))
 	if c.Open == nil {
 		t := true
@@ -314,6 +350,9 @@ func (c *Config) Validate() error {
 	default:
 		return cfgErr("log_level: %q not accepted; use debug, info, warn or error", c.LogLevel)
 	}
+	if err := c.validate4to6(); err != nil {
+		return err
+	}
 	l := c.Limits
 	if l.MaxHeaderBytes < 0 || l.MaxHeaderBytes > 1<<20 {
 		return cfgErr("limits.max_header_bytes: %d not accepted; use 1024-1048576 (0 for 65536)", l.MaxHeaderBytes)
@@ -335,7 +374,8 @@ func (c *Config) Validate() error {
 		v   int64
 	}{{"max_streams_per_agent", l.MaxStreamsPerAgent}, {"max_agents_per_tenant", int64(l.MaxAgentsPerTenant)}, {"max_quick_tunnels_per_ip", int64(l.MaxQuickTunnelsPerIP)},
 		{"max_ports_per_tenant", int64(l.MaxPortsPerTenant)}, {"max_udp_sessions_per_port", int64(l.MaxUDPSessionsPerPort)},
-		{"max_udp_sessions_per_tenant", int64(l.MaxUDPSessionsPerTenant)}, {"max_tcp_conns_per_ip", int64(l.MaxTCPConnsPerIP)}} {
+		{"max_udp_sessions_per_tenant", int64(l.MaxUDPSessionsPerTenant)}, {"max_tcp_conns_per_ip", int64(l.MaxTCPConnsPerIP)},
+		{"max_devices_per_tenant", int64(l.MaxDevicesPerTenant)}} {
 		if n.v < 0 {
 			return cfgErr("limits.%s: %d not accepted; use a positive count (0 for the default)", n.key, n.v)
 		}
@@ -389,4 +429,106 @@ func parseTrusted(list []string) ([]netip.Prefix, error) {
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return out, nil
+}
+
+// validate4to6 checks the wg_ keys.
+func (c *Config) validate4to6() error {
+	if c.WGPrefix == "" {
+		if c.WGListen != "" || c.WGPerDevice != "" || c.WGNAT66 || c.WGEndpoint != "" || len(c.WGDNS) > 0 {
+			return cfgErr("wg_listen, wg_per_device, wg_nat66, wg_endpoint and wg_dns need wg_prefix: 4to6 is off without it")
+		}
+		return nil
+	}
+	if _, err := model.ParseDevicePlan(c.WGPrefix, c.WGPerDevice); err != nil {
+		msg := err.Error()
+		if rest, ok := strings.CutPrefix(msg, "per device: "); ok {
+			return cfgErr("wg_per_device: %s", rest)
+		}
+		return cfgErr("wg_prefix: %s", strings.TrimPrefix(msg, "prefix: "))
+	}
+	if _, err := wgListenPort(c.WGListen); err != nil {
+		return cfgErr("wg_listen: %v", err)
+	}
+	if c.WGEndpoint != "" {
+		if err := validateEndpoint(c.WGEndpoint); err != nil {
+			return cfgErr("wg_endpoint: %v", err)
+		}
+	} else if firstIPv4(c.PublicIPs) == "" {
+		return cfgErr("wg_endpoint: give the HOST:PORT devices dial (an IPv4 address, or a name of one), or an IPv4 public_ip: devices' configs name it")
+	}
+	if c.WGNAT66 && firstIPv6(c.PublicIPs) == "" {
+		return cfgErr("wg_nat66: give an IPv6 public_ip: NAT66 masquerades devices behind the gateway's own IPv6 address")
+	}
+	for _, s := range c.WGDNS {
+		a, err := netip.ParseAddr(s)
+		switch {
+		case err != nil || a.Zone() != "":
+			return cfgErr("wg_dns: %q is not an IP address; give an IPv6 resolver such as 2606:4700:4700::1111", s)
+		case !a.Is6() || a.Is4In6():
+			return cfgErr("wg_dns: %s is IPv4, which devices cannot reach through the tunnel (it carries IPv6 only); give an IPv6 resolver such as 2606:4700:4700::1111", s)
+		}
+	}
+	return nil
+}
+
+// wgListenPort reads wg_listen: :PORT, or an unspecified address and a
+// port; "" means DefaultWGListen.
+func wgListenPort(addr string) (int, error) {
+	if addr == "" {
+		addr = DefaultWGListen
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not :PORT (such as :51820)", addr)
+	}
+	if host != "" {
+		if a, err := netip.ParseAddr(host); err != nil || !a.IsUnspecified() {
+			return 0, fmt.Errorf("%q: WireGuard listens on every address of the host; give :PORT (such as :51820)", addr)
+		}
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 || strconv.Itoa(n) != port {
+		return 0, fmt.Errorf("%q: port must be 0-65535 (0 picks a free port)", addr)
+	}
+	return n, nil
+}
+
+// validateEndpoint checks wg_endpoint: HOST:PORT, HOST an IP address or a DNS name.
+func validateEndpoint(ep string) error {
+	host, port, err := net.SplitHostPort(ep)
+	if err != nil || host == "" {
+		return fmt.Errorf("%q is not HOST:PORT (such as 203.0.113.10:51820 or gw.example.net:51820)", ep)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		if a.IsUnspecified() || a.Zone() != "" {
+			return fmt.Errorf("%q: devices cannot dial %s; give the gateway's public address", ep, host)
+		}
+	} else if err := validateDomain(strings.ToLower(strings.TrimSuffix(host, "."))); err != nil {
+		return fmt.Errorf("%q: host is neither an IP address nor a DNS name", ep)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
+		return fmt.Errorf("%q: port must be 1-65535", ep)
+	}
+	return nil
+}
+
+// firstIPv4 is the first IPv4 address of ips; "" if none.
+func firstIPv4(ips []string) string {
+	for _, s := range ips {
+		if a, err := netip.ParseAddr(s); err == nil && a.Unmap().Is4() {
+			return a.Unmap().String()
+		}
+	}
+	return ""
+}
+
+// firstIPv6 is the first IPv6 address in ips, or "".
+func firstIPv6(ips []string) string {
+	for _, s := range ips {
+		if a, err := netip.ParseAddr(s); err == nil && a.Is6() && !a.Is4In6() {
+			return a.String()
+		}
+	}
+	return ""
 }

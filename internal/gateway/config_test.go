@@ -42,6 +42,14 @@ func TestCompleteDefaults(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Errorf("the default config does not validate: %v", err)
 	}
+	if c.WGPrefix != "" || c.WGListen != "" || c.WGPerDevice != "" {
+		t.Errorf("Complete: 4to6 is not off by default: %q %q %q", c.WGPrefix, c.WGListen, c.WGPerDevice)
+	}
+	c4 := gateway.Config{WGPrefix: "2001:db8:100::/56"}
+	c4.Complete()
+	if c4.WGListen != ":51820" || c4.WGPerDevice != "/128" {
+		t.Errorf("Complete with wg_prefix: wg_listen %q, wg_per_device %q; want :51820 and /128", c4.WGListen, c4.WGPerDevice)
+	}
 
 	// Set values are kept; the domain is canonicalised.
 	f := false
@@ -116,6 +124,47 @@ func TestValidate(t *testing.T) {
 		{"port range empty after complete", func(c *gateway.Config) { c.PortRange = "" }, "port_range:"},
 		{"max ports per tenant", func(c *gateway.Config) { c.Limits.MaxPortsPerTenant = 5 }, ""},
 		{"negative max ports per tenant", func(c *gateway.Config) { c.Limits.MaxPortsPerTenant = -1 }, "limits.max_ports_per_tenant"},
+		{"4to6", func(c *gateway.Config) {
+			c.WGPrefix, c.PublicIPs = "2001:db8:100::/56", []string{"2001:db8::1", "203.0.113.1"}
+		}, ""},
+		{"4to6 /64 per device", func(c *gateway.Config) {
+			c.WGPrefix, c.WGPerDevice, c.WGEndpoint = "2001:db8:100::/56", "/64", "gw.example.net:51820"
+		}, ""},
+		{"4to6 full", func(c *gateway.Config) {
+			c.WGPrefix, c.WGListen, c.WGEndpoint, c.WGNAT66, c.WGDNS = "fd00:1::/64", "[::]:0", "203.0.113.1:443", true, []string{"2606:4700:4700::1111"}
+			c.PublicIPs = []string{"2001:db8::1"}
+		}, ""},
+		{"4to6 nat66 without an IPv6 public_ip", func(c *gateway.Config) {
+			c.WGPrefix, c.WGEndpoint, c.WGNAT66 = "fd00:1::/64", "203.0.113.1:443", true
+		}, "wg_nat66: give an IPv6 public_ip"},
+		{"4to6 keys without a prefix", func(c *gateway.Config) { c.WGListen = ":51820" }, "wg_listen, wg_per_device, wg_nat66, wg_endpoint and wg_dns need wg_prefix"},
+		{"4to6 nat66 without a prefix", func(c *gateway.Config) { c.WGNAT66 = true }, "need wg_prefix"},
+		{"4to6 ipv4 prefix", func(c *gateway.Config) { c.WGPrefix, c.WGEndpoint = "10.0.0.0/8", "203.0.113.1:51820" }, "wg_prefix: 10.0.0.0/8 is IPv4"},
+		{"4to6 bad prefix", func(c *gateway.Config) { c.WGPrefix, c.WGEndpoint = "2001:db8::", "203.0.113.1:51820" }, `wg_prefix: "2001:db8::" is not an IPv6 prefix`},
+		{"4to6 /64 in a /64", func(c *gateway.Config) {
+			c.WGPrefix, c.WGPerDevice, c.WGEndpoint = "2001:db8:100::/64", "/64", "203.0.113.1:51820"
+		}, "wg_prefix: a /64 per device needs a prefix shorter than /64"},
+		{"4to6 per device", func(c *gateway.Config) {
+			c.WGPrefix, c.WGPerDevice, c.WGEndpoint = "2001:db8:100::/56", "/96", "203.0.113.1:51820"
+		}, `wg_per_device: "/96" not accepted`},
+		{"4to6 no endpoint", func(c *gateway.Config) { c.WGPrefix, c.PublicIPs = "2001:db8:100::/56", []string{"2001:db8::1"} }, "wg_endpoint: give the HOST:PORT devices dial"},
+		{"4to6 bad endpoint", func(c *gateway.Config) { c.WGPrefix, c.WGEndpoint = "2001:db8:100::/56", "203.0.113.1" }, "wg_endpoint:"},
+		{"4to6 endpoint port 0", func(c *gateway.Config) { c.WGPrefix, c.WGEndpoint = "2001:db8:100::/56", "203.0.113.1:0" }, "wg_endpoint:"},
+		{"4to6 endpoint any", func(c *gateway.Config) { c.WGPrefix, c.WGEndpoint = "2001:db8:100::/56", "0.0.0.0:51820" }, "wg_endpoint:"},
+		{"4to6 endpoint bad name", func(c *gateway.Config) { c.WGPrefix, c.WGEndpoint = "2001:db8:100::/56", "gw_1.example:51820" }, "wg_endpoint:"},
+		{"4to6 listen host", func(c *gateway.Config) {
+			c.WGPrefix, c.WGEndpoint, c.WGListen = "2001:db8:100::/56", "203.0.113.1:51820", "203.0.113.1:51820"
+		}, "wg_listen: \"203.0.113.1:51820\": WireGuard listens on every address"},
+		{"4to6 listen port", func(c *gateway.Config) {
+			c.WGPrefix, c.WGEndpoint, c.WGListen = "2001:db8:100::/56", "203.0.113.1:51820", ":65536"
+		}, "wg_listen:"},
+		{"4to6 ipv4 dns", func(c *gateway.Config) {
+			c.WGPrefix, c.WGEndpoint, c.WGDNS = "2001:db8:100::/56", "203.0.113.1:51820", []string{"1.1.1.1"}
+		}, "wg_dns: 1.1.1.1 is IPv4"},
+		{"4to6 bad dns", func(c *gateway.Config) {
+			c.WGPrefix, c.WGEndpoint, c.WGDNS = "2001:db8:100::/56", "203.0.113.1:51820", []string{"dns.google"}
+		}, `wg_dns: "dns.google" is not an IP address`},
+		{"negative max devices per tenant", func(c *gateway.Config) { c.Limits.MaxDevicesPerTenant = -1 }, "limits.max_devices_per_tenant"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -203,6 +252,25 @@ limits:
 				t.Errorf("Validate: %v", err)
 			}
 		}},
+		{name: "4to6", yaml: `public_ip: [203.0.113.1, "2001:db8::1"]
+wg_prefix: 2001:db8:100::/56
+wg_listen: ":51821"
+wg_per_device: /64
+wg_nat66: true
+wg_endpoint: gw.example.net:51821
+wg_dns: ["2001:4860:4860::8888", "2606:4700:4700::1111"]
+limits:
+  max_devices_per_tenant: 3
+`, check: func(t *testing.T, c *gateway.Config) {
+			if c.WGPrefix != "2001:db8:100::/56" || c.WGListen != ":51821" || c.WGPerDevice != "/64" || !c.WGNAT66 ||
+				c.WGEndpoint != "gw.example.net:51821" || len(c.WGDNS) != 2 || c.Limits.MaxDevicesPerTenant != 3 {
+				t.Errorf("decoded %+v", c)
+			}
+			c.Complete()
+			if err := c.Validate(); err != nil {
+				t.Errorf("Validate: %v", err)
+			}
+		}},
 		{name: "unknown key", yaml: "domain: x\nlisten: 1.2.3.4\n", wantErr: `unknown key "listen"`},
 		{name: "unknown nested key", yaml: "limits:\n  max_streams: 3\n", wantErr: "max_streams"},
 		{name: "flag spelling", yaml: "data-dir: /x\n", wantErr: "data-dir"},
@@ -250,6 +318,8 @@ func FuzzLoadConfig(f *testing.F) {
 		"public_ip: [1.2.3.4]\nopen: false\n",
 		"store: etcd://x\n",
 		"port_range: 20000-20099\nlimits:\n  max_ports_per_tenant: 5\n",
+		"public_ip: [203.0.113.1]\nwg_prefix: 2001:db8:100::/56\nwg_per_device: /64\nwg_dns: [\"2001:db8::53\"]\nlimits:\n  max_devices_per_tenant: 2\n",
+		"wg_prefix: fd00::/64\nwg_listen: \":0\"\nwg_endpoint: gw.example:51820\nwg_nat66: true\n",
 		"unknown: 1\n",
 		"limits: [1, 2]\n",
 		"&a [*a]\n",

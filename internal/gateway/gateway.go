@@ -101,6 +101,8 @@ type Gateway struct {
 	httpsDone chan struct{}
 	// peers keeps sessions to the other members, to relay to them.
 	peers *peers
+	// fourTo6 is the IPv4-to-IPv6 WireGuard access; nil when off.
+	fourTo6 *fourTo6
 }
 
 // Version is the software version reported to agents and in status.
@@ -376,6 +378,14 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	if cfg.WGPrefix != "" {
+		if err := g.start4to6(ctx, reg); err != nil {
+			httpsLn.Close()
+			httpLn.Close()
+			apiLn.Close()
+			return nil, err
+		}
+	}
 	a := &api.Server{
 		Store: st, Table: g.table, AdminToken: adminToken, Log: log,
 		CheckUpstream: checkUpstream,
@@ -390,6 +400,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		ZoneTXT:      g.resolver.TXT,
 		DS:           g.dsOf,
 		Members:      g.cluster.Members,
+		WG:           g.fourTo6.apiInfo(),
 	}
 	g.apiSrv = &http.Server{
 		Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10,
@@ -418,6 +429,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	g.goRun(func() error { return serveHTTP(g.apiSrv, apiLn) })
 	g.goRun(func() error { g.watchServices(runCtx); return nil })
 	g.goRun(func() error { g.ports.watch(runCtx); return nil })
+	if g.fourTo6 != nil {
+		g.goRun(func() error { g.fourTo6.run(runCtx); return nil })
+	}
 	g.goRun(func() error { g.domains.watch(runCtx); return nil })
 	g.goRun(func() error { g.domains.loop(runCtx); return nil })
 	g.goRun(func() error { g.watchZones(runCtx, g.zones); return nil })
@@ -518,10 +532,16 @@ func (g *Gateway) Stop(ctx context.Context) error {
 }
 
 func (g *Gateway) closeAll() error {
-	if g.store != nil {
-		return g.store.Close()
+	var errs []error
+	if g.fourTo6 != nil {
+		if err := g.fourTo6.close(); err != nil {
+			errs = append(errs, fmt.Errorf("4to6: close wireguard: %w", err))
+		}
 	}
-	return nil
+	if g.store != nil {
+		errs = append(errs, g.store.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // dialDirect dials a direct upstream inside the networks the operator allowed.
@@ -775,6 +795,10 @@ func (g *Gateway) Banner(w io.Writer) {
 		fmt.Fprintf(w, "  certificates  ACME from %s (the local CA above signs the agent tunnel only)\n", c.ACMECA)
 	}
 	fmt.Fprintf(w, "  fingerprint   %s\n", g.Fingerprint)
+	if f := g.fourTo6; f != nil {
+		fmt.Fprintf(w, "  4to6          wireguard udp/%d, prefix %s (/%d per device, %d devices), endpoint %s\n",
+			f.eng.ListenPort(), f.plan.Prefix, f.plan.Bits, len(f.snapshot()), f.info.Endpoint)
+	}
 	if *c.Open {
 		fmt.Fprintf(w, "  open mode     on: agents without a token get a random quick-tunnel name\n")
 	} else {

@@ -109,9 +109,10 @@ func CreateTenant(ctx context.Context, s Store, t model.Tenant) error {
 }
 
 // DeleteTenant removes the tenant named name: first its token entry, so the
-// token stops working at once, then every service it owns, then the tenant
-// record. It returns an error wrapping ErrNotFound if there is no such tenant.
-// A service created for the tenant while it is being deleted may survive.
+// token stops working at once, then every service, port, domain, DNS zone
+// and 4to6 device it owns, then the tenant record. It returns an error
+// wrapping ErrNotFound if there is no such tenant. A service created for
+// the tenant while it is being deleted may survive.
 func DeleteTenant(ctx context.Context, s Store, name string) error {
 	var t model.Tenant
 	if _, err := GetJSON(ctx, s, TenantKey(name), &t); err != nil {
@@ -148,6 +149,9 @@ func DeleteTenant(ctx context.Context, s Store, name string) error {
 	}
 	if err := deleteZonesOf(ctx, s, name); err != nil {
 		return fmt.Errorf("delete tenant %s: dns zones: %w", name, err)
+	}
+	if err := deleteDevicesOf(ctx, s, name); err != nil {
+		return fmt.Errorf("delete tenant %s: 4to6 devices: %w", name, err)
 	}
 	if err := s.Delete(ctx, TenantKey(name), AnyRev); err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("delete tenant %s: %w", name, err)

@@ -172,7 +172,7 @@ func Start(cfg Config, log *slog.Logger) (_ *Engine, err error) {
 		}
 	}()
 
-	if err := e.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", cfg.PrivateKey.hex(), cfg.ListenPort)); err != nil {
+	if err := e.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", keyHex(cfg.PrivateKey), cfg.ListenPort)); err != nil {
 		return nil, fmt.Errorf("wg4to6: configure WireGuard: %w", err)
 	}
 	if err := e.dev.Up(); err != nil {
@@ -341,7 +341,7 @@ func (e *Engine) SetPeers(peers []Peer) error {
 		case ps == nil:
 			e.pol.flows.purgeOwner(k)
 			if !e.resync {
-				fmt.Fprintf(&uapi, "public_key=%s\nremove=true\n", k.hex())
+				fmt.Fprintf(&uapi, "public_key=%s\nremove=true\n", keyHex(k))
 			}
 			removed++
 		case ps.addr != old.addr:
@@ -358,7 +358,7 @@ func (e *Engine) SetPeers(peers []Peer) error {
 			added++
 		}
 		if old == nil || old.addr != ps.addr || e.resync {
-			fmt.Fprintf(&uapi, "public_key=%s\nreplace_allowed_ips=true\nallowed_ip=%s\n", k.hex(), ps.addr)
+			fmt.Fprintf(&uapi, "public_key=%s\nreplace_allowed_ips=true\nallowed_ip=%s\n", keyHex(k), ps.addr)
 		}
 	}
 	e.peers = next

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/webgw/webgw/internal/model"
 )
 
 // TestEngineNetns runs the engine in a gateway namespace between an
@@ -215,7 +217,7 @@ func TestEngineNetns(t *testing.T) {
 			t.Error("stats still list the device")
 		}
 		uapi, _ := b.eng.dev.IpcGet()
-		if strings.Contains(uapi, devKey.hex()) {
+		if strings.Contains(uapi, keyHex(devKey)) {
 			t.Error("WireGuard still has the peer")
 		}
 		if err := roundTrip(out, "after", 1500*time.Millisecond); err == nil {
@@ -259,7 +261,7 @@ func TestEngineNoLeak(t *testing.T) {
 	ns := newNetns(t, "leak")
 	writeSysctl(t, ns, "/proc/sys/net/ipv6/conf/all/forwarding", "1")
 	before := runtime.NumGoroutine()
-	key, _ := GenerateKey()
+	key, _ := model.GenerateWGKey()
 	var e *Engine
 	if err := inNetns(ns, func() error {
 		var err error
@@ -268,7 +270,7 @@ func TestEngineNoLeak(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	peer, _ := GenerateKey()
+	peer, _ := model.GenerateWGKey()
 	if err := e.SetPeers([]Peer{{PublicKey: peer.Public(), Addr: netip.MustParsePrefix("2001:db8:100:5::/64"), Open: []string{"all"}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -280,11 +282,11 @@ func TestEngineNoLeak(t *testing.T) {
 	e.mu.Lock()
 	e.resync = true
 	e.mu.Unlock()
-	peer2, _ := GenerateKey()
+	peer2, _ := model.GenerateWGKey()
 	if err := e.SetPeers([]Peer{{PublicKey: peer2.Public(), Addr: netip.MustParsePrefix("2001:db8:100::7/128")}}); err != nil {
 		t.Fatal(err)
 	}
-	if uapi, _ := e.dev.IpcGet(); strings.Count(uapi, "public_key=") != 1 || !strings.Contains(uapi, peer2.Public().hex()) ||
+	if uapi, _ := e.dev.IpcGet(); strings.Count(uapi, "public_key=") != 1 || !strings.Contains(uapi, keyHex(peer2.Public())) ||
 		!strings.Contains(uapi, "allowed_ip=2001:db8:100::7/128") {
 		t.Errorf("WireGuard after a resync:\n%s", uapi)
 	}

@@ -21,6 +21,8 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/webgw/webgw/internal/model"
 )
 
 // This file is the harness of the tests with real network namespaces:
@@ -249,7 +251,7 @@ func newTestbed(tb testing.TB, nat bool) *testbed {
 	}
 
 	var err error
-	if cfg.PrivateKey, err = GenerateKey(); err != nil {
+	if cfg.PrivateKey, err = model.GenerateWGKey(); err != nil {
 		tb.Fatal(err)
 	}
 	if err := inNetns(b.gw, func() error {
@@ -268,7 +270,7 @@ func newTestbed(tb testing.TB, nat bool) *testbed {
 	// The client: a userspace WireGuard peer on a TUN of its own, known to
 	// the engine before its first handshake (else the first is lost and
 	// the next comes 5 s later).
-	if b.clientKey, err = GenerateKey(); err != nil {
+	if b.clientKey, err = model.GenerateWGKey(); err != nil {
 		tb.Fatal(err)
 	}
 	b.setPeer(tb)
@@ -279,7 +281,7 @@ func newTestbed(tb testing.TB, nat bool) *testbed {
 		}
 		b.clientDev = device.NewDevice(ownTUN(kt, DefaultMTU), conn.NewDefaultBind(), wgLogger(log.With("side", "client")))
 		uapi := fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\nendpoint=%s:%d\nallowed_ip=::/0\n",
-			b.clientKey.hex(), b.eng.PublicKey().hex(), tbGwV4, b.eng.ListenPort())
+			keyHex(b.clientKey), keyHex(b.eng.PublicKey()), tbGwV4, b.eng.ListenPort())
 		if err := b.clientDev.IpcSet(uapi); err != nil {
 			return err
 		}

@@ -12,9 +12,6 @@ import (
 	"time"
 )
 
-// Key is a WireGuard (Curve25519) key.
-type Key [32]byte
-
 // Config configures Start.
 type Config struct {
 	// ListenPort is the UDP port WireGuard listens on, IPv4 and IPv6; 0
