@@ -45,7 +45,7 @@ func (n *fourToSixNet) remove() {
 }
 
 // setupFourToSixNet builds laptop (10.77.1.2) - gw (10.77.1.1 | 10.77.2.1,
-// fd77:2::1) - inet (10.77.2.2, fd77:2::2), the prefix routed to gw.
+// 2001:db8:ff::1) - inet (10.77.2.2, 2001:db8:ff::2), the prefix routed to gw.
 func setupFourToSixNet(ctx context.Context) (_ *fourToSixNet, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("creating network namespaces needs root")
@@ -66,12 +66,12 @@ func setupFourToSixNet(ctx context.Context) (_ *fourToSixNet, err error) {
 		{"-n", n.laptop, "addr", "add", "10.77.1.2/24", "dev", "l0"}, {"-n", n.laptop, "link", "set", "l0", "up"},
 		{"-n", n.laptop, "route", "add", "default", "via", "10.77.1.1"},
 		{"-n", n.gw, "addr", "add", "10.77.1.1/24", "dev", "gl"}, {"-n", n.gw, "link", "set", "gl", "up"},
-		{"-n", n.gw, "addr", "add", "10.77.2.1/24", "dev", "gi"}, {"-n", n.gw, "-6", "addr", "add", "fd77:2::1/64", "dev", "gi", "nodad"},
+		{"-n", n.gw, "addr", "add", "10.77.2.1/24", "dev", "gi"}, {"-n", n.gw, "-6", "addr", "add", "2001:db8:ff::1/64", "dev", "gi", "nodad"},
 		{"-n", n.gw, "link", "set", "gi", "up"},
-		{"-n", n.inet, "addr", "add", "10.77.2.2/24", "dev", "i0"}, {"-n", n.inet, "-6", "addr", "add", "fd77:2::2/64", "dev", "i0", "nodad"},
+		{"-n", n.inet, "addr", "add", "10.77.2.2/24", "dev", "i0"}, {"-n", n.inet, "-6", "addr", "add", "2001:db8:ff::2/64", "dev", "i0", "nodad"},
 		{"-n", n.inet, "link", "set", "i0", "up"},
 		{"-n", n.inet, "route", "add", "default", "via", "10.77.2.1"},
-		{"-n", n.inet, "-6", "route", "add", fourToSixPrefix, "via", "fd77:2::1"},
+		{"-n", n.inet, "-6", "route", "add", fourToSixPrefix, "via", "2001:db8:ff::1"},
 	} {
 		if err := ipCmd(ctx, args...); err != nil {
 			return nil, err
@@ -88,13 +88,22 @@ var reConfAddress = regexp.MustCompile(`(?m)^Address\s*=\s*(\S+)\s*$`)
 
 // fourToSix runs the 4to6 part once.
 func (h *harness) fourToSix(ctx context.Context, dir string) (Figures, error) {
-	for _, tool := range []string{"wireguard-go", "wg", "wg-quick"} {
+	for _, tool := range []string{"wg", "wg-quick"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("4to6: %s is not installed (apt-get install wireguard-go wireguard-tools)", tool)
 		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
+	}
+	client := h.cfg.WGClient
+	if client == "" {
+		// The version the gateway's engine runs: the comparison is of webgw,
+		// not of an old client (Debian 12's wireguard-go is from 2022).
+		client = filepath.Join(dir, "wireguard-go")
+		if out, err := exec.CommandContext(ctx, "go", "build", "-o", client, "golang.zx2c4.com/wireguard").CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("4to6: build wireguard-go: %w: %s", err, out)
+		}
 	}
 	n, err := setupFourToSixNet(ctx)
 	if err != nil {
@@ -184,7 +193,7 @@ func (h *harness) fourToSix(ctx context.Context, dir string) (Figures, error) {
 	if err := os.WriteFile(strippedFile, stripped, 0o600); err != nil {
 		return nil, err
 	}
-	wp, err := h.start("wireguard-go", dir, netnsArgv(n.laptop, []string{"wireguard-go", "-f", "wg0"}), []string{"WG_PROCESS_FOREGROUND=1"}, false)
+	wp, err := h.start("wireguard-go", dir, netnsArgv(n.laptop, []string{client, "-f", "wg0"}), []string{"WG_PROCESS_FOREGROUND=1"}, false)
 	if err != nil {
 		return nil, err
 	}
@@ -208,7 +217,7 @@ func (h *harness) fourToSix(ctx context.Context, dir string) (Figures, error) {
 	}
 
 	direct := "http://" + net.JoinHostPort("10.77.2.2", port)
-	tunnel := "http://" + net.JoinHostPort("fd77:2::2", port)
+	tunnel := "http://" + net.JoinHostPort("2001:db8:ff::2", port)
 	tr := func() *http.Transport {
 		return &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return dialNetns(ctx, n.laptop, addr) },
 			MaxIdleConnsPerHost: 1, DisableCompression: true}

@@ -73,6 +73,10 @@ type Config struct {
 	// PprofDir, when set, builds webgw with a harness-side pprof listener and
 	// writes CPU and heap profiles of gateway and agent (last round) there.
 	PprofDir string
+	// WGClient is the laptop's wireguard-go in the 4to6 part: "" builds the
+	// version webgw's engine uses (golang.zx2c4.com/wireguard from go.mod);
+	// a path uses that program (Debian's: /usr/bin/wireguard-go).
+	WGClient string
 	// Parts lists what to run (partMain, partFailover, partUpstream,
 	// partLossy, partForward, partDNS, partRelay); nil means defaultParts
 	// (all but partDNS and partRelay).
