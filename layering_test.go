@@ -23,6 +23,7 @@ var rank = map[string]int{
 	"internal/route":    2,
 	"internal/cluster":  2,
 	"internal/wg4to6":   1,
+	"internal/ygg":      1,
 	"internal/proxy":    3,
 	"internal/certs":    4,
 	"internal/control":  4,
