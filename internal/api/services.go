@@ -43,6 +43,10 @@ type ServiceRequest struct {
 	// before each connection's bytes to the backend; 0 sends none. Not for
 	// udp services.
 	ProxyProtocol int `json:"proxy_protocol,omitempty"`
+	// Ygg publishes the service on the gateway's Yggdrasil overlay address
+	// too (HTTPS on 443, redirects on 80), when the gateway runs a node;
+	// false means the public listeners only. Not for tcp and udp services.
+	Ygg bool `json:"ygg,omitempty"`
 	// Port is the public port a tcp or udp service asks for at creation
 	// (POST): one in the gateway's port range, or 0 for any free one. It
 	// is refused for other protocols. PUT: 0, or a port the service holds;
@@ -56,7 +60,7 @@ func RequestOf(sv model.Service) ServiceRequest {
 	return ServiceRequest{
 		Name: sv.Name, Tenant: sv.Tenant, Protocol: sv.Protocol,
 		Upstreams: sv.Upstreams, LB: sv.LB, Health: sv.Health, Passive: sv.Passive,
-		ProxyProtocol: sv.ProxyProtocol,
+		ProxyProtocol: sv.ProxyProtocol, Ygg: sv.Ygg,
 	}
 }
 
@@ -251,6 +255,10 @@ func (s *Server) routing(sv *model.Service, req *ServiceRequest) error {
 	}
 	sv.Upstreams, sv.LB, sv.Health, sv.Passive = req.Upstreams, req.LB, req.Health, req.Passive
 	sv.ProxyProtocol = req.ProxyProtocol
+	if req.Ygg && sv.Protocol.Forwarded() {
+		return fmt.Errorf("ygg: only http, h2c and tls services are published on the yggdrasil overlay, not %s services; leave it out", sv.Protocol)
+	}
+	sv.Ygg = req.Ygg
 	if err := sv.ValidateRouting(); err != nil {
 		return err
 	}
@@ -488,7 +496,7 @@ func (s *Server) putService(w http.ResponseWriter, r *http.Request, c caller) {
 			return &badRequestError{err}
 		}
 		sv.Protocol, sv.Upstreams, sv.LB, sv.Health, sv.Passive = want.Protocol, want.Upstreams, want.LB, want.Health, want.Passive
-		sv.ProxyProtocol = want.ProxyProtocol
+		sv.ProxyProtocol, sv.Ygg = want.ProxyProtocol, want.Ygg
 		return nil
 	})
 	if s.serviceWriteError(w, name, ifRev, err) {

@@ -46,6 +46,12 @@ type Names struct {
 	// false for any other name. It is asked only for names outside Domain.
 	// nil means no custom domains.
 	Custom func(host string) (service, tenant string, ok bool)
+	// Only, when set, narrows the names to the services it accepts: any
+	// other name, the domain itself and unknown labels are then not ours
+	// (refused as a stranger's), so a listener serves just those services
+	// (the Yggdrasil overlay's, which serves the services published there).
+	// nil means every service.
+	Only func(svc *route.Service) bool
 }
 
 // Resolve returns the service label for host and whether host is ours: the
@@ -53,6 +59,14 @@ type Names struct {
 // domain (whose label is its service's). svc is nil for unknown labels, and
 // for a custom domain whose service is gone or has another owner.
 func (n *Names) Resolve(host string) (label string, ours bool, svc *route.Service) {
+	label, ours, svc = n.resolve(host)
+	if n.Only != nil && (svc == nil || !n.Only(svc)) {
+		return "", false, nil
+	}
+	return label, ours, svc
+}
+
+func (n *Names) resolve(host string) (label string, ours bool, svc *route.Service) {
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	if host == n.Domain {
 		return "", true, nil

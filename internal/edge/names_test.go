@@ -110,3 +110,23 @@ func TestRedirect(t *testing.T) {
 		})
 	}
 }
+
+func TestNamesOnly(t *testing.T) {
+	n := testNames()
+	n.Only = func(svc *route.Service) bool { return svc.Name == "shop" }
+	for _, tt := range []struct {
+		host string
+		ours bool
+	}{
+		{"shop.gw.test", true},
+		{"pass.gw.test", false}, // a service, not accepted by Only
+		{"nope.gw.test", false}, // unknown label
+		{"gw.test", false},      // the domain itself
+		{"example.com", false},
+	} {
+		label, ours, svc := n.Resolve(tt.host)
+		if ours != tt.ours || (svc != nil) != tt.ours || (!tt.ours && label != "") {
+			t.Errorf("Resolve(%q) = %q, %v, %v; want ours %v", tt.host, label, ours, svc, tt.ours)
+		}
+	}
+}

@@ -124,6 +124,23 @@ type Config struct {
 	// WGDNS are the resolvers (IPv6 addresses) written in devices'
 	// configs; empty means none (the configs get no DNS line).
 	WGDNS []string `yaml:"wg_dns"`
+	// YggListen are the embedded Yggdrasil node's access point listeners,
+	// URIs tls://HOST:PORT, tcp://HOST:PORT or quic://HOST:PORT (such as
+	// tls://0.0.0.0:9001); users' nodes peer with the gateway there.
+	// The node runs when ygg_listen, ygg_peer or ygg_tun is set; empty
+	// (all three) means no node.
+	YggListen []string `yaml:"ygg_listen"`
+	// YggPeer are the node's outbound peers, URIs as for ygg_listen.
+	YggPeer []string `yaml:"ygg_peer"`
+	// YggPassword, when set, is the peering password asked of peers; ""
+	// means none.
+	YggPassword string `yaml:"ygg_password"`
+	// YggAllowKey lists the only peers' public keys (64 hex characters)
+	// accepted inbound; empty means any.
+	YggAllowKey []string `yaml:"ygg_allow_key"`
+	// YggTUN, when set, also puts the host on the overlay through a TUN
+	// interface of this name; "" means none (the node's userspace stack only).
+	YggTUN string `yaml:"ygg_tun"`
 	// LogLevel is debug, info, warn or error; "" means info.
 	LogLevel string `yaml:"log_level"`
 	// Limits on what strangers and agents can send.
@@ -351,6 +368,9 @@ func (c *Config) Validate() error {
 		return cfgErr("log_level: %q not accepted; use debug, info, warn or error", c.LogLevel)
 	}
 	if err := c.validate4to6(); err != nil {
+		return err
+	}
+	if err := c.validateYgg(); err != nil {
 		return err
 	}
 	l := c.Limits

@@ -103,6 +103,11 @@ type Gateway struct {
 	peers *peers
 	// fourTo6 is the IPv4-to-IPv6 WireGuard access; nil when off.
 	fourTo6 *fourTo6
+	// ygg is the embedded Yggdrasil node; nil when off. Set in Start.
+	ygg yggNode
+	// overlay serves opted-in services on the node's address; nil when
+	// the node is off.
+	overlay *overlay
 }
 
 // Version is the software version reported to agents and in status.
@@ -155,6 +160,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		return nil, fmt.Errorf("local CA: %w", err)
 	}
 	g.CAFile = g.ca.CAFile()
+	if g.ygg, err = startYggNode(cfg, log); err != nil {
+		return nil, err
+	}
 
 	// Listeners first, so port 0 is resolved before certificates and the banner.
 	httpsLn, udpPC, err := listenHTTPS(cfg.HTTPSAddr, *cfg.HTTP3)
@@ -407,6 +415,15 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 
+	if g.ygg != nil {
+		if g.overlay, err = listenOverlay(g.ygg, names, certSrc, lim, *cfg.AccessLog, log); err != nil {
+			httpsLn.Close()
+			httpLn.Close()
+			apiLn.Close()
+			return nil, err
+		}
+	}
+
 	// Peer sessions, like agents' (tunCtx), outlive the listeners on stop.
 	g.peers = &peers{self: g.ID, cluster: g.cluster, table: g.table, secret: secret, roots: g.ca.Pool(), log: log}
 	g.goRun(func() error { g.peers.run(tunCtx); return nil })
@@ -426,6 +443,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		g.goRun(func() error { return g.https.ServeUDP(runCtx, udpPC) })
 	}
 	g.goRun(func() error { return serveHTTP(g.httpSrv, httpLn) })
+	if g.overlay != nil {
+		g.overlay.serve(runCtx, g)
+	}
 	g.goRun(func() error { return serveHTTP(g.apiSrv, apiLn) })
 	g.goRun(func() error { g.watchServices(runCtx); return nil })
 	g.goRun(func() error { g.ports.watch(runCtx); return nil })
@@ -511,6 +531,10 @@ func (g *Gateway) Stop(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); g.ports.shutdown(ctx) }()
+	if g.overlay != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); g.overlay.shutdown(ctx) }()
+	}
 	wg.Wait()
 	g.table.Close() // stops health checks
 	if g.acme != nil {
@@ -533,6 +557,11 @@ func (g *Gateway) Stop(ctx context.Context) error {
 
 func (g *Gateway) closeAll() error {
 	var errs []error
+	if g.ygg != nil {
+		if err := g.ygg.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("yggdrasil: close node: %w", err))
+		}
+	}
 	if g.fourTo6 != nil {
 		if err := g.fourTo6.close(); err != nil {
 			errs = append(errs, fmt.Errorf("4to6: close wireguard: %w", err))
@@ -551,7 +580,11 @@ func (g *Gateway) dialDirect(ctx context.Context, u model.ParsedUpstream, spec m
 		// The proxy speaks HTTP/1.1 on the connection.
 		t = &netpolicy.TLSOptions{Insecure: spec.TLSInsecure, ServerName: spec.TLSServerName, NextProtos: []string{"http/1.1"}}
 	}
-	return g.upstreams.DialUpstream(ctx, u, t)
+	dial, err := g.overlayDial(u)
+	if err != nil {
+		return nil, err
+	}
+	return g.upstreams.DialUpstreamVia(ctx, u, t, dial)
 }
 
 // loadServices fills the table from the store.
@@ -798,6 +831,9 @@ func (g *Gateway) Banner(w io.Writer) {
 	if f := g.fourTo6; f != nil {
 		fmt.Fprintf(w, "  4to6          wireguard udp/%d, prefix %s (/%d per device, %d devices), endpoint %s\n",
 			f.eng.ListenPort(), f.plan.Prefix, f.plan.Bits, len(f.snapshot()), f.info.Endpoint)
+	}
+	if g.ygg != nil {
+		fmt.Fprintf(w, "  yggdrasil     %s\n", g.yggBanner())
 	}
 	if *c.Open {
 		fmt.Fprintf(w, "  open mode     on: agents without a token get a random quick-tunnel name\n")

@@ -75,6 +75,10 @@ type Service struct {
 	// and h2c services an upstream connection then serves one client
 	// connection only. Not for udp services.
 	ProxyProtocol int `json:"proxy_protocol,omitempty"`
+	// Ygg publishes the service on the gateway's Yggdrasil overlay address
+	// too (HTTPS on port 443, HTTP redirects on 80), when the gateway runs
+	// a node; false serves it on the public listeners only.
+	Ygg bool `json:"ygg,omitempty"`
 }
 
 // reserved are labels no tenant may take: they name the gateway's own endpoints

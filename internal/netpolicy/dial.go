@@ -76,6 +76,18 @@ type TLSOptions struct {
 // returns the *tls.Conn. Errors name the upstream; a refusal by the
 // policy wraps ErrForbidden.
 func (p *Policy) DialUpstream(ctx context.Context, u model.ParsedUpstream, t *TLSOptions) (net.Conn, error) {
+	return p.DialUpstreamVia(ctx, u, t, nil)
+}
+
+// DialFunc connects to network and address, as net.Dialer.DialContext.
+type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+// DialUpstreamVia is DialUpstream whose connection is made by dial instead
+// of the host's network (an overlay's userspace stack); nil dial means the
+// checked Dialer. dial is given the upstream's address only after Check
+// allowed it, so it must be an IP literal: with a DNS name the address
+// dial connects to could not be checked, and the dial is refused.
+func (p *Policy) DialUpstreamVia(ctx context.Context, u model.ParsedUpstream, t *TLSOptions, dial DialFunc) (net.Conn, error) {
 	name := upstreamName(u)
 	if u.Host == "" || u.Port == 0 {
 		return nil, fmt.Errorf("dial upstream %s: no host or port", name)
@@ -88,7 +100,12 @@ func (p *Policy) DialUpstream(ctx context.Context, u model.ParsedUpstream, t *TL
 		network = "udp" // a connected UDP socket: one Write, one datagram
 		t = nil
 	}
-	c, err := p.Dialer(0).DialContext(ctx, network, u.HostPort())
+	if dial == nil {
+		dial = p.Dialer(0).DialContext
+	} else if _, err := netip.ParseAddr(u.Host); err != nil && !u.Addr.IsValid() {
+		return nil, fmt.Errorf("dial upstream %s: the host must be an IP address on this network", name)
+	}
+	c, err := dial(ctx, network, u.HostPort())
 	if err != nil {
 		return nil, fmt.Errorf("dial upstream %s: %w", name, err)
 	}

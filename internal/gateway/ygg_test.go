@@ -1,0 +1,273 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/webgw/webgw/internal/model"
+	"github.com/webgw/webgw/internal/netpolicy"
+	"github.com/webgw/webgw/internal/ygg"
+)
+
+// fakeNode stands in for the Yggdrasil node: its overlay is a map from
+// overlay addresses to loopback ones, and it listens on loopback.
+type fakeNode struct {
+	cfg ygg.Config
+
+	mu      sync.Mutex
+	routes  map[string]string // overlay HOST:PORT -> loopback HOST:PORT; guarded by mu
+	dialled []string          // overlay addresses dialled; guarded by mu
+	listens []string          // addresses asked of Listen; guarded by mu
+	closed  bool              // guarded by mu
+}
+
+var _ yggNode = (*fakeNode)(nil)
+
+func (n *fakeNode) Addr() netip.Addr     { return netip.MustParseAddr("200:1234::1") }
+func (n *fakeNode) Subnet() netip.Prefix { return netip.MustParsePrefix("300:1234::/64") }
+func (n *fakeNode) PublicKey() string    { return strings.Repeat("ab", 32) }
+
+func (n *fakeNode) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	n.mu.Lock()
+	n.dialled = append(n.dialled, addr)
+	to, ok := n.routes[addr]
+	n.mu.Unlock()
+	if !ok {
+		return nil, errors.New("no route on the fake overlay")
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, to)
+}
+
+func (n *fakeNode) Listen(network, addr string) (net.Listener, error) {
+	n.mu.Lock()
+	n.listens = append(n.listens, addr)
+	n.mu.Unlock()
+	return net.Listen(network, "127.0.0.1:0")
+}
+
+func (n *fakeNode) Status() ygg.Status {
+	return ygg.Status{Addr: n.Addr(), Subnet: n.Subnet(), PublicKey: n.PublicKey(), Peers: []ygg.PeerStatus{
+		{URI: "tls://192.0.2.1:9001", Up: true, PublicKey: strings.Repeat("cd", 32), Addr: netip.MustParseAddr("200:5678::1"),
+			RxBytes: 2048, TxBytes: 1024, Uptime: 90 * time.Second},
+		{URI: "tcp://[2001:db8::2]:9002", Inbound: true, LastError: "connection refused"},
+	}}
+}
+
+func (n *fakeNode) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.closed = true
+	return nil
+}
+
+func (n *fakeNode) route(overlay, loopback string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.routes == nil {
+		n.routes = map[string]string{}
+	}
+	n.routes[overlay] = loopback
+}
+
+// useFakeNodes makes startYgg hand out fake nodes until the test ends;
+// the returned function is the latest.
+func useFakeNodes(t *testing.T) func() *fakeNode {
+	var mu sync.Mutex
+	var last *fakeNode
+	old := startYgg
+	startYgg = func(cfg ygg.Config, _ *slog.Logger) (yggNode, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		last = &fakeNode{cfg: cfg}
+		return last, nil
+	}
+	t.Cleanup(func() { startYgg = old })
+	return func() *fakeNode {
+		mu.Lock()
+		defer mu.Unlock()
+		return last
+	}
+}
+
+func yggTestConfig(dir string) *Config {
+	return &Config{
+		DataDir: dir, HTTPAddr: "127.0.0.1:0", HTTPSAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0",
+		YggListen: []string{"tls://0.0.0.0:9001"}, YggPeer: []string{"tcp://[2001:db8::1]:9001"},
+		UpstreamAllow: []string{"200::/7", "127.0.0.1/32"},
+	}
+}
+
+func TestYggValidate(t *testing.T) {
+	key := strings.Repeat("0a", 32)
+	for _, tt := range []struct {
+		name string
+		mod  func(*Config)
+		want string // "" for valid
+	}{
+		{"off", func(c *Config) {}, ""},
+		{"listen and peers", func(c *Config) {
+			c.YggListen = []string{"tls://0.0.0.0:9001", "quic://[::]:9002"}
+			c.YggPeer = []string{"tcp://peer.example.net:9001"}
+			c.YggAllowKey = []string{key}
+			c.YggPassword = "s3cret"
+		}, ""},
+		{"tun only", func(c *Config) { c.YggTUN = "ygg0" }, ""},
+		{"bad scheme", func(c *Config) { c.YggListen = []string{"udp://0.0.0.0:9001"} }, `ygg_listen (--ygg-listen): "udp://0.0.0.0:9001": scheme "udp" not accepted`},
+		{"no port", func(c *Config) { c.YggPeer = []string{"tls://peer.example.net"} }, "ygg_peer (--ygg-peer):"},
+		{"port 0", func(c *Config) { c.YggPeer = []string{"tls://192.0.2.1:0"} }, "port must be 1-65535"},
+		{"no scheme", func(c *Config) { c.YggPeer = []string{"192.0.2.1:9001"} }, "ygg_peer (--ygg-peer):"},
+		{"path", func(c *Config) { c.YggPeer = []string{"tls://192.0.2.1:9001/x"} }, "no path"},
+		{"short key", func(c *Config) { c.YggListen = []string{"tls://0.0.0.0:9001"}; c.YggAllowKey = []string{"abcd"} }, "ygg_allow_key (--ygg-allow-key): \"abcd\" is not a public key"},
+		{"bad tun", func(c *Config) { c.YggTUN = "a/b" }, "ygg_tun (--ygg-tun)"},
+		{"password without node", func(c *Config) { c.YggPassword = "x" }, "need ygg_listen, ygg_peer or ygg_tun"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &Config{}
+			c.Complete()
+			tt.mod(c)
+			err := c.Validate()
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil || !IsConfigError(err) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate = %v; want a config error with %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestYggKeyPersists: the node gets the key from <data-dir>/ygg.key, made
+// (0600) on the first start and the same after a restart; the banner
+// names the node.
+func TestYggKeyPersists(t *testing.T) {
+	node := useFakeNodes(t)
+	dir := filepath.Join(t.TempDir(), "data")
+	g, err := Start(t.Context(), yggTestConfig(dir), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := node()
+	var b strings.Builder
+	g.Banner(&b)
+	stopGateway(t, g)
+	if !first.closed {
+		t.Error("Stop did not close the node")
+	}
+	if want := "  yggdrasil     200:1234::1 (subnet 300:1234::/64), access point on tls://0.0.0.0:9001, 2 peers\n"; !strings.Contains(b.String(), want) {
+		t.Errorf("banner:\n%s\nwant the line %q", b.String(), want)
+	}
+	path := filepath.Join(dir, "ygg.key")
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("ygg.key mode %o, want 600", fi.Mode().Perm())
+	}
+	raw, _ := os.ReadFile(path)
+	key, err := hex.DecodeString(strings.TrimSpace(string(raw)))
+	if err != nil || len(key) != 64 || string(key) != string(first.cfg.PrivateKey) {
+		t.Fatalf("ygg.key %q (%v) is not the node's 64-byte key", raw, err)
+	}
+	if got := first.cfg; got.Listen[0] != "tls://0.0.0.0:9001" || got.Peers[0] != "tcp://[2001:db8::1]:9001" {
+		t.Errorf("node config %+v", got)
+	}
+
+	g, err = Start(t.Context(), yggTestConfig(dir), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopGateway(t, g)
+	if string(node().cfg.PrivateKey) != string(key) {
+		t.Error("the key changed across a restart")
+	}
+
+	// A damaged key file is an error naming it, not a new address.
+	os.WriteFile(path, []byte("nothex\n"), 0o600)
+	if _, err := Start(t.Context(), yggTestConfig(dir), nil); err == nil || !strings.Contains(err.Error(), "ygg.key") {
+		t.Fatalf("Start with a bad key = %v; want an error naming ygg.key", err)
+	}
+}
+
+// TestYggDialDirect: direct upstreams in 200::/7 are dialled through the
+// node (plain and TLS), after the upstream policy; with the node off they
+// fail saying so.
+func TestYggDialDirect(t *testing.T) {
+	node := useFakeNodes(t)
+	backend := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "over the overlay")
+	}))
+	defer backend.Close()
+	dir := filepath.Join(t.TempDir(), "data")
+	g, err := Start(t.Context(), yggTestConfig(dir), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopGateway(t, g)
+	n := node()
+	n.route("[200:abcd::5]:443", backend.Listener.Addr().String())
+
+	u, err := model.ParseUpstreamURL("https://[200:abcd::5]:443", model.ProtoHTTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := g.dialDirect(t.Context(), u, model.Upstream{TLSInsecure: true}, true)
+	if err != nil {
+		t.Fatalf("dialDirect: %v", err)
+	}
+	if _, ok := c.(*tls.Conn); !ok {
+		t.Errorf("dialDirect returned %T, want a TLS connection over the overlay", c)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	body, _ := io.ReadAll(c)
+	c.Close()
+	if !strings.Contains(string(body), "over the overlay") {
+		t.Errorf("answer %q", body)
+	}
+	if len(n.dialled) != 1 || n.dialled[0] != "[200:abcd::5]:443" {
+		t.Errorf("node dialled %q", n.dialled)
+	}
+
+	// Outside 200::/7: the host's network, not the node.
+	lu, _ := model.ParseUpstreamURL("https://"+backend.Listener.Addr().String(), model.ProtoHTTP)
+	c, err = g.dialDirect(t.Context(), lu, model.Upstream{TLSInsecure: true}, true)
+	if err != nil {
+		t.Fatalf("dialDirect loopback: %v", err)
+	}
+	c.Close()
+	if len(n.dialled) != 1 {
+		t.Errorf("a loopback upstream went through the node: %q", n.dialled)
+	}
+
+	// The policy applies first: 300::/8 is not allowed here.
+	g.upstreams = netpolicy.New(mustPrefixes(t, "200::/8"), func() []netip.Addr { return nil })
+	su, _ := model.ParseUpstreamURL("http://[300:abcd::5]:80", model.ProtoHTTP)
+	if _, err := g.dialDirect(t.Context(), su, model.Upstream{}, false); !errors.Is(err, netpolicy.ErrForbidden) {
+		t.Errorf("dial outside --upstream-allow = %v; want ErrForbidden", err)
+	}
+
+	// The node off: a clear error.
+	g.ygg = nil
+	if _, err := g.dialDirect(t.Context(), u, model.Upstream{}, false); !errors.Is(err, ErrYggOff) || !strings.Contains(err.Error(), "yggdrasil node is off") {
+		t.Errorf("dial with the node off = %v; want ErrYggOff", err)
+	}
+	g.ygg = n
+}
