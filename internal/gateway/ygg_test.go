@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/netpolicy"
+	"github.com/webgw/webgw/internal/store"
+	"github.com/webgw/webgw/internal/tunnel"
 	"github.com/webgw/webgw/internal/ygg"
 )
 
@@ -270,4 +273,131 @@ func TestYggDialDirect(t *testing.T) {
 		t.Errorf("dial with the node off = %v; want ErrYggOff", err)
 	}
 	g.ygg = n
+}
+
+// TestYggOverlayServes: the overlay's HTTPS and HTTP listeners (on the
+// node's address, ports 443 and 80) serve the services that opted in and
+// refuse every other name, the agent tunnel and the peer ALPNs.
+func TestYggOverlayServes(t *testing.T) {
+	node := useFakeNodes(t)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "hello from "+r.Host)
+	}))
+	defer backend.Close()
+	dir := filepath.Join(t.TempDir(), "data")
+	g, err := Start(t.Context(), yggTestConfig(dir), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopGateway(t, g)
+	n := node()
+	if want := []string{"[200:1234::1]:443", "[200:1234::1]:80"}; strings.Join(n.listens, " ") != strings.Join(want, " ") {
+		t.Errorf("node listens on %q; want %q", n.listens, want)
+	}
+	for _, sv := range []model.Service{
+		{Name: "shop", Tenant: "alpha", Protocol: model.ProtoHTTP, Ygg: true},
+		{Name: "intra", Tenant: "alpha", Protocol: model.ProtoHTTP},
+	} {
+		sv.Created = time.Now()
+		sv.Upstreams = []model.Upstream{{URL: backend.URL}}
+		if _, err := store.CreateService(t.Context(), g.store, sv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll(t, "services in the table", func() bool { return g.table.Lookup("shop") != nil && g.table.Lookup("intra") != nil })
+	pool := caPoolOf(t, g.CAFile)
+
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", g.overlay.HTTPSAddr)
+		},
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Get("https://shop.localhost/")
+	if err != nil {
+		t.Fatalf("GET shop over the overlay: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "hello from shop.localhost" {
+		t.Errorf("shop over the overlay: %d %q", resp.StatusCode, body)
+	}
+	// The public port serves both.
+	if resp := getPublic(t, g, pool, "intra.localhost"); resp != 200 {
+		t.Errorf("intra on the public port: %d", resp)
+	}
+
+	// Another service's SNI: refused in the handshake.
+	for _, sni := range []string{"intra.localhost", "localhost", "nope.localhost"} {
+		if _, err := client.Get("https://" + sni + "/"); err == nil {
+			t.Errorf("GET %s over the overlay succeeded; want a refused handshake", sni)
+		}
+	}
+	// An opted-in SNI with another service's Host: 404.
+	req, _ := http.NewRequest("GET", "https://shop.localhost/", nil)
+	req.Host = "intra.localhost"
+	if resp, err := client.Do(req); err != nil || resp.StatusCode != 404 {
+		t.Errorf("Host intra under SNI shop: %v %v; want 404", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	// Agent tunnel and peer ALPNs: closed, whatever the SNI.
+	for _, alpn := range []string{tunnel.ALPN, tunnel.PeerALPN} {
+		c, err := tls.Dial("tcp", g.overlay.HTTPSAddr, &tls.Config{RootCAs: pool, ServerName: "shop.localhost", NextProtos: []string{alpn}})
+		if err == nil {
+			c.Close()
+			t.Errorf("ALPN %s accepted on the overlay", alpn)
+		}
+	}
+
+	// Port 80: a redirect for the opted-in name only.
+	for host, want := range map[string]int{"shop.localhost": 308, "intra.localhost": 404} {
+		req, _ := http.NewRequest("GET", "http://"+g.overlay.HTTPAddr+"/x", nil)
+		req.Host = host
+		resp, err := (&http.Client{CheckRedirect: client.CheckRedirect}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("http %s: %d; want %d", host, resp.StatusCode, want)
+		} else if want == 308 && resp.Header.Get("Location") != "https://shop.localhost/x" {
+			t.Errorf("redirect to %q", resp.Header.Get("Location"))
+		}
+	}
+}
+
+func caPoolOf(t *testing.T, file string) *x509.CertPool {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		t.Fatal("no CA certificate")
+	}
+	return pool
+}
+
+// getPublic fetches https://host/ from the public HTTPS port; the status.
+func getPublic(t *testing.T, g *Gateway, pool *x509.CertPool, host string) int {
+	t.Helper()
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", g.HTTPSAddr)
+		},
+	}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Get("https://" + host + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
