@@ -79,7 +79,7 @@ func newRoot() *cobra.Command {
 		return usagef("%v (see '%s --help')", err, c.CommandPath())
 	})
 	root.AddCommand(gatewayCmd(), exposeCmd(), agentCmd(), tenantCmd(), serviceCmd(), portCmd(), domainCmd(), statusCmd(), versionCmd())
-	root.AddCommand(dnsCmd(), fourTo6Cmd())
+	root.AddCommand(dnsCmd(), fourTo6Cmd(), yggCmd())
 	requireSubcommand(root)
 	return root
 }

@@ -79,6 +79,9 @@ type Server struct {
 	// WG serves the IPv4-to-IPv6 WireGuard devices (/v1/4to6/devices);
 	// nil answers them with 503 (4to6 is off).
 	WG *WG4to6
+	// Ygg returns the embedded Yggdrasil node's state (GET /v1/ygg,
+	// admin only); nil answers 503 (the node is off).
+	Ygg func() YggStatus
 }
 
 // GatewayInfo is the static part of /v1/status.
@@ -115,6 +118,7 @@ func (s *Server) Handler() http.Handler {
 	}
 	mux.HandleFunc("GET /v1/status", s.auth(true, s.status))
 	mux.HandleFunc("GET /v1/gateways", s.auth(true, s.listGateways))
+	mux.HandleFunc("GET /v1/ygg", s.auth(true, s.getYgg))
 	mux.HandleFunc("GET /v1/tenants", s.auth(true, s.listTenants))
 	mux.HandleFunc("POST /v1/tenants", s.auth(true, s.addTenant))
 	mux.HandleFunc("DELETE /v1/tenants/{name}", s.auth(true, s.removeTenant))

@@ -66,6 +66,8 @@ func TestOpenAPISchemas(t *testing.T) {
 		"DeviceRequest":  api.DeviceRequest{},
 		"DevicePatch":    api.DevicePatch{},
 		"Device":         api.DeviceDetail{},
+		"YggStatus":      api.YggStatus{},
+		"YggPeer":        api.YggPeer{},
 	} {
 		var documented []string
 		for k := range doc.Components.Schemas[schema].Properties {

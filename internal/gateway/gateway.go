@@ -410,6 +410,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		Members:      g.cluster.Members,
 		WG:           g.fourTo6.apiInfo(),
 	}
+	if g.ygg != nil {
+		a.Ygg = g.yggStatus
+	}
 	g.apiSrv = &http.Server{
 		Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/webgw/webgw/internal/api"
 	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/netpolicy"
 	"github.com/webgw/webgw/internal/ygg"
@@ -185,4 +186,19 @@ func (g *Gateway) yggBanner() string {
 		ap = "access point on " + strings.Join(g.cfg.YggListen, ", ")
 	}
 	return fmt.Sprintf("%s (subnet %s), %s, %d peers", g.ygg.Addr(), g.ygg.Subnet(), ap, len(st.Peers))
+}
+
+// yggStatus is the node's state for the API.
+func (g *Gateway) yggStatus() api.YggStatus {
+	st := g.ygg.Status()
+	out := api.YggStatus{Addr: st.Addr.String(), Subnet: st.Subnet.String(), PublicKey: st.PublicKey, Peers: []api.YggPeer{}}
+	for _, p := range st.Peers {
+		ap := api.YggPeer{URI: p.URI, Inbound: p.Inbound, Up: p.Up, PublicKey: p.PublicKey,
+			RxBytes: p.RxBytes, TxBytes: p.TxBytes, Uptime: p.Uptime.Seconds(), LastError: p.LastError}
+		if p.Addr.IsValid() {
+			ap.Addr = p.Addr.String()
+		}
+		out.Peers = append(out.Peers, ap)
+	}
+	return out
 }

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/webgw/webgw/internal/api"
 	"github.com/webgw/webgw/internal/model"
 	"github.com/webgw/webgw/internal/netpolicy"
 	"github.com/webgw/webgw/internal/store"
@@ -400,4 +401,60 @@ func getPublic(t *testing.T, g *Gateway, pool *x509.CertPool, host string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// TestYggAPI: GET /v1/ygg is the node's state for the admin, 403 for a
+// tenant, 503 with the node off.
+func TestYggAPI(t *testing.T) {
+	useFakeNodes(t)
+	dir := filepath.Join(t.TempDir(), "data")
+	g, err := Start(t.Context(), yggTestConfig(dir), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, _ := os.ReadFile(g.AdminTokenFile)
+	token := strings.TrimSpace(string(admin))
+	var st api.YggStatus
+	if code := apiCall(t, g, token, "GET", "/v1/ygg", "", &st); code != 200 {
+		t.Fatalf("GET /v1/ygg: %d", code)
+	}
+	if st.Addr != "200:1234::1" || st.Subnet != "300:1234::/64" || st.PublicKey != strings.Repeat("ab", 32) || len(st.Peers) != 2 {
+		t.Errorf("status %+v", st)
+	}
+	if p := st.Peers[0]; p.URI != "tls://192.0.2.1:9001" || !p.Up || p.Inbound || p.Addr != "200:5678::1" || p.RxBytes != 2048 || p.TxBytes != 1024 || p.Uptime != 90 {
+		t.Errorf("peer 0 %+v", p)
+	}
+	if p := st.Peers[1]; !p.Inbound || p.Up || p.Addr != "" || p.LastError != "connection refused" {
+		t.Errorf("peer 1 %+v", p)
+	}
+	var tenant struct {
+		Token string `json:"token"`
+	}
+	if code := apiCall(t, g, token, "POST", "/v1/tenants", `{"name":"alpha"}`, &tenant); code != 201 && code != 200 {
+		t.Fatalf("add tenant: %d", code)
+	}
+	if code := apiCall(t, g, tenant.Token, "GET", "/v1/ygg", "", nil); code != 403 {
+		t.Errorf("GET /v1/ygg as a tenant: %d; want 403", code)
+	}
+	// The service option over the API.
+	if code := apiCall(t, g, tenant.Token, "POST", "/v1/services", `{"name":"shop","ygg":true}`, nil); code != 201 {
+		t.Errorf("create a ygg service: %d", code)
+	}
+	if code := apiCall(t, g, tenant.Token, "POST", "/v1/services", `{"name":"db","protocol":"tcp","ygg":true}`, nil); code != 400 {
+		t.Errorf("create a ygg tcp service: %d; want 400", code)
+	}
+	if sv, _, err := store.GetService(t.Context(), g.store, "shop"); err != nil || !sv.Ygg {
+		t.Errorf("stored shop %+v, %v; want ygg", sv, err)
+	}
+	stopGateway(t, g)
+
+	cfg := yggTestConfig(dir)
+	cfg.YggListen, cfg.YggPeer = nil, nil
+	if g, err = Start(t.Context(), cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer stopGateway(t, g)
+	if code := apiCall(t, g, token, "GET", "/v1/ygg", "", nil); code != 503 {
+		t.Errorf("GET /v1/ygg with the node off: %d; want 503", code)
+	}
 }
