@@ -31,6 +31,7 @@ type serviceFlags struct {
 	cooldown                          time.Duration
 	ignore5xx                         bool
 	proxyProtocol                     int
+	ygg                               bool
 	port                              int // add only
 }
 
@@ -78,6 +79,7 @@ func (f *serviceFlags) add(c *cobra.Command, set bool) {
 	fs.DurationVar(&f.cooldown, "cooldown", defDur(model.DefaultCooldown), "how long an ejected upstream gets no traffic (100ms-1h)")
 	fs.BoolVar(&f.ignore5xx, "ignore-5xx", false, "count only connect errors as failures, not 5xx answers")
 	fs.IntVar(&f.proxyProtocol, "proxy-protocol", 0, "send a PROXY protocol header of this version (1 or 2) to the backend before each connection's bytes; 0: none (not for udp)")
+	fs.BoolVar(&f.ygg, "ygg", false, "publish the service on the gateway's Yggdrasil overlay address too (https on 443, redirects on 80), when it runs a node; --ygg=false stops (not for tcp and udp)")
 	if !set {
 		fs.IntVar(&f.port, "port", 0, "public port a tcp or udp service asks for, in the gateway's --port-range (0: any free one)")
 	}
@@ -86,7 +88,7 @@ func (f *serviceFlags) add(c *cobra.Command, set bool) {
 // routingFlags are the flags serviceFlags.apply reads.
 var routingFlags = []string{"protocol", "upstream", "add-upstream", "remove-upstream", "lb",
 	"health-type", "health-path", "health-status", "health-interval", "health-timeout", "healthy-threshold", "unhealthy-threshold",
-	"max-failures", "cooldown", "ignore-5xx", "proxy-protocol"}
+	"max-failures", "cooldown", "ignore-5xx", "proxy-protocol", "ygg"}
 
 var healthFlags = []string{"health-type", "health-path", "health-status", "health-interval", "health-timeout", "healthy-threshold", "unhealthy-threshold"}
 
@@ -191,6 +193,12 @@ func (f *serviceFlags) apply(fs *pflag.FlagSet, req *api.ServiceRequest) error {
 	}
 	if fs.Changed("proxy-protocol") {
 		req.ProxyProtocol = f.proxyProtocol
+	}
+	if fs.Changed("ygg") {
+		req.Ygg = f.ygg
+	}
+	if req.Ygg && req.Protocol.Forwarded() {
+		return usagef("--ygg: only http, h2c and tls services are published on the yggdrasil overlay, not %s services", req.Protocol)
 	}
 	if fs.Changed("port") {
 		req.Port = f.port
@@ -529,6 +537,9 @@ func printService(w io.Writer, d api.ServiceDetail) error {
 	row("protocol", "%s", d.Protocol)
 	if d.ProxyProtocol != 0 {
 		row("proxy protocol", "v%d", d.ProxyProtocol)
+	}
+	if d.Ygg {
+		row("yggdrasil", "published on the gateway's overlay address")
 	}
 	if d.Protocol.Forwarded() || len(d.Ports) > 0 {
 		if len(d.Ports) == 0 {

@@ -86,3 +86,33 @@ func TestYggStatusCLI(t *testing.T) {
 		t.Errorf("extra argument: exit %d, stderr %q; want 2", code, errOut)
 	}
 }
+
+// TestServiceYggFlag: service add|set --ygg stores the option; --ygg=false
+// takes it back; tcp and udp services refuse it (exit 2).
+func TestServiceYggFlag(t *testing.T) {
+	addr, acme, st := apiServer(t, nil)
+	as := []string{"--api-addr", addr, "--token", acme}
+	ygg := func(name string) bool {
+		t.Helper()
+		sv, _, err := store.GetService(t.Context(), st, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sv.Ygg
+	}
+	if _, errOut, code := execute(t, append([]string{"service", "add", "shop", "--ygg"}, as...)...); code != 0 || !ygg("shop") {
+		t.Fatalf("add --ygg: exit %d, %q", code, errOut)
+	}
+	if out, _, code := execute(t, append([]string{"service", "show", "shop"}, as...)...); code != 0 || !strings.Contains(out, "yggdrasil") {
+		t.Errorf("show: exit %d, %q", code, out)
+	}
+	if _, errOut, code := execute(t, append([]string{"service", "set", "shop", "--lb", "ip_hash"}, as...)...); code != 0 || !ygg("shop") {
+		t.Errorf("set without --ygg dropped it: exit %d, %q", code, errOut)
+	}
+	if _, errOut, code := execute(t, append([]string{"service", "set", "shop", "--ygg=false"}, as...)...); code != 0 || ygg("shop") {
+		t.Errorf("set --ygg=false: exit %d, %q", code, errOut)
+	}
+	if _, errOut, code := execute(t, append([]string{"service", "add", "db", "--protocol", "tcp", "--ygg"}, as...)...); code != 2 || !strings.Contains(errOut, "--ygg: only http, h2c and tls") {
+		t.Errorf("add tcp --ygg: exit %d, %q; want 2", code, errOut)
+	}
+}
