@@ -227,6 +227,11 @@ open: false
 access_log: false
 log_level: warn
 port_range: 30000-30999
+ygg_listen: ["tls://0.0.0.0:9001"]
+ygg_peer: ["quic://peer.example.net:9002"]
+ygg_password: pw
+ygg_allow_key: ["0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a"]
+ygg_tun: ygg0
 limits:
   max_header_bytes: 8192
   read_header_timeout: 5s
@@ -239,7 +244,8 @@ limits:
 			if c.Version != 1 || c.DataDir != "/srv/webgw" || c.Domain != "gw.example.org" || c.HTTPAddr != "0.0.0.0:80" ||
 				c.HTTPSAddr != "0.0.0.0:443" || c.DNSAddr != "0.0.0.0:53" || c.APIAddr != "127.0.0.1:8081" ||
 				len(c.PublicIPs) != 2 || len(c.UpstreamAllow) != 2 || c.Store != "/srv/webgw/state.db" || c.Open == nil || *c.Open ||
-				c.AccessLog == nil || *c.AccessLog || c.LogLevel != "warn" || c.PortRange != "30000-30999" {
+				c.AccessLog == nil || *c.AccessLog || c.LogLevel != "warn" || c.PortRange != "30000-30999" ||
+				len(c.YggListen) != 1 || len(c.YggPeer) != 1 || c.YggPassword != "pw" || len(c.YggAllowKey) != 1 || c.YggTUN != "ygg0" {
 				t.Errorf("decoded %+v", c)
 			}
 			want := gateway.Limits{MaxHeaderBytes: 8192, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute,

@@ -252,3 +252,36 @@ func TestDialUpstreamUDP(t *testing.T) {
 		t.Errorf("DialUpstream(udp) outside the allowed networks = %v; want ErrForbidden", err)
 	}
 }
+
+// TestDialUpstreamVia: dial gets the checked address of an IP-literal
+// upstream; a refused address never reaches it, nor does a DNS name.
+func TestDialUpstreamVia(t *testing.T) {
+	port := listen(t, "127.0.0.1:0")
+	var got []string
+	via := func(ctx context.Context, network, address string) (net.Conn, error) {
+		got = append(got, network+" "+address)
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", "127.0.0.1:"+port)
+	}
+	p := New(mustAllow(t, "200::/7"), noOwn)
+	u, _ := model.ParseUpstreamURL("http://[200:abcd::5]:8080", model.ProtoHTTP)
+	c, err := p.DialUpstreamVia(ctxTimeout(t), u, nil, via)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if len(got) != 1 || got[0] != "tcp [200:abcd::5]:8080" {
+		t.Errorf("dial got %q", got)
+	}
+	u, _ = model.ParseUpstreamURL("http://[2001:db8::5]:8080", model.ProtoHTTP)
+	if _, err := p.DialUpstreamVia(ctxTimeout(t), u, nil, via); !errors.Is(err, ErrForbidden) {
+		t.Errorf("outside the allowed networks: %v; want ErrForbidden", err)
+	}
+	u, _ = model.ParseUpstreamURL("http://backend.example:8080", model.ProtoHTTP)
+	if _, err := p.DialUpstreamVia(ctxTimeout(t), u, nil, via); err == nil || !strings.Contains(err.Error(), "must be an IP address") {
+		t.Errorf("a DNS name: %v; want a refusal", err)
+	}
+	if len(got) != 1 {
+		t.Errorf("refused upstreams reached dial: %q", got)
+	}
+}
