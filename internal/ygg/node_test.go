@@ -2,6 +2,8 @@ package ygg
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -297,4 +299,53 @@ func TestDialListenErrors(t *testing.T) {
 	if _, err := n.DialContext(ctx, "tcp", "[200::1]:80"); err == nil {
 		t.Error("dial after Close: no error")
 	}
+}
+
+// refused waits until bad's peering with b has failed at least once and
+// checks it never came up.
+func refused(t *testing.T, b, bad *Node) {
+	t.Helper()
+	waitFor(t, 15*time.Second, "the refused peering's error", func() bool {
+		ps := bad.Status().Peers
+		return len(ps) == 1 && ps[0].LastError != ""
+	})
+	if _, ok := upPeer(b, bad.PublicKey()); ok {
+		t.Fatalf("refused peer is up at the listener: %+v", b.Status().Peers)
+	}
+	if ps := bad.Status().Peers; ps[0].Up {
+		t.Fatalf("refused peer is up: %+v", ps)
+	}
+}
+
+func TestPassword(t *testing.T) {
+	checkGoroutines(t)
+	b := startNode(t, Config{Listen: []string{"tls://127.0.0.1:0"}, Password: "s3cret"})
+	uri := b.Status().Listeners[0]
+	if strings.Contains(uri, "s3cret") {
+		t.Fatalf("password in the status: %s", uri)
+	}
+	good := startNode(t, Config{Peers: []string{uri + "?password=s3cret"}})
+	waitFor(t, 15*time.Second, "peering with the password", peeredWithBytes(good, b))
+	if p := good.Status().Peers[0]; strings.Contains(p.URI, "s3cret") {
+		t.Fatalf("password in the status: %s", p.URI)
+	}
+	for _, peer := range []string{uri, uri + "?password=wrong"} {
+		bad := startNode(t, Config{Peers: []string{peer}})
+		refused(t, b, bad)
+	}
+}
+
+func TestAllowedKeys(t *testing.T) {
+	checkGoroutines(t)
+	key, _ := GenerateKey()
+	goodKey := hex.EncodeToString(ed25519.PrivateKey(key).Public().(ed25519.PublicKey))
+	b := startNode(t, Config{Listen: []string{"tls://127.0.0.1:0"}, AllowedKeys: []string{goodKey}})
+	good := startNode(t, Config{PrivateKey: key, Peers: b.Status().Listeners})
+	waitFor(t, 15*time.Second, "the allowed peer", peeredWithBytes(good, b))
+	bad := startNode(t, Config{Peers: b.Status().Listeners})
+	refused(t, b, bad)
+	// The allow-list is for inbound peers: b may still peer outward.
+	c := startNode(t, Config{Listen: []string{"tcp://127.0.0.1:0"}})
+	b2 := startNode(t, Config{PrivateKey: nil, AllowedKeys: []string{goodKey}, Peers: c.Status().Listeners})
+	waitFor(t, 15*time.Second, "an outbound peering of an allow-listed node", peeredWithBytes(b2, c))
 }
