@@ -259,6 +259,9 @@ func (n *Node) DialContext(ctx context.Context, network, addr string) (net.Conn,
 // Listen listens for TCP ("tcp" or "tcp6") on the node's own overlay
 // address: addr is "[node addr]:port", "[subnet::1]:port" or ":port" (both).
 // Nothing listens there unless a caller asks. Close closes the listener too.
+// In TUN mode the listener is a host socket: ":port" binds the node's
+// address only, and the subnet's ::1 only if the operator put it on a host
+// interface.
 func (n *Node) Listen(network, addr string) (net.Listener, error) {
 	if network != "tcp" && network != "tcp6" {
 		return nil, fmt.Errorf("listen yggdrasil %s: network %q: want tcp or tcp6", addr, network)
