@@ -19,12 +19,19 @@ type Config struct {
 	Peers []string
 	// Listen are the access point's listeners (tls://0.0.0.0:PORT, tcp://, quic://).
 	Listen []string
-	// Password, when set, is required of peers (Yggdrasil's peering password).
+	// Password, when set, is the peering password required of inbound
+	// peers on every listener that has none in its URI (?password=). Empty:
+	// no password. An outbound peer that needs one carries it in its URI.
+	// At most 64 bytes.
 	Password string
-	// AllowedKeys, when set, are the only peers' public keys (hex) accepted inbound.
+	// AllowedKeys, when set, are the only peers' public keys (hex) accepted
+	// inbound. Empty: any key.
 	AllowedKeys []string
 	// TUN, when set, also puts the host on the network through a TUN with
-	// this name (the library's TUN adapter).
+	// this name (the library's TUN adapter; needs CAP_NET_ADMIN). The node's
+	// packets then go to the kernel instead of the userspace stack, so
+	// DialContext and Listen use the host's sockets on the TUN's address.
+	// Empty: no TUN, userspace stack only.
 	TUN string
 }
 
@@ -46,5 +53,7 @@ type Status struct {
 	Addr      netip.Addr   // the node's 200::/7 address
 	Subnet    netip.Prefix // its routed /64 in 300::/8
 	PublicKey string       // hex
+	Listeners []string     // listener URIs with the bound address (port 0 resolved)
+	TUN       string       // the TUN's name, empty without one
 	Peers     []PeerStatus
 }
