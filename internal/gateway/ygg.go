@@ -36,10 +36,16 @@ type yggNode interface {
 	Close() error
 }
 
-// startYgg starts the embedded node; ygg.Start once that package has it.
+// startYgg starts the embedded node; tests replace it.
 var startYgg = func(cfg ygg.Config, log *slog.Logger) (yggNode, error) {
-	return nil, errors.New("yggdrasil node not built")
+	n, err := ygg.Start(cfg, log)
+	if err != nil {
+		return nil, err // not a nil *ygg.Node in a non-nil interface
+	}
+	return n, nil
 }
+
+var _ yggNode = (*ygg.Node)(nil)
 
 // yggNet is the Yggdrasil address space: node addresses (200::/8) and
 // their routed subnets (300::/8). Direct upstreams in it are dialled

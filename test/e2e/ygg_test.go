@@ -1,0 +1,231 @@
+//go:build linux
+
+package e2e
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/webgw/webgw/internal/ygg"
+)
+
+func init() {
+	helpers["yggwork"] = yggWorkHelper
+}
+
+// yggWorkHelper is helper mode "yggwork": an embedded Yggdrasil node that
+// peers with -peer and serves HTTP on its own overlay address only, port
+// 8080 (a workload that lives on the planetary network alone). It prints
+// "addr ADDR" once it serves and stops on SIGTERM.
+func yggWorkHelper(args []string) int {
+	fs := flag.NewFlagSet("yggwork", flag.ContinueOnError)
+	peer := fs.String("peer", "", "peer URI")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	key, err := ygg.GenerateKey()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "yggwork:", err)
+		return 1
+	}
+	node, err := ygg.Start(ygg.Config{PrivateKey: key, Peers: []string{*peer}}, nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "yggwork:", err)
+		return 1
+	}
+	defer node.Close()
+	ln, err := node.Listen("tcp", ":8080")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "yggwork:", err)
+		return 1
+	}
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "workload on the overlay\n")
+	}))
+	fmt.Printf("addr %s\n", node.Addr())
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	return 0
+}
+
+// stockYggdrasil builds the stock cmd/yggdrasil of the module version in
+// go.mod once per machine (cached under the temp dir), from a copy of the
+// module with suah.dev/protect (OpenBSD pledge, absent from the module
+// proxy here) replaced by a no-op stub, as internal/ygg's interop test does.
+var (
+	stockOnce sync.Once
+	stockBin  string
+	stockErr  string
+)
+
+func stockYggdrasil(t *testing.T) string {
+	t.Helper()
+	stockOnce.Do(func() {
+		out, err := exec.Command("go", "list", "-m", "-f", "{{.Version}} {{.Dir}}", "github.com/yggdrasil-network/yggdrasil-go").Output()
+		if err != nil {
+			stockErr = "go list: " + err.Error()
+			return
+		}
+		version, dir, _ := strings.Cut(strings.TrimSpace(string(out)), " ")
+		bin := filepath.Join(os.TempDir(), "webgw-test-yggdrasil-"+version, "yggdrasil")
+		if _, err := os.Stat(bin); err == nil {
+			stockBin = bin
+			return
+		}
+		src, err := os.MkdirTemp("", "yggdrasil-src-")
+		if err != nil {
+			stockErr = err.Error()
+			return
+		}
+		defer os.RemoveAll(src)
+		steps := [][]string{
+			{"cp", "-r", dir + "/.", src},
+			{"chmod", "-R", "u+w", src},
+		}
+		for _, s := range steps {
+			if out, err := exec.Command(s[0], s[1:]...).CombinedOutput(); err != nil {
+				stockErr = strings.Join(s, " ") + ": " + err.Error() + ": " + string(out)
+				return
+			}
+		}
+		stub := filepath.Join(src, "protectstub")
+		files := map[string]string{
+			filepath.Join(stub, "go.mod"):     "module suah.dev/protect\n\ngo 1.21\n",
+			filepath.Join(stub, "protect.go"): "package protect\n\nfunc Pledge(string) error { return nil }\n\nfunc Unveil(string, string) error { return nil }\n\nfunc UnveilBlock() error { return nil }\n",
+		}
+		_ = os.Mkdir(stub, 0o755)
+		for p, c := range files {
+			if err := os.WriteFile(p, []byte(c), 0o644); err != nil {
+				stockErr = err.Error()
+				return
+			}
+		}
+		gomod, _ := os.ReadFile(filepath.Join(src, "go.mod"))
+		gomod = append(gomod, "\nreplace suah.dev/protect => ./protectstub\n"...)
+		if err := os.WriteFile(filepath.Join(src, "go.mod"), gomod, 0o644); err != nil {
+			stockErr = err.Error()
+			return
+		}
+		tmp := bin + ".tmp"
+		cmd := exec.Command("go", "build", "-o", tmp, "./cmd/yggdrasil")
+		cmd.Dir = src
+		if out, err := cmd.CombinedOutput(); err != nil {
+			stockErr = "go build cmd/yggdrasil " + version + ": " + err.Error() + "\n" + string(out)
+			return
+		}
+		if err := os.Rename(tmp, bin); err != nil {
+			stockErr = err.Error()
+			return
+		}
+		stockBin = bin
+	})
+	if stockBin == "" {
+		t.Fatalf("the stock yggdrasil could not be built: %s", stockErr)
+	}
+	return stockBin
+}
+
+// TestYggdrasil: the gateway's embedded Yggdrasil node is an access point.
+// A workload that serves HTTP only on its overlay address is reached by a
+// public HTTPS client through the gateway by name; a stock Yggdrasil 0.5
+// node (with a TUN, in its own host) peers with the access point over TLS
+// and reaches a service published on the gateway's overlay address, and
+// nothing else there: not the admin API, not an unpublished name.
+func TestYggdrasil(t *testing.T) {
+	t.Parallel()
+	n := newTestNet(t, netSpec{Hosts: []hostSpec{
+		{Name: "gw", Octet: 11}, {Name: "work", Octet: 31}, {Name: "user", Octet: 32}, {Name: "client", Octet: 30},
+	}})
+	stock := stockYggdrasil(t)
+	access := fmt.Sprintf("tls://%s:12345", n.host("gw").IP4)
+	gw := n.startNSGateway(t, "gw", "--ygg-listen", access, "--upstream-allow", "200::/7")
+	gw.ready(t)
+	caFile := gw.dataDir + "/ca.pem"
+	roots := caPool(t, caFile)
+	tok := strings.TrimSpace(gw.mustWebgw(t, "tenant", "add", "acme"))
+	_ = tok
+
+	// The workload, on the overlay only.
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wp := n.start(t, "work", "yggwork", []string{helperEnv + "=yggwork"}, exe, "-peer", access)
+	m := wp.waitLine(t, regexp.MustCompile(`^addr (\S+)$`), 30*time.Second)
+	workAddr := m[1]
+	gw.mustWebgw(t, "service", "add", "work", "--tenant", "acme", "--upstream", "http://["+workAddr+"]:8080")
+	client := n.httpClient(t, "client", gw.ip.String()+":443", roots)
+	var code int
+	var body string
+	if !poll(30*time.Second, func() bool {
+		code, body, err = get(client, "https://work."+clusterDomain+"/")
+		return code == http.StatusOK
+	}) || body != "workload on the overlay\n" {
+		t.Fatalf("GET https://work.%s/ through the gateway to the overlay-only workload: %d %q %v", clusterDomain, code, body, err)
+	}
+
+	// The gateway's own overlay address.
+	var st struct {
+		Address string `json:"address"`
+	}
+	if err := json.Unmarshal([]byte(gw.mustWebgw(t, "ygg", "status", "--json")), &st); err != nil || st.Address == "" {
+		t.Fatalf("webgw ygg status --json: %+v %v", st, err)
+	}
+
+	// A stock Yggdrasil 0.5 node in the user's host, with a TUN.
+	dir := t.TempDir()
+	gen, err := exec.Command(stock, "-genconf", "-json").Output()
+	if err != nil {
+		t.Fatalf("yggdrasil -genconf: %v", err)
+	}
+	var conf map[string]any
+	if err := json.Unmarshal(gen, &conf); err != nil {
+		t.Fatal(err)
+	}
+	conf["Peers"] = []string{access}
+	conf["Listen"] = []string{}
+	conf["MulticastInterfaces"] = []any{}
+	conf["AdminListen"] = "none"
+	conf["IfName"] = "ygg0"
+	b, _ := json.Marshal(conf)
+	confFile := filepath.Join(dir, "yggdrasil.conf")
+	if err := os.WriteFile(confFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n.start(t, "user", "yggdrasil", nil, stock, "-useconffile", confFile)
+
+	// Published on the overlay: reached by the stock node's host.
+	gw.mustWebgw(t, "service", "set", "work", "--ygg")
+	curl := func(args ...string) cmdResult {
+		return n.exec(t, "user", 10*time.Second, append([]string{"curl", "-s", "--max-time", "3", "--cacert", caFile}, args...)...)
+	}
+	var r cmdResult
+	if !poll(45*time.Second, func() bool {
+		r = curl("--resolve", "work."+clusterDomain+":443:["+st.Address+"]", "https://work."+clusterDomain+"/")
+		return r.code == 0 && r.stdout == "workload on the overlay\n"
+	}) {
+		t.Fatalf("the stock node's host did not reach work.%s on the gateway's overlay address %s: %s", clusterDomain, st.Address, r)
+	}
+	// Nothing else there.
+	if r := curl("http://[" + st.Address + "]:8081/healthz"); r.code == 0 {
+		t.Errorf("the admin API answers on the gateway's overlay address: %q", r.stdout)
+	}
+	gw.mustWebgw(t, "service", "add", "private", "--tenant", "acme", "--upstream", "http://["+workAddr+"]:8080")
+	if r := curl("--resolve", "private."+clusterDomain+":443:["+st.Address+"]", "https://private."+clusterDomain+"/"); r.code == 0 {
+		t.Errorf("an unpublished service answers on the gateway's overlay address: %q", r.stdout)
+	}
+}
