@@ -39,6 +39,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "link" {
 		os.Exit(linkMain(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "yggbackend" {
+		os.Exit(yggBackendMain(os.Args[2:]))
+	}
 	if len(os.Args) > 1 && os.Args[1] == "etcd" {
 		os.Exit(etcdMain(os.Args[2:]))
 	}
@@ -67,7 +70,7 @@ func benchMain(args []string) int {
 	fs.BoolVar(&cfg.H2, "h2", false, "load with HTTP/2 (h2 over TLS, h2c to the plain backend) instead of HTTP/1.1")
 	fs.StringVar(&cfg.Webgw, "webgw", "", "use this webgw binary instead of building ./cmd/webgw")
 	fs.StringVar(&cfg.PprofDir, "pprof", "", "build webgw with a pprof listener (harness-side overlay) and write gateway/agent CPU and heap profiles of the last round here")
-	fs.StringVar(&parts, "parts", strings.Join(defaultParts, ","), "what to run, comma-separated: "+partMain+" (req/s, latency, CPU, bulk, idle RSS), "+partFailover+" (an agent killed under load), "+partUpstream+" (a direct upstream added under load), "+partLossy+" (direct and webgw across a lossy link between network namespaces; root), "+partForward+" (TCP bulk, connections/s and UDP through public ports forwarded over agent tunnels), "+partDNS+" (the gateway's DNS answers/s and latency against a minimal miekg/dns server; not in the default set), "+partRelay+" (req/s through a gateway that relays to the gateway holding the tunnel, against through that one; not in the default set), "+partCluster+" (three gateways on one etcd: how fast a new service reaches all, how fast a killed gateway leaves DNS; not in the default set), "+part4to6+" (an IPv4-only laptop through the 4to6 WireGuard endpoint against the plain veth path: throughput, round trips, CPU per GiB; root; not in the default set)")
+	fs.StringVar(&parts, "parts", strings.Join(defaultParts, ","), "what to run, comma-separated: "+partMain+" (req/s, latency, CPU, bulk, idle RSS), "+partFailover+" (an agent killed under load), "+partUpstream+" (a direct upstream added under load), "+partLossy+" (direct and webgw across a lossy link between network namespaces; root), "+partForward+" (TCP bulk, connections/s and UDP through public ports forwarded over agent tunnels), "+partDNS+" (the gateway's DNS answers/s and latency against a minimal miekg/dns server; not in the default set), "+partRelay+" (req/s through a gateway that relays to the gateway holding the tunnel, against through that one; not in the default set), "+partCluster+" (three gateways on one etcd: how fast a new service reaches all, how fast a killed gateway leaves DNS; not in the default set), "+part4to6+" (an IPv4-only laptop through the 4to6 WireGuard endpoint against the plain veth path: throughput, round trips, CPU per GiB; root; not in the default set), "+partYgg+" (req/s and bulk through the gateway to a backend on its embedded Yggdrasil node against the same backend on loopback; not in the default set)")
 	fs.StringVar(&cfg.WGClient, "wg-client", "", "the laptop's wireguard-go in the 4to6 part: a program path (Debian's is /usr/bin/wireguard-go); default: build the version webgw's engine uses")
 	fs.StringVar(&transports, "transports", "", "agent transports to measure, comma-separated: tcp, quic (default: tcp, and quic when the agent can use it)")
 	fs.StringVar(&cfg.Netem, "netem", defaultNetem, "the lossy link of the lossy part, in netem's words (loss P%, delay D), applied in each direction")

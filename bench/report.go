@@ -147,7 +147,7 @@ func (r *Report) addScenario(key string, f Figures) {
 // worst is the worst value of name over the runs of scenario key: the
 // lowest for rates and shares (rps_*, *_pct_*, *mibs*), else the highest.
 func (r *Report) worst(key, name string) float64 {
-	low := strings.HasPrefix(name, "rps") || strings.Contains(name, "_pct_") || strings.Contains(name, "mibs")
+	low := strings.HasPrefix(name, "rps") || strings.Contains(name, "_pct_") || strings.Contains(name, "mibs") || strings.HasSuffix(name, "_rps")
 	var w float64
 	for i, f := range r.Scenarios[key] {
 		if v := f[name]; i == 0 || (!low && v > w) || (low && v < w) {
@@ -339,6 +339,7 @@ func (r *Report) WriteTable(w io.Writer) {
 	r.writeScenarios(w)
 	r.writeCluster(w)
 	r.writeFourToSix(w)
+	r.writeYgg(w)
 	r.writeLossy(w)
 	r.writeForward(w)
 	r.writeDNS(w)

@@ -39,13 +39,14 @@ const (
 	partDNS      = "dns"      // the gateway's authoritative DNS server against a minimal one; not in defaultParts
 	partCluster  = "cluster"  // three gateways on one etcd: propagation, a gateway killed; not in defaultParts
 	partRelay    = "relay"    // through a gateway that relays to the one holding the tunnel; not in defaultParts
+	partYgg      = "ygg"      // through the gateway to a backend over its Yggdrasil node against over loopback; not in defaultParts
 	part4to6     = "4to6"     // an IPv4-only laptop through the WireGuard 4to6 endpoint against the plain path; root; not in defaultParts
 )
 
 // allParts are the parts -parts accepts; defaultParts those run when it is
 // not given.
 var (
-	allParts     = []string{partMain, partFailover, partUpstream, partLossy, partForward, partDNS, partCluster, partRelay, part4to6}
+	allParts     = []string{partMain, partFailover, partUpstream, partLossy, partForward, partDNS, partCluster, partRelay, part4to6, partYgg}
 	defaultParts = []string{partMain, partFailover, partUpstream, partLossy, partForward}
 )
 
@@ -599,6 +600,16 @@ func (h *harness) scenarios(ctx context.Context, rep *Report) error {
 				h.logf("%s  failover %-4s failed GET %.0f, POST %.0f; last failure %.0f ms, throughput back %.0f ms after the kill (%.0f req/s before, %.0f after; slowest %.0f ms)",
 					tag, tr, f["failed_get"], f["failed_post"], f["last_fail_ms"], f["takeover_ms"], f["rps_before"], f["rps_after"], f["slowest_ms"])
 			}
+		}
+		if h.cfg.has(partYgg) {
+			f, err := h.yggScenario(ctx, scenarioDir(h.work, "ygg", r))
+			if err != nil {
+				return fmt.Errorf("ygg %s: %w", tag, err)
+			}
+			rep.addScenario("ygg", f)
+			h.logf("%s  ygg: small %.0f req/s over Yggdrasil, %.0f plain (%.2f); 1k %.0f, %.0f (%.2f); bulk %.0f MiB/s, %.0f (%.2f)",
+				tag, f["ygg_small_rps"], f["plain_small_rps"], f["ygg_vs_plain_small_rps"], f["ygg_1k_rps"], f["plain_1k_rps"], f["ygg_vs_plain_1k_rps"],
+				f["ygg_bulk_mibs"], f["plain_bulk_mibs"], f["ygg_vs_plain_bulk_mibs"])
 		}
 		if h.cfg.has(part4to6) {
 			f, err := h.fourToSix(ctx, scenarioDir(h.work, "4to6", r))
