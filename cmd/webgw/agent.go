@@ -105,7 +105,7 @@ first; 0, the default, means all), and follows gateways joining and leaving.`,
 				return usagef("--gateway: at least one HOST:PORT is needed")
 			}
 			for _, gw := range gateways {
-				if err := agent.ValidateGatewayAddr(gw); err != nil {
+				if _, err := agent.ResolveGatewayAddr(gw); err != nil {
 					return usagef("--gateway: %v", err)
 				}
 			}
@@ -135,7 +135,7 @@ first; 0, the default, means all), and follows gateways joining and leaving.`,
 		},
 	}
 	f := c.Flags()
-	f.StringSliceVar(&gateways, "gateway", []string{"127.0.0.1:8443"}, "gateway HTTPS address HOST:PORT; repeat (or separate with commas) to serve through several gateways [$WEBGW_GATEWAY]")
+	f.StringSliceVar(&gateways, "gateway", []string{"127.0.0.1:8443"}, "gateway HTTPS address HOST:PORT, or on the Yggdrasil overlay ygg://[200:...]:PORT or ygg://PUBLICKEY[:PORT] (through the host's own Yggdrasil node); repeat (or separate with commas) to serve through several gateways [$WEBGW_GATEWAY]")
 	f.StringVar(&ca, "ca", "", "CA certificate file to verify the gateway [$WEBGW_CA]")
 	f.StringVar(&fingerprint, "fingerprint", "", "pin the gateway key instead of a CA: sha256:<hex> as the gateway prints [$WEBGW_FINGERPRINT]")
 	f.StringVar(&token, "token", "", "tenant token (none: an anonymous quick tunnel, if the gateway allows it) [$WEBGW_TOKEN]")

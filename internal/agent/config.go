@@ -1,19 +1,23 @@
 package agent
 
 import (
+	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/webgw/webgw/internal/yamlconf"
+	"github.com/yggdrasil-network/yggdrasil-go/src/address"
 
 	"github.com/webgw/webgw/internal/certs"
 	"github.com/webgw/webgw/internal/model"
+	"github.com/webgw/webgw/internal/yamlconf"
 )
 
 // Config is the agent's canonical configuration, as read from its YAML file
@@ -201,9 +205,11 @@ func (c *Config) validate() ([]*service, error) {
 	}
 	for i := range c.Gateways {
 		g := &c.Gateways[i]
-		if err := ValidateGatewayAddr(g.Addr); err != nil {
+		addr, err := ResolveGatewayAddr(g.Addr)
+		if err != nil {
 			return nil, cfgErr("gateways[%d].addr: %v", i, err)
 		}
+		g.Addr = addr
 		if g.Fingerprint != "" {
 			if err := certs.ValidatePin(g.Fingerprint); err != nil {
 				return nil, cfgErr("gateways[%d].fingerprint: %v", i, err)
@@ -308,6 +314,46 @@ func (c *Config) validate() ([]*service, error) {
 	}
 	return out, nil
 }
+
+// yggScheme marks a gateway reached over the Yggdrasil overlay.
+const yggScheme = "ygg://"
+
+// ResolveGatewayAddr checks a gateway address and returns the HOST:PORT to
+// dial. Besides HOST:PORT it takes a gateway on the Yggdrasil overlay:
+// ygg://[200:...]:PORT, or ygg://PUBLICKEY[:PORT] (the gateway node's
+// ed25519 key, 64 hex characters, whose 200::/7 address it derives); the
+// port defaults to 443. The host's own Yggdrasil node (its TUN) carries
+// those connections.
+func ResolveGatewayAddr(addr string) (string, error) {
+	rest, ok := strings.CutPrefix(addr, yggScheme)
+	if !ok {
+		return addr, ValidateGatewayAddr(addr)
+	}
+	host, port := rest, "443"
+	if h, p, err := net.SplitHostPort(rest); err == nil {
+		host, port = h, p
+	} else if b, ok := strings.CutPrefix(rest, "["); ok {
+		host = strings.TrimSuffix(b, "]") // [ADDR] without a port
+	}
+	if !validPort(port) {
+		return "", fmt.Errorf("%q: the port %q is not 1-65535", addr, port)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		if !yggNetwork.Contains(a) {
+			return "", fmt.Errorf("%q: %s is not a Yggdrasil address (200::/7)", addr, a)
+		}
+		return net.JoinHostPort(a.String(), port), nil
+	}
+	key, err := hex.DecodeString(host)
+	if err != nil || len(key) != ed25519.PublicKeySize {
+		return "", fmt.Errorf("%q: use ygg://[200:...]:PORT or ygg://PUBLICKEY:PORT (the gateway node's public key, 64 hex characters)", addr)
+	}
+	a, _ := netip.AddrFromSlice(address.AddrForKey(ed25519.PublicKey(key))[:])
+	return net.JoinHostPort(a.String(), port), nil
+}
+
+// yggNetwork is the Yggdrasil overlay's address range.
+var yggNetwork = netip.MustParsePrefix("200::/7")
 
 // ValidateGatewayAddr checks a gateway address, HOST:PORT.
 func ValidateGatewayAddr(addr string) error {

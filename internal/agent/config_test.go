@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -407,5 +408,46 @@ func TestInflight(t *testing.T) {
 	}
 	if f.count() != 0 {
 		t.Errorf("count %d", f.count())
+	}
+}
+
+// TestResolveGatewayAddr: gateways on the Yggdrasil overlay by address or
+// by the node's public key; bad forms are refused with what is accepted.
+func TestResolveGatewayAddr(t *testing.T) {
+	// RFC 8032's first ed25519 test key: its 200::/7 address as
+	// yggdrasil-go derives it.
+	const key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+	for in, want := range map[string]string{
+		"gw.example.org:443":     "gw.example.org:443",
+		"ygg://[200:1::2]:8443":  "[200:1::2]:8443",
+		"ygg://[300:1::2]:443":   "[300:1::2]:443",
+		"ygg://[201:abcd::1]":    "[201:abcd::1]:443",
+		"ygg://" + key + ":8443": "",
+		"ygg://" + key:           "",
+	} {
+		got, err := ResolveGatewayAddr(in)
+		if err != nil {
+			t.Errorf("ResolveGatewayAddr(%q): %v", in, err)
+			continue
+		}
+		if want != "" && got != want {
+			t.Errorf("ResolveGatewayAddr(%q) = %q, want %q", in, got, want)
+		}
+		if want == "" {
+			host, _, _ := strings.Cut(strings.TrimPrefix(got, "["), "]")
+			if a, err := netip.ParseAddr(host); err != nil || !yggNetwork.Contains(a) {
+				t.Errorf("ResolveGatewayAddr(%q) = %q, want an address in 200::/7", in, got)
+			}
+		}
+	}
+	a, _ := ResolveGatewayAddr("ygg://" + key + ":8443")
+	b, _ := ResolveGatewayAddr("ygg://" + key)
+	if strings.TrimSuffix(a, ":8443") != strings.TrimSuffix(b, ":443") {
+		t.Errorf("the same key gave two addresses: %s and %s", a, b)
+	}
+	for _, bad := range []string{"ygg://[2001:db8::1]:443", "ygg://nothex:443", "ygg://[200::1]:0", "ygg://" + key[:10], "no-port"} {
+		if _, err := ResolveGatewayAddr(bad); err == nil {
+			t.Errorf("ResolveGatewayAddr(%q) accepted", bad)
+		}
 	}
 }

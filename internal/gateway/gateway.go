@@ -220,6 +220,10 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	for _, p := range cfg.PublicIPs {
 		ips = append(ips, net.ParseIP(p))
 	}
+	if g.ygg != nil {
+		// Agents may reach the tunnel on the overlay (ygg://[ADDR]:443).
+		ips = append(ips, g.ygg.Addr().AsSlice())
+	}
 	tunnelCert, err := g.ca.ServerIdentity(ctx, []string{cfg.Domain, "localhost"}, ips)
 	if err != nil {
 		httpsLn.Close()
@@ -419,7 +423,8 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 	}
 
 	if g.ygg != nil {
-		if g.overlay, err = listenOverlay(g.ygg, names, certSrc, lim, *cfg.AccessLog, log); err != nil {
+		tun := func(_ context.Context, c net.Conn) { ctl.ServeConn(tunCtx, c) }
+		if g.overlay, err = listenOverlay(g.ygg, names, certSrc, lim, *cfg.AccessLog, log, tunnelCert, tun); err != nil {
 			httpsLn.Close()
 			httpLn.Close()
 			apiLn.Close()

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -16,9 +17,11 @@ import (
 
 // overlay serves the services published on the Yggdrasil overlay (model
 // Service.Ygg) on the node's address: HTTPS on 443, the same edge as the
-// public port but for those names only, and redirects to it on 80. It
-// serves nothing else: no agent tunnel or peer ALPN, no admin API, no
-// metrics, no DNS, no public tcp/udp ports.
+// public port but for those names only, and redirects to it on 80, and
+// agents' tunnels (token-authenticated, as on the public port), so an agent
+// with no IPv4/IPv6 route out reaches its gateway over Yggdrasil. It serves
+// nothing else: no cluster-peer ALPN, no admin API, no metrics, no DNS, no
+// public tcp/udp ports.
 type overlay struct {
 	https *edge.HTTPS
 	http  *http.Server
@@ -34,7 +37,8 @@ func published(svc *route.Service) bool { return svc.Spec().Ygg }
 // listenOverlay binds the overlay's listeners on the node's address and
 // builds its servers from the public edge's parts (names, certificates,
 // limits); nothing serves until serve.
-func listenOverlay(node yggNode, names *edge.Names, certs edge.CertSource, lim proxy.ConnLimits, accessLog bool, log *slog.Logger) (*overlay, error) {
+func listenOverlay(node yggNode, names *edge.Names, certs edge.CertSource, lim proxy.ConnLimits, accessLog bool, log *slog.Logger,
+	tunnelCert *tls.Certificate, tunnel func(context.Context, net.Conn)) (*overlay, error) {
 	host := netip.AddrPortFrom(node.Addr(), 443).String()
 	httpsLn, err := node.Listen("tcp", host)
 	if err != nil {
@@ -51,10 +55,10 @@ func listenOverlay(node yggNode, names *edge.Names, certs edge.CertSource, lim p
 	o := &overlay{
 		HTTPSAddr: httpsLn.Addr().String(), HTTPAddr: httpLn.Addr().String(),
 		httpsLn: httpsLn, httpLn: httpLn, done: make(chan struct{}),
-		// Tunnel, Peer and TunnelQUIC are nil: agents' and peers' ALPNs
-		// are closed here.
+		// Peer and TunnelQUIC are nil: cluster peers' ALPN is closed here
+		// (and there is no UDP listener for QUIC).
 		https: &edge.HTTPS{
-			Names: on, Certs: certs, Proxy: px, Log: log, AccessLog: accessLog,
+			Names: on, Certs: certs, Proxy: px, Log: log, AccessLog: accessLog, TunnelCert: tunnelCert, Tunnel: tunnel,
 			ReadHeaderTimeout: lim.ReadHeaderTimeout, IdleTimeout: lim.IdleTimeout, MaxHeaderBytes: lim.MaxHeaderBytes,
 			H1: func(ctx context.Context, c net.Conn) { px.ServeH1(ctx, c, lim) },
 		},

@@ -278,7 +278,8 @@ func TestYggDialDirect(t *testing.T) {
 
 // TestYggOverlayServes: the overlay's HTTPS and HTTP listeners (on the
 // node's address, ports 443 and 80) serve the services that opted in and
-// refuse every other name, the agent tunnel and the peer ALPNs.
+// refuse every other name and the cluster-peer ALPN; agents' tunnels are
+// served.
 func TestYggOverlayServes(t *testing.T) {
 	node := useFakeNodes(t)
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -345,13 +346,25 @@ func TestYggOverlayServes(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
-	// Agent tunnel and peer ALPNs: closed, whatever the SNI.
-	for _, alpn := range []string{tunnel.ALPN, tunnel.PeerALPN} {
-		c, err := tls.Dial("tcp", g.overlay.HTTPSAddr, &tls.Config{RootCAs: pool, ServerName: "shop.localhost", NextProtos: []string{alpn}})
+	// The cluster-peer ALPN: closed, whatever the SNI.
+	for _, sni := range []string{"shop.localhost", "localhost"} {
+		c, err := tls.Dial("tcp", g.overlay.HTTPSAddr, &tls.Config{RootCAs: pool, ServerName: sni, NextProtos: []string{tunnel.PeerALPN}})
 		if err == nil {
 			c.Close()
-			t.Errorf("ALPN %s accepted on the overlay", alpn)
+			t.Errorf("ALPN %s accepted on the overlay (SNI %s)", tunnel.PeerALPN, sni)
 		}
+	}
+	// Agents' tunnels are served (an agent with no route out but the
+	// overlay), with the gateway's tunnel certificate, which names the
+	// node's address.
+	c, err := tls.Dial("tcp", g.overlay.HTTPSAddr, &tls.Config{RootCAs: pool, ServerName: node().Addr().String(), NextProtos: []string{tunnel.ALPN}})
+	if err != nil {
+		t.Errorf("agent tunnel ALPN on the overlay: %v", err)
+	} else {
+		if p := c.ConnectionState().NegotiatedProtocol; p != tunnel.ALPN {
+			t.Errorf("negotiated %q, want %s", p, tunnel.ALPN)
+		}
+		c.Close()
 	}
 
 	// Port 80: a redirect for the opted-in name only.

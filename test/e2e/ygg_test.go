@@ -157,7 +157,6 @@ func TestYggdrasil(t *testing.T) {
 	caFile := gw.dataDir + "/ca.pem"
 	roots := caPool(t, caFile)
 	tok := strings.TrimSpace(gw.mustWebgw(t, "tenant", "add", "acme"))
-	_ = tok
 
 	// The workload, on the overlay only.
 	exe, err := os.Executable()
@@ -220,6 +219,42 @@ func TestYggdrasil(t *testing.T) {
 	}) {
 		t.Fatalf("the stock node's host did not reach work.%s on the gateway's overlay address %s: %s", clusterDomain, st.Address, r)
 	}
+	// An agent on the user's host reaches its gateway over the overlay
+	// (through the host's stock node), by the gateway's overlay address.
+	backend := n.serveHTTP(t, "user", "127.0.0.1:0", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "agent over the overlay\n")
+	}))
+	ap := n.start(t, "user", "expose-ygg", nil, webgwBin, "expose", "--gateway", "ygg://["+st.Address+"]:443", "--ca", caFile,
+		"--token", tok, "--name", "viaygg", "--transport", "tcp", backend)
+	ap.waitLine(t, regexp.MustCompile(`^https://viaygg\.`+regexp.QuoteMeta(clusterDomain)), 45*time.Second)
+	if !poll(10*time.Second, func() bool {
+		code, body, err = get(client, "https://viaygg."+clusterDomain+"/")
+		return code == http.StatusOK
+	}) || body != "agent over the overlay\n" {
+		t.Errorf("GET https://viaygg.%s/ (an agent connected over Yggdrasil): %d %q %v", clusterDomain, code, body, err)
+	}
+	var status struct {
+		Agents []struct {
+			Remote   string   `json:"remote"`
+			Services []string `json:"services"`
+		} `json:"agents"`
+	}
+	if err := json.Unmarshal([]byte(gw.mustWebgw(t, "status", "--json")), &status); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, a := range status.Agents {
+		if len(a.Services) > 0 && a.Services[0] == "viaygg" {
+			found = true
+			if !strings.HasPrefix(a.Remote, "[2") {
+				t.Errorf("the agent's session comes from %s, want an overlay (200::/7) address", a.Remote)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("webgw status lists no agent session for viaygg: %+v", status.Agents)
+	}
+
 	// Nothing else there.
 	if r := curl("http://[" + st.Address + "]:8081/healthz"); r.code == 0 {
 		t.Errorf("the admin API answers on the gateway's overlay address: %q", r.stdout)
