@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -72,7 +73,7 @@ func stockYggdrasil(t *testing.T) string {
 			stockErr = err.Error()
 			return
 		}
-		tmp := bin + ".tmp"
+		tmp := fmt.Sprintf("%s.%d.tmp", bin, os.Getpid()) // packages build it in parallel
 		cmd := exec.Command("go", "build", "-o", tmp, "./cmd/yggdrasil")
 		cmd.Dir = src
 		if out, err := cmd.CombinedOutput(); err != nil {
