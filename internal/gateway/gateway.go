@@ -331,6 +331,11 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		maxUDP: cfg.Limits.MaxUDPSessionsPerPort, maxTCPPerIP: cfg.Limits.MaxTCPConnsPerIP, maxUDPTenant: int64(cmp.Or(cfg.Limits.MaxUDPSessionsPerTenant, DefaultMaxUDPPerTenant)),
 		open: map[string]*openPort{}, limits: map[string]*edge.SessionLimit{}, ctx: runCtx,
 	}
+	if node := g.ygg; node != nil {
+		g.ports.overlay = func(port int) (net.Listener, error) {
+			return node.Listen("tcp", netip.AddrPortFrom(node.Addr(), uint16(port)).String())
+		}
+	}
 	announce := announceHost(cfg.PublicIPs, bindHost, cfg.Domain)
 	if err := g.startCluster(runCtx, dnsAddrs(cfg.PublicIPs, bindHost), announce, httpsPort); err != nil {
 		httpsLn.Close()
@@ -634,6 +639,7 @@ func (g *Gateway) watchServices(ctx context.Context) {
 			}
 			g.table.Configure(s)
 		}
+		g.ports.RefreshOverlay() // a service published on the overlay, or no longer
 	})
 }
 

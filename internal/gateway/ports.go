@@ -43,6 +43,10 @@ type ports struct {
 	trusted []netip.Prefix
 	// accessLog logs a line per connection and UDP session.
 	accessLog bool
+	// overlay, when set (the Yggdrasil node runs), listens on the node's
+	// overlay address: a tcp port of a service published there (model
+	// Service.Ygg) is opened there too, and only while it is published.
+	overlay func(port int) (net.Listener, error)
 
 	mu     sync.Mutex
 	open   map[string]*openPort          // by model.Port.String(); guarded by mu
@@ -57,6 +61,11 @@ type openPort struct {
 	cancel context.CancelFunc         // stops its Serve
 	tcp    *edge.TCPForwarder         // nil for udp
 	done   chan struct{}              // closed when Serve returned
+
+	// The port on the overlay address, while its service is published
+	// there; guarded by ports.mu.
+	ytcp    *edge.TCPForwarder
+	ycancel context.CancelFunc
 }
 
 // service is the service a port's connection goes to now, or nil: the
@@ -151,12 +160,76 @@ func (m *ports) ensure(p model.Port) error {
 	}
 	m.open[key] = o
 	m.log.Info("port open", "port", key, "service", p.Service, "tenant", p.Tenant, "sni", p.SNI)
+	m.overlayLocked(key, o)
 	return nil
+}
+
+// RefreshOverlay opens on the overlay the tcp ports of services published
+// there now and closes the others' (call it when services change).
+func (m *ports) RefreshOverlay() {
+	if m.overlay == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for key, o := range m.open {
+		m.overlayLocked(key, o)
+	}
+}
+
+// overlayLocked brings port o's overlay listener in step with whether its
+// service is published on the overlay. m.mu must be held.
+func (m *ports) overlayLocked(key string, o *openPort) {
+	if m.overlay == nil || m.closed || o.tcp == nil {
+		return
+	}
+	r := o.rec.Load()
+	svc := o.service(m.table)
+	want := svc != nil && svc.Spec().Ygg && !r.SNI
+	switch {
+	case want && o.ytcp == nil:
+		ln, err := m.overlay(r.Number)
+		if err != nil {
+			m.log.Warn("port on the overlay", "port", key, "err", err)
+			return
+		}
+		ctx, cancel := context.WithCancel(m.ctx)
+		log := m.log.With("port", key, "on", "overlay")
+		f := &edge.TCPForwarder{Lookup: func() *route.Service {
+			if svc := o.service(m.table); svc != nil && svc.Spec().Ygg {
+				return svc
+			}
+			return nil
+		}, IdleTimeout: m.tcpIdle, AccessLog: m.accessLog, MaxConnsPerIP: m.maxTCPPerIP, Log: log}
+		o.ytcp, o.ycancel = f, cancel
+		go func() {
+			if err := f.Serve(ctx, ln); err != nil {
+				log.Error("tcp port on the overlay stopped", "err", err)
+			}
+		}()
+		m.log.Info("port open on the overlay", "port", key, "service", r.Service)
+	case !want && o.ytcp != nil:
+		m.closeOverlayLocked(key, o)
+	}
+}
+
+// closeOverlayLocked closes port o's overlay listener and connections.
+func (m *ports) closeOverlayLocked(key string, o *openPort) {
+	if o.ytcp == nil {
+		return
+	}
+	o.ycancel()
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	o.ytcp.Shutdown(done)
+	o.ytcp, o.ycancel = nil, nil
+	m.log.Info("port closed on the overlay", "port", key)
 }
 
 // closeLocked stops port key at once: its listener and its connections.
 func (m *ports) closeLocked(key string, o *openPort) {
 	delete(m.open, key)
+	m.closeOverlayLocked(key, o)
 	o.cancel()
 	if o.tcp != nil {
 		done, cancel := context.WithCancel(context.Background())
@@ -235,6 +308,10 @@ func (m *ports) shutdown(ctx context.Context) {
 			defer wg.Done()
 			if o.tcp != nil {
 				o.tcp.Shutdown(ctx)
+			}
+			if o.ytcp != nil { // no longer changed: closed is set and o left open
+				o.ycancel()
+				o.ytcp.Shutdown(ctx)
 			}
 			<-o.done
 		}()

@@ -453,8 +453,8 @@ func TestYggAPI(t *testing.T) {
 	if code := apiCall(t, g, tenant.Token, "POST", "/v1/services", `{"name":"shop","ygg":true}`, nil); code != 201 {
 		t.Errorf("create a ygg service: %d", code)
 	}
-	if code := apiCall(t, g, tenant.Token, "POST", "/v1/services", `{"name":"db","protocol":"tcp","ygg":true}`, nil); code != 400 {
-		t.Errorf("create a ygg tcp service: %d; want 400", code)
+	if code := apiCall(t, g, tenant.Token, "POST", "/v1/services", `{"name":"resolver","protocol":"udp","ygg":true}`, nil); code != 400 {
+		t.Errorf("create a ygg udp service: %d; want 400", code)
 	}
 	if sv, _, err := store.GetService(t.Context(), g.store, "shop"); err != nil || !sv.Ygg {
 		t.Errorf("stored shop %+v, %v; want ygg", sv, err)

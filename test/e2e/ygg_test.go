@@ -255,6 +255,25 @@ func TestYggdrasil(t *testing.T) {
 		t.Errorf("webgw status lists no agent session for viaygg: %+v", status.Agents)
 	}
 
+	// A tcp service published on the overlay: its port on the gateway's
+	// overlay address too; a tcp service not published is not there.
+	out := gw.mustWebgw(t, "service", "add", "raw", "--tenant", "acme", "--protocol", "tcp", "--upstream", "tcp://["+workAddr+"]:8080", "--ygg")
+	pm := regexp.MustCompile(`:(\d+)\s*$`).FindStringSubmatch(strings.TrimSpace(out))
+	if pm == nil {
+		t.Fatalf("service add raw --protocol tcp printed no port: %q", out)
+	}
+	rawURL := "http://[" + st.Address + "]:" + pm[1] + "/"
+	if !poll(30*time.Second, func() bool {
+		r = curl(rawURL)
+		return r.code == 0 && r.stdout == "workload on the overlay\n"
+	}) {
+		t.Errorf("tcp service raw on the gateway's overlay address (%s): %s", rawURL, r)
+	}
+	gw.mustWebgw(t, "service", "set", "raw", "--ygg=false")
+	if !poll(5*time.Second, func() bool { return curl(rawURL).code != 0 }) {
+		t.Errorf("tcp service raw still answers on the overlay after --ygg=false")
+	}
+
 	// Nothing else there.
 	if r := curl("http://[" + st.Address + "]:8081/healthz"); r.code == 0 {
 		t.Errorf("the admin API answers on the gateway's overlay address: %q", r.stdout)
