@@ -79,7 +79,7 @@ func (f *serviceFlags) add(c *cobra.Command, set bool) {
 	fs.DurationVar(&f.cooldown, "cooldown", defDur(model.DefaultCooldown), "how long an ejected upstream gets no traffic (100ms-1h)")
 	fs.BoolVar(&f.ignore5xx, "ignore-5xx", false, "count only connect errors as failures, not 5xx answers")
 	fs.IntVar(&f.proxyProtocol, "proxy-protocol", 0, "send a PROXY protocol header of this version (1 or 2) to the backend before each connection's bytes; 0: none (not for udp)")
-	fs.BoolVar(&f.ygg, "ygg", false, "publish the service on the gateway's Yggdrasil overlay address too (https on 443 and redirects on 80; a tcp service on its public port number), when it runs a node; --ygg=false stops (not for udp)")
+	fs.BoolVar(&f.ygg, "ygg", false, "publish the service on the gateway's Yggdrasil overlay address too (https on 443 and redirects on 80; a tcp or udp service on its public port number), when it runs a node; --ygg=false stops")
 	if !set {
 		fs.IntVar(&f.port, "port", 0, "public port a tcp or udp service asks for, in the gateway's --port-range (0: any free one)")
 	}
@@ -196,9 +196,6 @@ func (f *serviceFlags) apply(fs *pflag.FlagSet, req *api.ServiceRequest) error {
 	}
 	if fs.Changed("ygg") {
 		req.Ygg = f.ygg
-	}
-	if req.Ygg && req.Protocol == model.ProtoUDP {
-		return usagef("--ygg: http, h2c, tls and tcp services are published on the yggdrasil overlay, not udp services")
 	}
 	if fs.Changed("port") {
 		req.Port = f.port

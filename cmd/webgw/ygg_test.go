@@ -112,7 +112,4 @@ func TestServiceYggFlag(t *testing.T) {
 	if _, errOut, code := execute(t, append([]string{"service", "set", "shop", "--ygg=false"}, as...)...); code != 0 || ygg("shop") {
 		t.Errorf("set --ygg=false: exit %d, %q", code, errOut)
 	}
-	if _, errOut, code := execute(t, append([]string{"service", "add", "resolver", "--protocol", "udp", "--ygg"}, as...)...); code != 2 || !strings.Contains(errOut, "not udp services") {
-		t.Errorf("add udp --ygg: exit %d, %q; want 2", code, errOut)
-	}
 }

@@ -255,9 +255,6 @@ func (s *Server) routing(sv *model.Service, req *ServiceRequest) error {
 	}
 	sv.Upstreams, sv.LB, sv.Health, sv.Passive = req.Upstreams, req.LB, req.Health, req.Passive
 	sv.ProxyProtocol = req.ProxyProtocol
-	if req.Ygg && sv.Protocol == model.ProtoUDP {
-		return fmt.Errorf("ygg: http, h2c, tls and tcp services are published on the yggdrasil overlay, not udp services; leave it out")
-	}
 	sv.Ygg = req.Ygg
 	if err := sv.ValidateRouting(); err != nil {
 		return err

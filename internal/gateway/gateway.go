@@ -335,6 +335,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger) (*Gateway, error)
 		g.ports.overlay = func(port int) (net.Listener, error) {
 			return node.Listen("tcp", netip.AddrPortFrom(node.Addr(), uint16(port)).String())
 		}
+		g.ports.overlayPacket = func(port int) (net.PacketConn, error) {
+			return node.ListenPacket("udp", netip.AddrPortFrom(node.Addr(), uint16(port)).String())
+		}
 	}
 	announce := announceHost(cfg.PublicIPs, bindHost, cfg.Domain)
 	if err := g.startCluster(runCtx, dnsAddrs(cfg.PublicIPs, bindHost), announce, httpsPort); err != nil {

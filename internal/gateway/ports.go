@@ -47,6 +47,8 @@ type ports struct {
 	// overlay address: a tcp port of a service published there (model
 	// Service.Ygg) is opened there too, and only while it is published.
 	overlay func(port int) (net.Listener, error)
+	// overlayPacket is overlay's UDP twin.
+	overlayPacket func(port int) (net.PacketConn, error)
 
 	mu     sync.Mutex
 	open   map[string]*openPort          // by model.Port.String(); guarded by mu
@@ -63,8 +65,8 @@ type openPort struct {
 	done   chan struct{}              // closed when Serve returned
 
 	// The port on the overlay address, while its service is published
-	// there; guarded by ports.mu.
-	ytcp    *edge.TCPForwarder
+	// there; guarded by ports.mu. ycancel is set while it is open.
+	ytcp    *edge.TCPForwarder // nil for udp
 	ycancel context.CancelFunc
 }
 
@@ -180,48 +182,69 @@ func (m *ports) RefreshOverlay() {
 // overlayLocked brings port o's overlay listener in step with whether its
 // service is published on the overlay. m.mu must be held.
 func (m *ports) overlayLocked(key string, o *openPort) {
-	if m.overlay == nil || m.closed || o.tcp == nil {
+	if m.overlay == nil || m.closed {
 		return
 	}
 	r := o.rec.Load()
 	svc := o.service(m.table)
 	want := svc != nil && svc.Spec().Ygg && !r.SNI
 	switch {
-	case want && o.ytcp == nil:
-		ln, err := m.overlay(r.Number)
-		if err != nil {
-			m.log.Warn("port on the overlay", "port", key, "err", err)
-			return
-		}
-		ctx, cancel := context.WithCancel(m.ctx)
-		log := m.log.With("port", key, "on", "overlay")
-		f := &edge.TCPForwarder{Lookup: func() *route.Service {
+	case want && o.ycancel == nil:
+		published := func() *route.Service {
 			if svc := o.service(m.table); svc != nil && svc.Spec().Ygg {
 				return svc
 			}
 			return nil
-		}, IdleTimeout: m.tcpIdle, AccessLog: m.accessLog, MaxConnsPerIP: m.maxTCPPerIP, Log: log}
-		o.ytcp, o.ycancel = f, cancel
-		go func() {
-			if err := f.Serve(ctx, ln); err != nil {
-				log.Error("tcp port on the overlay stopped", "err", err)
+		}
+		log := m.log.With("port", key, "on", "overlay")
+		ctx, cancel := context.WithCancel(m.ctx)
+		if r.Proto == model.PortUDP {
+			pc, err := m.overlayPacket(r.Number)
+			if err != nil {
+				cancel()
+				m.log.Warn("port on the overlay", "port", key, "err", err)
+				return
 			}
-		}()
+			f := &edge.UDPForwarder{Lookup: published, IdleTimeout: m.udpIdle, MaxSessions: m.maxUDP,
+				Limit: m.limits[r.Tenant], AccessLog: m.accessLog, Log: log}
+			go func() {
+				if err := f.Serve(ctx, pc); err != nil {
+					log.Error("udp port on the overlay stopped", "err", err)
+				}
+			}()
+		} else {
+			ln, err := m.overlay(r.Number)
+			if err != nil {
+				cancel()
+				m.log.Warn("port on the overlay", "port", key, "err", err)
+				return
+			}
+			f := &edge.TCPForwarder{Lookup: published, IdleTimeout: m.tcpIdle, AccessLog: m.accessLog, MaxConnsPerIP: m.maxTCPPerIP, Log: log}
+			o.ytcp = f
+			go func() {
+				if err := f.Serve(ctx, ln); err != nil {
+					log.Error("tcp port on the overlay stopped", "err", err)
+				}
+			}()
+		}
+		o.ycancel = cancel
 		m.log.Info("port open on the overlay", "port", key, "service", r.Service)
-	case !want && o.ytcp != nil:
+	case !want && o.ycancel != nil:
 		m.closeOverlayLocked(key, o)
 	}
 }
 
 // closeOverlayLocked closes port o's overlay listener and connections.
 func (m *ports) closeOverlayLocked(key string, o *openPort) {
-	if o.ytcp == nil {
+	if o.ycancel == nil {
 		return
 	}
 	o.ycancel()
-	done, cancel := context.WithCancel(context.Background())
-	cancel()
-	o.ytcp.Shutdown(done)
+	if o.ytcp != nil {
+		done, cancel := context.WithCancel(context.Background())
+		cancel()
+		o.ytcp.Shutdown(done)
+	}
 	o.ytcp, o.ycancel = nil, nil
 	m.log.Info("port closed on the overlay", "port", key)
 }
@@ -309,9 +332,11 @@ func (m *ports) shutdown(ctx context.Context) {
 			if o.tcp != nil {
 				o.tcp.Shutdown(ctx)
 			}
-			if o.ytcp != nil { // no longer changed: closed is set and o left open
+			if o.ycancel != nil { // no longer changed: closed is set and o left open
 				o.ycancel()
-				o.ytcp.Shutdown(ctx)
+				if o.ytcp != nil {
+					o.ytcp.Shutdown(ctx)
+				}
 			}
 			<-o.done
 		}()

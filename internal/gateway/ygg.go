@@ -32,6 +32,8 @@ type yggNode interface {
 	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 	// Listen listens on the node's overlay address.
 	Listen(network, addr string) (net.Listener, error)
+	// ListenPacket listens for UDP on the node's overlay address.
+	ListenPacket(network, addr string) (net.PacketConn, error)
 	Status() ygg.Status
 	Close() error
 }

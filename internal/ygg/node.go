@@ -57,8 +57,9 @@ type Node struct {
 	tun *tun.TunAdapter // TUN mode
 
 	mu       sync.Mutex
-	closed   bool                      // guarded by mu
-	overlays map[net.Listener]struct{} // overlay listeners from Listen; guarded by mu
+	closed   bool                        // guarded by mu
+	overlays map[net.Listener]struct{}   // overlay listeners from Listen; guarded by mu
+	packets  map[net.PacketConn]struct{} // overlay UDP sockets from ListenPacket; guarded by mu
 }
 
 // Start starts a node with cfg. log gets the library's messages (nil: discarded).
@@ -114,6 +115,7 @@ func Start(cfg Config, log *slog.Logger) (*Node, error) {
 		core:     c,
 		log:      log,
 		overlays: map[net.Listener]struct{}{},
+		packets:  map[net.PacketConn]struct{}{},
 	}
 	n.addr, _ = netip.AddrFromSlice(c.Address())
 	sn := c.Subnet()
@@ -302,6 +304,63 @@ func (n *Node) Listen(network, addr string) (net.Listener, error) {
 	return tl, nil
 }
 
+// ListenPacket listens for UDP on the node's overlay address, as Listen
+// does for TCP ("udp" or "udp6"; the host empty, the node's address or its
+// subnet's ::1).
+func (n *Node) ListenPacket(network, addr string) (net.PacketConn, error) {
+	if network != "udp" && network != "udp6" {
+		return nil, fmt.Errorf("listen yggdrasil %s: network %q: want udp or udp6", addr, network)
+	}
+	host, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen yggdrasil %s: %w", addr, err)
+	}
+	port, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("listen yggdrasil %s: port %q: %w", addr, ps, err)
+	}
+	ip := n.addr
+	if host != "" {
+		if ip, err = netip.ParseAddr(host); err != nil || (ip != n.addr && ip != n.subnetIP) {
+			return nil, fmt.Errorf("listen yggdrasil %s: host must be empty, %s or %s", addr, n.addr, n.subnetIP)
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return nil, fmt.Errorf("listen yggdrasil %s: %w", addr, ErrClosed)
+	}
+	var pc net.PacketConn
+	if n.tun != nil {
+		pc, err = net.ListenPacket("udp6", netip.AddrPortFrom(ip, uint16(port)).String())
+	} else {
+		pc, err = n.tnet.ListenUDPAddrPort(netip.AddrPortFrom(ip, uint16(port)))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listen yggdrasil %s: %w", addr, err)
+	}
+	tp := &trackedPacket{PacketConn: pc, n: n}
+	n.packets[tp] = struct{}{}
+	return tp, nil
+}
+
+// trackedPacket forgets itself in its node when closed.
+type trackedPacket struct {
+	net.PacketConn
+	n    *Node
+	once sync.Once
+}
+
+func (p *trackedPacket) Close() error {
+	err := p.PacketConn.Close()
+	p.once.Do(func() {
+		p.n.mu.Lock()
+		delete(p.n.packets, p)
+		p.n.mu.Unlock()
+	})
+	return err
+}
+
 // trackedListener forgets itself in its node when closed.
 type trackedListener struct {
 	net.Listener
@@ -391,9 +450,16 @@ func (n *Node) Close() error {
 	for l := range n.overlays {
 		ls = append(ls, l)
 	}
+	pcs := make([]net.PacketConn, 0, len(n.packets))
+	for pc := range n.packets {
+		pcs = append(pcs, pc)
+	}
 	n.mu.Unlock()
 	for _, l := range ls {
 		_ = l.Close()
+	}
+	for _, pc := range pcs {
+		_ = pc.Close()
 	}
 	if n.dev != nil {
 		_ = n.dev.Close()

@@ -226,11 +226,14 @@ func TestUDP(t *testing.T) {
 	b := startNode(t, Config{Listen: []string{"tls://127.0.0.1:0"}})
 	a := startNode(t, Config{Peers: b.Status().Listeners})
 	waitFor(t, 15*time.Second, "peering", peeredWithBytes(a, b))
-	pc, err := b.tnet.ListenUDPAddrPort(netip.AddrPortFrom(b.Addr(), 5353))
+	pc, err := b.ListenPacket("udp", ":5353")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pc.Close()
+	if _, err := b.ListenPacket("udp", "[200::1]:5354"); err == nil {
+		t.Error("ListenPacket on an address not the node's succeeded")
+	}
 	go func() {
 		buf := make([]byte, 1500)
 		for {

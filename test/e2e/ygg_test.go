@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -55,6 +56,21 @@ func yggWorkHelper(args []string) int {
 	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "workload on the overlay\n")
 	}))
+	pc, err := node.ListenPacket("udp", ":5353") // a UDP echo on the overlay
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "yggwork:", err)
+		return 1
+	}
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
 	fmt.Printf("addr %s\n", node.Addr())
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -272,6 +288,33 @@ func TestYggdrasil(t *testing.T) {
 	gw.mustWebgw(t, "service", "set", "raw", "--ygg=false")
 	if !poll(5*time.Second, func() bool { return curl(rawURL).code != 0 }) {
 		t.Errorf("tcp service raw still answers on the overlay after --ygg=false")
+	}
+
+	// A udp service published on the overlay: the same.
+	out = gw.mustWebgw(t, "service", "add", "echo", "--tenant", "acme", "--protocol", "udp", "--upstream", "udp://["+workAddr+"]:5353", "--ygg")
+	pm = regexp.MustCompile(`:(\d+)\s*$`).FindStringSubmatch(strings.TrimSpace(out))
+	if pm == nil {
+		t.Fatalf("service add echo --protocol udp printed no port: %q", out)
+	}
+	echoAddr := "[" + st.Address + "]:" + pm[1]
+	var uerr error
+	if !poll(30*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		c, err := n.dial(ctx, "user", "udp", echoAddr)
+		if err != nil {
+			uerr = err
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Second))
+		c.Write([]byte("ping over the overlay"))
+		buf := make([]byte, 100)
+		k, err := c.Read(buf)
+		uerr = err
+		return err == nil && string(buf[:k]) == "ping over the overlay"
+	}) {
+		t.Errorf("udp service echo on the gateway's overlay address (%s): %v", echoAddr, uerr)
 	}
 
 	// Nothing else there.
