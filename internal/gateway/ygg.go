@@ -86,6 +86,15 @@ func (c *Config) validateYgg() error {
 	if c.YggTUN != "" && (len(c.YggTUN) > 15 || strings.ContainsAny(c.YggTUN, "/ \t\n\x00")) {
 		return cfgErr("ygg_tun (--ygg-tun): %q is not an interface name; use up to 15 characters without '/' or spaces, such as ygg0", c.YggTUN)
 	}
+	if c.YggTUN != "" {
+		// With a TUN the host's own sockets are on the overlay: the admin
+		// API (and metrics) must not listen on every address.
+		if h, _, err := net.SplitHostPort(c.APIAddr); err == nil {
+			if a, err := netip.ParseAddr(h); h == "" || (err == nil && a.IsUnspecified()) {
+				return cfgErr("ygg_tun (--ygg-tun): the admin API listens on every address (api_addr %s), which the TUN puts on the Yggdrasil overlay; give api_addr a specific address, such as 127.0.0.1:8081", c.APIAddr)
+			}
+		}
+	}
 	if !c.yggOn() && (c.YggPassword != "" || len(c.YggAllowKey) > 0) {
 		return cfgErr("ygg_password (--ygg-password) and ygg_allow_key (--ygg-allow-key) need ygg_listen, ygg_peer or ygg_tun: the yggdrasil node is off without them")
 	}

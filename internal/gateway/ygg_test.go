@@ -145,6 +145,8 @@ func TestYggValidate(t *testing.T) {
 		{"path", func(c *Config) { c.YggPeer = []string{"tls://192.0.2.1:9001/x"} }, "no path"},
 		{"short key", func(c *Config) { c.YggListen = []string{"tls://0.0.0.0:9001"}; c.YggAllowKey = []string{"abcd"} }, "ygg_allow_key (--ygg-allow-key): \"abcd\" is not a public key"},
 		{"bad tun", func(c *Config) { c.YggTUN = "a/b" }, "ygg_tun (--ygg-tun)"},
+		{"tun with the API on every address", func(c *Config) { c.YggTUN, c.APIAddr = "ygg0", "0.0.0.0:8081" }, "admin API listens on every address"},
+		{"tun with the API on [::]", func(c *Config) { c.YggTUN, c.APIAddr = "ygg0", "[::]:8081" }, "admin API listens on every address"},
 		{"password without node", func(c *Config) { c.YggPassword = "x" }, "need ygg_listen, ygg_peer or ygg_tun"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
