@@ -225,8 +225,17 @@ func TestAutoRemembers(t *testing.T) {
 		t.Fatalf("first dial: %v %v, want tcp", d, err)
 	}
 	// Until the QUIC probe gives up (quicProbeTimeout) QUIC counts as not
-	// working, and after it too: later dials go straight to TCP.
+	// working, and after it too: later dials go straight to TCP. (The first
+	// dial's QUIC attempt runs on its own and may count itself only after
+	// that dial returned: wait for it.)
+	deadline := time.Now().Add(5 * time.Second)
+	for f.count(TransportQUIC) == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	quicDials := f.count(TransportQUIC)
+	if quicDials == 0 {
+		t.Fatal("the first auto dial never tried QUIC")
+	}
 	for range 3 {
 		d, err := a.dial(t.Context(), TransportAuto, a.configured[0])
 		if err != nil || d.transport != TransportTCP {
