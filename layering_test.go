@@ -18,6 +18,7 @@ const module = "github.com/webgw/webgw"
 var rank = map[string]int{
 	"internal/yamlconf":    0,
 	"internal/model":       0,
+	"internal/netns":       0,
 	"internal/store":       1,
 	"internal/tunnel":      1,
 	"internal/route":       2,

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,12 +16,12 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/webgw/webgw/internal/model"
+	"github.com/webgw/webgw/internal/netns"
 )
 
 // This file is the harness of the tests with real network namespaces:
@@ -117,43 +116,8 @@ func mustIP(tb testing.TB, args ...string) {
 	}
 }
 
-// inNetns runs fn on a thread in network namespace ns, so the sockets, TUN
-// devices and child processes fn makes belong to ns. Goroutines fn starts
-// run elsewhere. The thread goes back to its namespace, or ends.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		err = unix.Setns(int(target.Fd()), unix.CLONE_NEWNET)
-		target.Close()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace %s: %w", ns, err)
-			return
-		}
-		fnErr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("leave network namespace %s: %w", ns, err) // the thread ends with this goroutine
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- fnErr
-	}()
-	return <-errc
-}
+// inNetns is netns.Do.
+func inNetns(ns string, fn func() error) error { return netns.Do(ns, fn) }
 
 // readSysctl reads a /proc/sys file as seen in namespace ns.
 func readSysctl(tb testing.TB, ns, path string) string {

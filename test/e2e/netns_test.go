@@ -21,7 +21,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -33,6 +32,8 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/webgw/webgw/internal/netns"
 )
 
 // This file is the multi-host harness: a testNet is a small network for one
@@ -387,44 +388,8 @@ func (n *testNet) start(t testing.TB, host, name string, env []string, argv ...s
 	return p
 }
 
-// inNetns runs fn on an OS thread that is in network namespace ns for the
-// call, so sockets fn makes belong to ns. fn must not start goroutines that
-// make sockets: they would run elsewhere. If the thread cannot go back, it
-// is left locked and ends with its goroutine, so no other code runs in ns.
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		err = unix.Setns(int(target.Fd()), unix.CLONE_NEWNET)
-		target.Close()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace %s: %w", ns, err)
-			return
-		}
-		fnErr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("leave network namespace %s: %w", ns, err) // the thread ends with this goroutine
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- fnErr
-	}()
-	return <-errc
-}
+// inNetns is netns.Do.
+func inNetns(ns string, fn func() error) error { return netns.Do(ns, fn) }
 
 // dial connects from host to addr, a literal IP:PORT (a name would be
 // resolved outside the namespace); network is tcp or udp.
